@@ -1,0 +1,79 @@
+"""The one in-memory form every data source produces, whatever it read.
+
+A source (synthetic, Oxford-IIIT Pets, a folder of the user's own images, ISBI 2012)
+returns ``SegmentationData`` for each split. Training, evaluation and the lessons only
+ever see this form, so a new source is one new loader and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Oxford-IIIT Pets trimap classes, as in the original notebook: trimap value minus 1.
+PETS_CLASS_NAMES = ("pet", "background", "outline")
+
+
+@dataclass
+class SegmentationData:
+    """Images and per-pixel class labels of one split, held on the host.
+
+    images:       (N, H, W, C) uint8, C = 1 (grayscale) or 3 (RGB)
+    masks:        (N, H, W) uint8 class indices in [0, num_classes), or ``ignore_index``
+    class_names:  one name per class, ``len(class_names) == num_classes``
+    mask_values:  the value each class had in the user's own mask files (e.g. [0, 255]),
+                  so predictions can be written back in the user's values
+    ignore_index: label value skipped by the loss and the metrics, or None
+    weights:      optional (N, H, W) float32 per-pixel loss weights (the U-Net paper's
+                  border weight map), or None
+    names:        one identifier per sample (file stem), for reports and plots
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    class_names: list[str]
+    mask_values: list[int] = field(default_factory=list)
+    ignore_index: int | None = None
+    weights: np.ndarray | None = None
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be a (N, H, W, C) uint8 array, got {self.images.dtype} "
+                f"of shape {self.images.shape}"
+            )
+        if self.masks.shape != self.images.shape[:3]:
+            raise ValueError(
+                f"masks must have shape {self.images.shape[:3]} (N, H, W) to match the "
+                f"images, got {self.masks.shape}"
+            )
+        if not self.mask_values:
+            self.mask_values = list(range(len(self.class_names)))
+        if not self.names:
+            self.names = [str(i) for i in range(len(self.images))]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images.shape[3])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, index: np.ndarray | list[int]) -> SegmentationData:
+        """The samples at ``index`` (a copy), keeping the class metadata."""
+        index = np.asarray(index, dtype=np.int64)
+        return SegmentationData(
+            images=self.images[index],
+            masks=self.masks[index],
+            class_names=list(self.class_names),
+            mask_values=list(self.mask_values),
+            ignore_index=self.ignore_index,
+            weights=None if self.weights is None else self.weights[index],
+            names=[self.names[i] for i in index],
+        )
