@@ -1,0 +1,393 @@
+"""The Oxford-IIIT Pet data set (Parkhi et al., 2012) as ``SegmentationData``.
+
+7,349 photos of cats and dogs, each with a trimap: 1 = pet, 2 = background, 3 = the uncertain
+outline between them. As in the original notebook, the class of a pixel is its trimap value
+minus 1 (``PETS_CLASS_NAMES``: pet, background, outline). The splits are the official lists,
+``annotations/trainval.txt`` (3,680 images) and ``annotations/test.txt`` (3,669 images).
+
+Where the data comes from, in the order ``find_or_fetch_pets`` tries:
+
+1. a folder that already holds the extracted layout (``images/``, ``annotations/``);
+2. a folder holding the two official archives, downloaded by the user (they are verified
+   against their SHA-256 and extracted beside themselves);
+3. otherwise the archives are downloaded (resumably) into the cache folder and extracted there.
+
+Decoding 3,680 JPEGs takes a while, so ``load_pets`` keeps the resized arrays in one ``.npz``
+per (split, size). The cache is keyed by a fingerprint of the list file and of each listed
+file's size and modification time, so an edited or replaced image rebuilds it, and a truncated
+cache (a killed run) is detected and rebuilt too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from minunet.atomic import save_npz_atomic
+from minunet.data.dataset import PETS_CLASS_NAMES, SegmentationData
+from minunet.data.download import download as download_file
+from minunet.data.download import extract_tar, verify_sha256
+from minunet.data.imageio import open_image, read_rgb, resize_image, resize_mask
+from minunet.errors import DataError
+
+
+@dataclass(frozen=True)
+class PetsArchive:
+    """One official archive: its file name, size in bytes, SHA-256, and the folder it holds."""
+
+    name: str
+    size: int
+    sha256: str
+    folder: str
+
+
+PETS_ARCHIVES: tuple[PetsArchive, ...] = (
+    PetsArchive(
+        "images.tar.gz",
+        791_918_971,
+        "67195c5e1c01f1ab5f9b6a5d22b8c27a580d896ece458917e61d459337fa318d",
+        "images",
+    ),
+    PetsArchive(
+        "annotations.tar.gz",
+        19_173_078,
+        "52425fb6de5c424942b7626b428656fcbd798db970a937df61750c0f1d358e91",
+        "annotations",
+    ),
+)
+DEFAULT_BASE_URL = "https://thor.robots.ox.ac.uk/~vgg/data/pets"
+OLD_BASE_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/data"  # an older mirror, same files
+
+ENV_DATA_DIR = "MINUNET_DATA"  # the cache folder (default ~/.cache/minunet)
+ENV_PETS_URL = "MINUNET_PETS_URL"  # the base URL the two archives are fetched from
+
+PETS_SPLITS = ("trainval", "test")
+PETS_MASK_VALUES = [1, 2, 3]  # the trimap values of classes 0, 1, 2
+ROOT_NAME = "oxford-iiit-pet"  # the folder name inside the cache (and torchvision's, too)
+CACHE_FOLDER = ".minunet-cache"
+CACHE_VERSION = 1  # bump when the preprocessing changes, so old caches are rebuilt
+
+
+def default_cache_dir() -> Path:
+    """``$MINUNET_DATA``, or ``~/.cache/minunet``."""
+    return Path(os.environ.get(ENV_DATA_DIR) or "~/.cache/minunet").expanduser()
+
+
+def is_pets_root(folder: Path) -> bool:
+    """Whether ``folder`` holds the extracted official layout."""
+    annotations = folder / "annotations"
+    return (
+        (folder / "images").is_dir()
+        and (annotations / "trimaps").is_dir()
+        and all((annotations / f"{split}.txt").is_file() for split in PETS_SPLITS)
+    )
+
+
+def _is_writable(folder: Path) -> bool:
+    """Whether we may write in ``folder`` (or create it).
+
+    The write bits are checked as well as ``os.access``: root passes ``os.access`` everywhere,
+    and a folder someone made read-only (a shared data set) must not get a cache written into.
+    """
+    while not folder.exists():
+        if folder.parent == folder:
+            return False
+        folder = folder.parent
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+
+
+# ------------------------------------------------------------------------------- finding
+
+
+def find_or_fetch_pets(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    base_url: str | None = None,
+    verify: bool = True,
+    progress: bool = True,
+) -> Path:
+    """The folder holding the extracted data set (``images/`` and ``annotations/``).
+
+    data_dir: an extracted root, or a folder holding ``images.tar.gz`` and
+              ``annotations.tar.gz``, or a folder to download them into. None means
+              ``$MINUNET_DATA/oxford-iiit-pet``.
+    download: fetch missing archives from ``base_url`` (default ``$MINUNET_PETS_URL``, else
+              ``DEFAULT_BASE_URL``). With False, missing data is a DataError.
+    verify:   check each archive's SHA-256 before extracting it (turn off only for a mirror
+              that repackaged the files).
+    """
+    if data_dir is None:
+        folder = default_cache_dir() / ROOT_NAME
+    else:
+        folder = Path(data_dir).expanduser()
+    for candidate in (folder, folder / ROOT_NAME):
+        if is_pets_root(candidate):
+            return candidate
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: is a file; pass the folder that holds images/ and annotations/")
+
+    base = (base_url or os.environ.get(ENV_PETS_URL) or DEFAULT_BASE_URL).rstrip("/")
+    missing = [a.name for a in PETS_ARCHIVES if not (folder / a.name).is_file()]
+    if missing and not download:
+        raise DataError(
+            f"{folder}: no Oxford-IIIT Pets data here (need images/ and annotations/, or "
+            f"{' and '.join(a.name for a in PETS_ARCHIVES)}); download {', '.join(missing)} "
+            f"from {base}/ into it, or allow downloading"
+        )
+    # Extract (and download) beside the user's folder when we may write there, else in the cache.
+    work = folder if _is_writable(folder) else default_cache_dir() / ROOT_NAME
+    if work != folder and is_pets_root(work):
+        return work
+
+    for archive in PETS_ARCHIVES:
+        if (work / archive.folder).is_dir() and (
+            archive.folder != "annotations" or (work / "annotations" / "trainval.txt").is_file()
+        ):
+            continue  # extracted by an earlier run (extract_tar renames only complete folders)
+        supplied = folder / archive.name
+        if supplied.is_file():
+            path = supplied
+            if verify:
+                verify_sha256(
+                    path,
+                    archive.sha256,
+                    fix="delete it and download it again, or if a mirror repackaged it on "
+                    "purpose, disable the check (--no-verify / verify=False)",
+                )
+        else:
+            path = download_archive(archive, work, base, verify=verify, progress=progress)
+        extract_tar(path, work)
+
+    if not is_pets_root(work):
+        raise DataError(
+            f"{work}: the archives did not give images/ and annotations/ (trainval.txt, "
+            "test.txt, trimaps/); they are not the official ones: delete them and download again"
+        )
+    return work
+
+
+def download_archive(
+    archive: PetsArchive, folder: Path, base_url: str, *, verify: bool = True, progress: bool = True
+) -> Path:
+    """Download one official archive into ``folder`` (resuming a ``.part``), verified."""
+    return download_file(
+        f"{base_url}/{archive.name}",
+        folder / archive.name,
+        sha256=archive.sha256 if verify else None,
+        size=archive.size if verify else None,  # a mirror's repackaged file may differ in size
+        progress=progress,
+    )
+
+
+# ------------------------------------------------------------------------- preprocessing
+
+
+def preprocess_pet(
+    image: np.ndarray, trimap: np.ndarray, image_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize one photo and its trimap to a square and turn trimap values into classes.
+
+    image:   (H, W, 3) uint8 RGB
+    trimap:  (H, W) or (H, W, 1) uint8, values 1 (pet), 2 (background), 3 (outline)
+    returns: image (S, S, 3) uint8 resized bilinearly with antialiasing, and
+             mask (S, S) uint8 classes 0, 1, 2 resized by nearest neighbour, S = image_size
+
+    Both data sources (the archives here, TFDS in pets_tfds.py) call this, so they give the
+    same arrays for the same files.
+    """
+    if trimap.ndim == 3:
+        trimap = trimap[..., 0]
+    size = (image_size, image_size)
+    return resize_image(image, size), resize_mask(trimap, size) - np.uint8(1)
+
+
+def _read_trimap(path: Path) -> np.ndarray:
+    """A trimap PNG as (H, W) uint8 with values in {1, 2, 3}, or a one-line DataError."""
+    trimap = np.asarray(open_image(path), dtype=np.uint8)
+    if trimap.ndim == 3:  # saved as RGB by some tool: the channels are equal
+        trimap = trimap[..., 0]
+    if trimap.size and (trimap.min() < 1 or trimap.max() > 3):
+        values = np.unique(trimap)[:8].tolist()
+        raise DataError(
+            f"{path}: trimap values {values} outside 1, 2, 3; replace it with the official file"
+        )
+    return trimap
+
+
+def read_split_names(list_file: Path) -> list[str]:
+    """The image names of an official list file (``NAME CLASS_ID SPECIES BREED_ID`` lines).
+
+    Blank lines and ``#`` comments (``list.txt`` has a header) are skipped.
+    """
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{list_file}: file not found; re-extract annotations.tar.gz") from None
+    names = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.append(line.split()[0])
+    if not names:
+        raise DataError(f"{list_file}: lists no images; re-extract annotations.tar.gz")
+    return names
+
+
+def _pair_paths(root: Path, name: str) -> tuple[Path, Path]:
+    return root / "images" / f"{name}.jpg", root / "annotations" / "trimaps" / f"{name}.png"
+
+
+# --------------------------------------------------------------------------------- cache
+
+
+def _fingerprint(root: Path, split: str, image_size: int, names: list[str]) -> str:
+    """A key that changes when the list file or any listed file changes.
+
+    Hashing 800 MB of images on every load would take longer than a second load should, so
+    each file counts by its size and modification time (the files extracted from an archive
+    carry the archive's timestamps, so re-extracting the same archive keeps the key).
+    A missing listed file is reported here, before any decoding.
+    """
+    list_file = root / "annotations" / f"{split}.txt"
+    digest = hashlib.sha256(f"pets v{CACHE_VERSION} {split} {image_size}\n".encode())
+    digest.update(list_file.read_bytes())
+    for name in names:
+        for path in _pair_paths(root, name):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                kind = "image" if path.suffix == ".jpg" else "trimap"
+                raise DataError(
+                    f"{path}: {kind} of {name!r} (listed in {list_file.name}) is missing; restore "
+                    f"it from the official archive or delete that line from {list_file.name}"
+                ) from None
+            digest.update(f"{path.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def pets_cache_file(root: Path, split: str, image_size: int) -> Path:
+    """Where the resized arrays of ``split`` at ``image_size`` are cached.
+
+    In ``ROOT/.minunet-cache/`` when the root is writable, else (a read-only shared copy) in
+    the cache folder, under a name derived from the root's absolute path.
+    """
+    name = f"pets-{split}-{image_size}px.npz"
+    if _is_writable(root):
+        return root / CACHE_FOLDER / name
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return default_cache_dir() / "pets-cache" / f"{tag}-{name}"
+
+
+def _load_cache(
+    path: Path, key: str, count: int, image_size: int
+) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """The cached (images, masks, names), or None if absent, unreadable or stale."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as cache:
+            if str(cache["key"]) != key:
+                return None  # stale: made from other files or another preprocessing
+            images, masks = cache["images"], cache["masks"]
+            names = [str(n) for n in cache["names"]]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # truncated or corrupt (a killed run, a full disk): rebuild it
+    if images.shape != (count, image_size, image_size, 3) or masks.shape != images.shape[:3]:
+        return None
+    return images, masks, names
+
+
+# ---------------------------------------------------------------------------------- load
+
+
+def load_pets(
+    data_dir: str | os.PathLike | None = None,
+    image_size: int = 128,
+    split: str = "trainval",
+    **fetch_kwargs,
+) -> SegmentationData:
+    """One official split of Oxford-IIIT Pets, resized to ``image_size`` squares.
+
+    data_dir:     see ``find_or_fetch_pets`` (which gets ``fetch_kwargs``: download,
+                  base_url, verify, progress)
+    split:        "trainval" (3,680 images) or "test" (3,669), exactly the official lists
+    returns:      images (N, S, S, 3) uint8 RGB, masks (N, S, S) uint8 in {0 pet,
+                  1 background, 2 outline}, names = the list's image names, S = image_size
+    """
+    if split not in PETS_SPLITS:
+        raise ValueError(f"split must be one of {PETS_SPLITS}, got {split!r}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    root = find_or_fetch_pets(data_dir, **fetch_kwargs)
+    names = read_split_names(root / "annotations" / f"{split}.txt")
+    key = _fingerprint(root, split, image_size, names)
+    cache_file = pets_cache_file(root, split, image_size)
+
+    cached = _load_cache(cache_file, key, len(names), image_size)
+    if cached is not None and cached[2] == names:
+        images, masks, _ = cached
+    else:
+        images, masks = _decode_all(root, names, image_size, fetch_kwargs.get("progress", True))
+        arrays = {"key": np.array(key), "images": images, "masks": masks, "names": np.array(names)}
+        try:
+            save_npz_atomic(cache_file, arrays)
+        except OSError as exc:  # a full disk or a read-only cache folder costs speed, not data
+            warnings.warn(f"{cache_file}: cannot write the cache ({exc})", stacklevel=2)
+
+    return SegmentationData(
+        images=images,
+        masks=masks,
+        class_names=list(PETS_CLASS_NAMES),
+        mask_values=list(PETS_MASK_VALUES),
+        names=list(names),
+    )
+
+
+def _decode_all(
+    root: Path, names: list[str], image_size: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode, check and resize every listed pair: (N, S, S, 3) and (N, S, S) uint8."""
+    images = np.empty((len(names), image_size, image_size, 3), dtype=np.uint8)
+    masks = np.empty((len(names), image_size, image_size), dtype=np.uint8)
+    for i, name in enumerate(tqdm(names, desc="decoding Pets", disable=not progress, leave=False)):
+        image_path, trimap_path = _pair_paths(root, name)
+        image = read_rgb(image_path)  # PNG, GIF, CMYK, grayscale, alpha: all become RGB
+        trimap = _read_trimap(trimap_path)
+        if trimap.shape != image.shape[:2]:
+            raise DataError(
+                f"{trimap_path}: trimap is {trimap.shape[1]}x{trimap.shape[0]} but its image is "
+                f"{image.shape[1]}x{image.shape[0]}; replace it with the official file"
+            )
+        images[i], masks[i] = preprocess_pet(image, trimap, image_size)
+    return images, masks
+
+
+def pets_splits(
+    data_dir: str | os.PathLike | None = None,
+    image_size: int = 128,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    **fetch_kwargs,
+) -> tuple[SegmentationData, SegmentationData]:
+    """(train, validation) carved from the official trainval list.
+
+    The validation set is ``round(val_fraction * N)`` images (at least 1) drawn by
+    ``np.random.default_rng(seed).permutation``; both parts keep the list order. The same seed
+    gives the same hold-out on every machine. The official test split stays untouched: load it
+    with ``load_pets(split="test")``.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    trainval = load_pets(data_dir, image_size, "trainval", **fetch_kwargs)
+    n = len(trainval)
+    n_val = min(max(1, round(val_fraction * n)), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    return trainval.subset(np.sort(order[n_val:])), trainval.subset(np.sort(order[:n_val]))
