@@ -1,0 +1,84 @@
+"""MaxPool2d: keep the largest value of each window, and remember where it was.
+
+Forward walks over the kh*kw offsets of the window (4 for the U-Net's 2x2 pool), each a
+strided slice of the input, keeping the running maximum and the offset it came from:
+
+    out[n, c, oh, ow]    = max_{i,j} x[n, c, oh*s + i, ow*s + j]
+    argmax[n, c, oh, ow] = the (i, j) that attains it, stored as i*kw + j (uint8)
+
+Backward routes each output gradient to the winning input pixel, and only there:
+
+    dx[n, c, oh*s + i, ow*s + j] += dout[n, c, oh, ow]   where argmax == i*kw + j
+
+Overlapping windows (stride < kernel) add, which the ``+=`` over offsets gives for free.
+On ties the first offset in row-major order wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minunet.backend import get_array_module
+from minunet.im2col import conv_output_size
+from minunet.layers.base import Layer
+
+
+class MaxPool2d(Layer):
+    """Max pooling. x (N, C, H, W) -> (N, C, Ho, Wo), Ho = (H - k) // s + 1."""
+
+    def __init__(self, kernel_size: int, stride: int | None = None) -> None:
+        super().__init__()
+        stride = kernel_size if stride is None else stride
+        if kernel_size < 1 or stride < 1 or kernel_size * kernel_size > 255:
+            raise ValueError(
+                f"MaxPool2d needs 1 <= kernel_size <= 15 and stride >= 1, "
+                f"got kernel_size={kernel_size}, stride={stride}"
+            )
+        self.kernel_size, self.stride = kernel_size, stride
+        self._cache: Any = None
+
+    def output_shape(self, h: int, w: int) -> tuple[int, int]:
+        k, s = self.kernel_size, self.stride
+        return conv_output_size(h, k, s), conv_output_size(w, k, s)
+
+    def _window(self, x: Any, i: int, j: int, ho: int, wo: int) -> Any:
+        """Offset (i, j) of every window: a strided view of x, (N, C, Ho, Wo)."""
+        s = self.stride
+        return x[:, :, i : i + s * ho : s, j : j + s * wo : s]
+
+    def forward(self, x: Any) -> Any:
+        if getattr(x, "ndim", 0) != 4:
+            raise ValueError(
+                f"MaxPool2d expects a 4-D input (N, C, H, W), got shape {getattr(x, 'shape', None)}"
+            )
+        xp = get_array_module(x)
+        k = self.kernel_size
+        ho, wo = self.output_shape(*x.shape[2:])
+        if ho < 1 or wo < 1:
+            raise ValueError(
+                f"MaxPool2d: input {x.shape[2]}x{x.shape[3]} is smaller than the {k}x{k} window"
+            )
+        out = self._window(x, 0, 0, ho, wo).copy()
+        argmax = xp.zeros(out.shape, dtype=xp.uint8)
+        for i in range(k):
+            for j in range(k):
+                if i == j == 0:
+                    continue
+                window = self._window(x, i, j, ho, wo)
+                better = window > out  # strict: the first maximum wins ties
+                xp.copyto(out, window, where=better)
+                argmax[better] = i * k + j
+        self._cache = (x.shape, x.dtype, argmax)
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        x_shape, dtype, argmax = self._cache
+        xp = get_array_module(dout)
+        k = self.kernel_size
+        ho, wo = dout.shape[2:]
+        dx = xp.zeros(x_shape, dtype=dtype)
+        for i in range(k):
+            for j in range(k):
+                routed = xp.where(argmax == i * k + j, dout, 0)
+                self._window(dx, i, j, ho, wo)[...] += routed
+        return dx
