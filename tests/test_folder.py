@@ -311,6 +311,9 @@ def test_native_size_cache_and_border_weights(tmp_path):
     assert [w.shape for w in train.weights] == [(20, 16), (14, 30)]
     assert train.weights[0][4, 7] > 5  # the gap between the objects
     again, _ = quiet(tmp_path, None, val_fraction=0.0, border_weights=True)
+    assert len(list((tmp_path / ".minunet-cache").glob("*-w*.npz"))) == 1
+    sized, _ = quiet(tmp_path, 16, val_fraction=0.0, border_weights=True)
+    assert sized.weights.shape == (2, 16, 16) and sized.weights.dtype == np.float32
     assert all(np.array_equal(a, b) for a, b in zip(train.weights, again.weights, strict=True))
 
 

@@ -243,7 +243,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     integer images are scaled by ``v / 257`` (clipped to 0..65535 first); float images
     in [0, 1] are scaled by 255, other float images clipped to 0..255. Alpha is dropped.
     """
-    im = open_image(path)
+    return image_array(open_image(path))
+
+
+def image_array(im: Image.Image) -> np.ndarray:
+    """``read_image`` for an opened Pillow image (e.g. one page of a multi-page TIFF)."""
     mode = im.mode
     if mode.startswith("I;16") or mode == "I":
         raw = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
@@ -460,6 +464,19 @@ def _save_cache(path: Path, arrays: dict[str, np.ndarray], prefix: str | None) -
 # --------------------------------------------------------------------------- loading
 
 
+def as_native(data: SegmentationData) -> NativeSizeData:
+    """View equal-size ``SegmentationData`` as ``NativeSizeData`` (no copy), for ``CropLoader``."""
+    return NativeSizeData(
+        images=list(data.images),
+        masks=list(data.masks),
+        class_names=list(data.class_names),
+        mask_values=list(data.mask_values),
+        ignore_index=data.ignore_index,
+        weights=None if data.weights is None else list(data.weights),
+        names=list(data.names),
+    )
+
+
 def load_folder(
     root: str | os.PathLike,
     image_size: int | None,
@@ -519,20 +536,10 @@ def load_folder(
 
     weights = None
     if border_weights:
-        foreground = foreground_classes
-        if foreground is None:
-            foreground = list(range(1, len(class_names)))
-        weight_path = cache_dir / f"{prefix}{key}-w{_fingerprint([foreground, w0, sigma])}.npz"
-        cached = _load_cache(weight_path, []) if cache else None
-        if cached is not None and len(cached) == count:
-            weights = _unpack(cached, "weight", count, image_size)
-        else:
-            balance = class_weights_from_masks(masks, len(class_names))
-            weights = [
-                border_weight_map(m, foreground, w0, sigma, class_weights=balance) for m in masks
-            ]
-            if cache:
-                _save_cache(weight_path, _pack(weights, "weight", image_size), None)
+        stem = cache_dir / f"{prefix}{key}" if cache else None
+        weights = border_weights_cached(
+            masks, len(class_names), foreground_classes, w0, sigma, cache_stem=stem
+        )
 
     split = np.array([p.split for p in pairs], dtype=np.int64)
     if layout == "holdout":
@@ -564,6 +571,42 @@ def load_folder(
         )
 
     return make(np.flatnonzero(split == 0)), make(np.flatnonzero(split == 1))
+
+
+def border_weights_cached(
+    masks: list[np.ndarray],
+    num_classes: int,
+    foreground_classes: list[int] | None = None,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    *,
+    cache_stem: Path | None = None,
+) -> list[np.ndarray]:
+    """The border weight map of every mask, read from / written to a cache beside the data.
+
+    masks: list of (H_i, W_i) uint8 labels. foreground_classes: the object classes
+    (default: every class but 0). ``w_c`` is median-frequency balancing over all ``masks``.
+    cache_stem: the data's cache path without ``.npz`` (the weights go to
+    ``<stem>-w<options>.npz``), or None for no cache. Returns (H_i, W_i) float32 maps.
+    """
+    foreground = list(range(1, num_classes)) if foreground_classes is None else foreground_classes
+    foreground = [int(c) for c in foreground]
+    names = [f"weight_{i}" for i in range(len(masks))]
+    path = None
+    if cache_stem is not None:
+        options = _fingerprint([CACHE_VERSION, foreground, float(w0), float(sigma)])
+        path = cache_stem.parent / f"{cache_stem.name}-w{options}.npz"
+        cached = _load_cache(path, names)
+        shapes_match = cached is not None and all(
+            cached[n].shape == m.shape for n, m in zip(names, masks, strict=True)
+        )
+        if shapes_match:
+            return [cached[n] for n in names]
+    balance = class_weights_from_masks(masks, num_classes)
+    weights = [border_weight_map(m, foreground, w0, sigma, class_weights=balance) for m in masks]
+    if path is not None:
+        _save_cache(path, dict(zip(names, weights, strict=True)), None)
+    return weights
 
 
 def _holdout(count: int, val_fraction: float, seed: int) -> np.ndarray:
