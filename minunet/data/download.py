@@ -236,6 +236,25 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
         )
 
 
+def _check_complete(tar: tarfile.TarFile, archive: Path) -> None:
+    """Raise if the archive stopped before its end-of-archive marker.
+
+    tarfile ends its member list quietly at a truncated header, so a tar cut at a member
+    boundary would extract a subset without complaint. A whole archive ends with a zero block
+    (which tarfile has just read: ``tar.offset`` is where that block starts) followed only by
+    zero padding. Reading the rest also makes gzip check its CRC and length.
+    """
+    consumed = tar.fileobj.tell() - tar.offset
+    complete = consumed == tarfile.BLOCKSIZE
+    for chunk in iter(lambda: tar.fileobj.read(CHUNK_BYTES), b""):
+        complete = complete and not chunk.strip(b"\0")
+    if not complete:
+        raise DataError(
+            f"{archive}: archive is truncated or corrupt (it ends before its end-of-archive "
+            "marker); delete it and download it again"
+        )
+
+
 def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
     """Safely extract ``archive`` (tar, tar.gz, tar.bz2, tar.xz) so its contents land in ``dest``.
 
@@ -261,6 +280,7 @@ def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> list[str
                     tar.extractall(tmp, members=checked(), filter="data")
                 else:  # pragma: no cover - older Pythons rely on _check_member alone
                     tar.extractall(tmp, members=checked())
+                _check_complete(tar, archive)
         except _FILTER_ERRORS as exc:  # the "data" filter's own refusals (after ours)
             raise DataError(
                 f"{archive}: refusing to extract ({exc}); the archive is not the official one: "
