@@ -343,35 +343,39 @@ def native(sizes, channels=3) -> NativeSizeData:
     return NativeSizeData(images, masks, ["a", "b"])
 
 
-def test_crop_loader_shapes_determinism_and_padding(monkeypatch):
-    import minunet.data.folder as folder
-
-    # Until minunet.data.loader exists the loader's normalize is stood in for here.
-    monkeypatch.setattr(
-        folder,
-        "_normalize",
-        lambda u8, mean, std: (u8.astype(np.float32).transpose(0, 3, 1, 2) - mean) / std,
-    )
+def test_crop_loader_shapes_determinism_and_padding():
     data = native([(40, 50), (8, 9), (33, 33), (64, 20), (16, 16)])
-    loader = CropLoader(data, np, 2, crop=16, seed=3, mean=0.0, std=1.0)
+    loader = CropLoader(data, np, 2, crop=16, seed=3, mean=0.0, std=1.0 / 255)
     assert len(loader) == 2 and loader.ignore_index == 255
     batches = list(loader.epoch(0))
     x, y, w = batches[0]
     assert x.shape == (2, 3, 16, 16) and x.dtype == np.float32
     assert y.shape == (2, 16, 16) and y.dtype == np.int32 and w is None
     again = list(loader.epoch(0))
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
+    assert all(np.array_equal(a.x, b.x) for a, b in zip(batches, again, strict=True))
     other = list(loader.epoch(1))
-    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(batches, other, strict=True))
-    # Each crop is a window of its image; padded pixels of the small image are ignored.
-    small = CropLoader(data.subset([1]), np, 1, crop=16, mean=0.0, std=1.0, drop_last=False)
+    assert not all(np.array_equal(a.x, b.x) for a, b in zip(batches, other, strict=True))
+    # A crop is a window of its image (mean 0, std 1/255: x is the pixel value); the
+    # padding of the small image mirrors it, and its mask padding is ignored.
+    small = CropLoader(data.subset([1]), np, 1, crop=16, mean=0.0, std=1.0 / 255)
     xs, ys, _ = next(small.epoch(0))
     assert (ys[0, 8:, :] == 255).all() and (ys[0, :8, :9] != 255).all()
-    assert np.array_equal(xs[0, :, :8, :9], data.images[1].transpose(2, 0, 1))
-    assert np.array_equal(xs[0, :, 8:16, :9], data.images[1][::-1].transpose(2, 0, 1))
-    # Two ranks split each batch between them.
-    r0 = next(CropLoader(data, np, 2, crop=16, seed=3, mean=0.0, std=1.0).epoch(0))
-    r1 = next(
-        CropLoader(data, np, 2, crop=16, seed=3, mean=0.0, std=1.0, rank=1, world_size=2).epoch(0)
+    np.testing.assert_allclose(xs[0, :, :8, :9], data.images[1].transpose(2, 0, 1), atol=1e-3)
+    np.testing.assert_allclose(
+        xs[0, :, 8:16, :9], data.images[1][::-1].transpose(2, 0, 1), atol=1e-3
     )
-    assert np.array_equal(r1[0][0], r0[0][1])
+    # Two ranks split each global batch between them, in DeviceLoader's order.
+    whole = next(CropLoader(data, np, 2, crop=16, seed=3).epoch(0))
+    r1 = next(CropLoader(data, np, 2, crop=16, seed=3, rank=1, world_size=2).epoch(0))
+    assert np.array_equal(r1.x[0], whole.x[1])
+
+
+def test_crop_loader_augments_weights_with_the_labels():
+    from minunet.data.augment import AugmentConfig
+
+    data = native([(30, 30), (20, 25)])
+    data.weights = [m.astype(np.float32) + 1 for m in data.masks]  # weight = label + 1
+    loader = CropLoader(data, np, 2, crop=16, augment=AugmentConfig(scale=(0.5, 1.0)))
+    x, y, w = next(loader.epoch(0))
+    assert x.shape == (2, 3, 16, 16) and w.shape == (2, 16, 16)
+    assert np.array_equal(w, y + 1)  # resampled with the same nearest-neighbour grid

@@ -77,6 +77,8 @@ JUNK_FILES = {"thumbs.db", "desktop.ini"}
 # Modes whose pixels are one intensity; anything else is converted to RGB first.
 GRAY_MODES = {"1", "L", "LA", "I", "F"}
 MAX_CLASSES = 255  # labels are uint8 and 255 is reserved for ignored pixels
+# Salts of CropLoader's random streams: crop order/positions and augmentation.
+_CROP_STREAM, _AUGMENT_STREAM = 2, 1
 
 
 # --------------------------------------------------------------------------- containers
@@ -737,21 +739,17 @@ def class_weights(data: SegmentationData | NativeSizeData, mode: str = "auto") -
 # --------------------------------------------------------------------------- crops
 
 
-def _normalize(images_u8_nhwc: np.ndarray, mean: Any, std: Any) -> Any:
-    """Use the device loader's ``normalize`` so both loaders feed the net the same numbers."""
-    from minunet.data.loader import normalize
+def _pad_to(array: np.ndarray, height: int, width: int, value: int | None) -> np.ndarray:
+    """Pad (H, W, ...) at the bottom and right up to at least (height, width).
 
-    return normalize(images_u8_nhwc, mean, std)
-
-
-def _mirror_pad(array: np.ndarray, height: int, width: int, mode: str, value: int = 0) -> Any:
-    """Pad (H, W, ...) on the bottom/right up to at least (height, width)."""
+    value None: mirror the image ('symmetric': the edge pixel is repeated, then the image
+    is read backwards, which works even for a 1-pixel image). Otherwise a constant.
+    """
     ph, pw = max(height - array.shape[0], 0), max(width - array.shape[1], 0)
     if ph == 0 and pw == 0:
         return array
     pad = [(0, ph), (0, pw)] + [(0, 0)] * (array.ndim - 2)
-    if mode == "reflect":
-        # Reflection needs at least 2 pixels; 'symmetric' repeats the edge pixel then mirrors.
+    if value is None:
         return np.pad(array, pad, mode="symmetric")
     return np.pad(array, pad, mode="constant", constant_values=value)
 
@@ -759,16 +757,18 @@ def _mirror_pad(array: np.ndarray, height: int, width: int, mode: str, value: in
 class CropLoader:
     """Random N x N crops of native-size samples, batched on the backend.
 
-    The same interface as ``minunet.data.loader.DeviceLoader``: ``len(loader)`` batches
-    per epoch, ``loader.epoch(e)`` yields ``(x, y, w)`` with
-    x (B, C, N, N) float32 normalised, y (B, N, N) int32, w (B, N, N) float32 or None.
+    The interface of ``minunet.data.loader.DeviceLoader`` (same arguments plus ``crop``,
+    ``len()``, ``epoch(e)``, ``set_epoch``, iteration), and the same batches:
+    ``Batch(x, y, w)`` with x (B, C, N, N) float32 normalised by ``loader.normalize``,
+    y (B, N, N) int32, w (B, N, N) float32 or None.
 
-    Each epoch draws a new permutation and new crop positions from ``(seed, epoch)``, so
-    a run is reproducible and every rank of a data-parallel run draws the same crops and
-    takes its own ``rank::world_size`` share of each batch's samples.
-    Images smaller than N are mirror-padded, their masks padded with 255 (ignored), their
-    weights with 0: ``loader.ignore_index`` is then 255 and the loss must skip it.
-    augment=True adds random horizontal and vertical flips.
+    Every epoch draws a new order and new crop positions, a pure function of
+    ``(seed, epoch)``; with ``world_size`` W, ``batch_size`` is the global batch and rank r
+    takes the same contiguous slice of it as in ``DeviceLoader``. Crops are cut on the
+    host (the samples have different sizes, so they cannot be one device array) and one
+    (B, N, N, C) uint8 batch is copied to the device; the augmentation then runs there.
+    Samples smaller than N are mirror-padded, their masks padded with 255 (ignored) and
+    their weights with 0: ``loader.ignore_index`` is then 255 and the loss must skip it.
     """
 
     def __init__(
@@ -780,20 +780,32 @@ class CropLoader:
         crop: int,
         shuffle: bool = True,
         drop_last: bool = True,
-        augment: bool = False,
+        augment: Any = None,
         seed: int = 0,
         mean: Any = None,
         std: Any = None,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if len(data) == 0:
-            raise DataError("CropLoader got no samples: the split is empty")
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} ranks")
+        from minunet.data.loader import DEFAULT_MEAN, DEFAULT_STD
+
+        if batch_size < 1 or batch_size % world_size or not 0 <= rank < world_size:
+            raise DataError(
+                f"batch size {batch_size} must be a positive multiple of the {world_size} "
+                f"processes (rank {rank})"
+            )
+        if len(data) == 0 or (drop_last and len(data) < batch_size):
+            raise DataError(
+                f"only {len(data)} samples, fewer than one batch of {batch_size}: "
+                "lower the batch size or add data"
+            )
         self.data, self.xp, self.batch_size, self.crop = data, xp, batch_size, crop
-        self.shuffle, self.drop_last, self.augment, self.seed = shuffle, drop_last, augment, seed
-        self.mean, self.std, self.rank, self.world_size = mean, std, rank, world_size
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.mean = DEFAULT_MEAN if mean is None else mean
+        self.std = DEFAULT_STD if std is None else std
+        self.rank, self.world_size = rank, world_size
+        self.next_epoch = 0
         padded = any(min(m.shape) < crop for m in data.masks)
         self.ignore_index = IGNORE_LABEL if padded else data.ignore_index
 
@@ -801,43 +813,58 @@ class CropLoader:
         n = len(self.data)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Any, Any, Any]]:
-        """Yield this rank's ``(x, y, w)`` batches of epoch ``epoch`` (shapes in the class doc)."""
-        rng = np.random.default_rng([self.seed, epoch])
+    def epoch(self, epoch: int) -> Iterator[Any]:
+        """This rank's ``Batch(x, y, w)`` of epoch ``epoch`` (shapes in the class doc)."""
+        from minunet.data.augment import apply_augment, draw_augment_params
+        from minunet.data.loader import Batch, normalize
+
+        xp = self.xp
         n = len(self.data)
+        rng = np.random.default_rng([self.seed, epoch, _CROP_STREAM])
         order = rng.permutation(n) if self.shuffle else np.arange(n)
-        # Draw every crop position and flip up front, so all ranks agree whatever they take.
+        # Every crop position drawn up front, so all ranks agree whatever share they take.
         corner = rng.random((n, 2))
-        flips = rng.random((n, 2)) < 0.5
+        aug_rng = None
+        if self.augment is not None:
+            state = np.random.SeedSequence([self.seed, epoch, _AUGMENT_STREAM]).generate_state(1)
+            aug_rng = xp.random.default_rng(int(state[0]))
         for b in range(len(self)):
             batch = order[b * self.batch_size : (b + 1) * self.batch_size]
-            mine = batch[self.rank :: self.world_size]
-            yield self._batch(mine, corner, flips)
+            lo = self.rank * len(batch) // self.world_size
+            hi = (self.rank + 1) * len(batch) // self.world_size
+            images, masks, weights = self._crops(batch[lo:hi], corner)
+            images, masks = xp.asarray(images), xp.asarray(masks)
+            weights = None if weights is None else xp.asarray(weights)
+            if aug_rng is not None:
+                params = draw_augment_params(len(batch), self.augment, aug_rng)[lo:hi]
+                images = images.astype(np.float32) * np.float32(1 / 255)
+                images, masks, weights = apply_augment(images, masks, weights, params, self.augment)
+            x = normalize(images, self.mean, self.std)
+            yield Batch(x=x, y=masks.astype(np.int32), w=weights)
 
-    def _batch(self, index: np.ndarray, corner: np.ndarray, flips: np.ndarray) -> tuple:
-        n = self.crop
-        data = self.data
-        xs, ys, ws = [], [], []
+    def _crops(
+        self, index: np.ndarray, corner: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Host crops: images (B, N, N, C) uint8, masks (B, N, N) uint8, weights or None."""
+        n, data = self.crop, self.data
+        images, masks, weights = [], [], []
         for i in index.tolist():
-            image = _mirror_pad(data.images[i], n, n, "reflect")
-            mask = _mirror_pad(data.masks[i], n, n, "constant", IGNORE_LABEL)
+            mask = _pad_to(data.masks[i], n, n, IGNORE_LABEL)
+            # corner in [0, 1) scales to a top-left position in the free room, inclusive.
             top = int(corner[i, 0] * (mask.shape[0] - n + 1))
             left = int(corner[i, 1] * (mask.shape[1] - n + 1))
             window = (slice(top, top + n), slice(left, left + n))
-            x, y = image[window], mask[window]
-            w = None
+            images.append(_pad_to(data.images[i], n, n, None)[window])
+            masks.append(mask[window])
             if data.weights is not None:
-                w = _mirror_pad(data.weights[i], n, n, "constant", 0)[window]
-            if self.augment:
-                for axis, flip in enumerate(flips[i]):
-                    if flip:
-                        x, y = np.flip(x, axis), np.flip(y, axis)
-                        w = None if w is None else np.flip(w, axis)
-            xs.append(x)
-            ys.append(y)
-            ws.append(w)
-        xp = self.xp
-        x = _normalize(xp.asarray(np.stack(xs)), self.mean, self.std)
-        y = xp.asarray(np.stack(ys).astype(np.int32))
-        w = None if data.weights is None else xp.asarray(np.stack(ws).astype(np.float32))
-        return x, y, w
+                weights.append(_pad_to(data.weights[i], n, n, 0)[window].astype(np.float32))
+        return np.stack(images), np.stack(masks), np.stack(weights) if weights else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter(loader)`` run ``epoch`` (e.g. when resuming a run)."""
+        self.next_epoch = epoch
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self.next_epoch
+        self.next_epoch += 1
+        return self.epoch(epoch)
