@@ -45,6 +45,8 @@ def im2col(x: Any, kh: int, kw: int, stride: int = 1, padding: int = 0, dilation
     n, c, h, w = x.shape
     ho = conv_output_size(h, kh, stride, padding, dilation)
     wo = conv_output_size(w, kw, stride, padding, dilation)
+    if kh == kw == 1 and stride == 1 and padding == 0:
+        return x.reshape(n, c, h * w)  # a 1x1 convolution's columns are the input itself
     if padding:
         # One padded copy; every offset below is then a plain slice of it.
         x_pad = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=x.dtype)
@@ -80,6 +82,8 @@ def col2im(
     n, c, h, w = x_shape
     ho = conv_output_size(h, kh, stride, padding, dilation)
     wo = conv_output_size(w, kw, stride, padding, dilation)
+    if kh == kw == 1 and stride == 1 and padding == 0:
+        return cols.reshape(n, c, h, w)
     cols = cols.reshape(n, c, kh, kw, ho, wo)
     # The padded canvas is large enough for every slice; the padding ring is dropped at the
     # end (its gradient belongs to the zeros that were padded in, not to x).

@@ -1,6 +1,6 @@
 """The layers of a U-Net, each a forward/backward pair written by hand."""
 
-from minunet.layers.base import Layer, Parameter
+from minunet.layers.base import Layer, LayerList, Parameter
 from minunet.layers.batchnorm import BatchNorm2d
 from minunet.layers.concat import Concat
 from minunet.layers.conv import Conv2d
@@ -16,6 +16,7 @@ __all__ = [
     "ConvTranspose2d",
     "Dropout",
     "Layer",
+    "LayerList",
     "MaxPool2d",
     "Parameter",
     "ReLU",

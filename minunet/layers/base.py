@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from minunet.backend import get_array_module, to_device
+from minunet.backend import get_array_module, to_device, to_numpy
 
 
 class Parameter:
@@ -57,7 +57,7 @@ class Layer:
 
     # -- bookkeeping ----------------------------------------------------------------------
     def children(self) -> dict[str, Layer]:
-        """Named sub-layers (empty for a leaf layer)."""
+        """Named sub-layers, in the order they were assigned (empty for a leaf layer)."""
         return {k: v for k, v in vars(self).items() if isinstance(v, Layer)}
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
@@ -99,12 +99,81 @@ class Layer:
             child.to(xp)
         return self
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every parameter and buffer as a host NumPy array, under PyTorch-style dotted names."""
+        state = {name: to_numpy(p.data).copy() for name, p in self.named_parameters()}
+        state.update({name: to_numpy(b).copy() for name, b in self.named_buffers()})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy arrays from ``state`` into this layer's parameters and buffers.
+
+        Every key must match, with the same shape; otherwise nothing is loaded and a
+        ValueError lists what is missing, unexpected or mis-shaped.
+        """
+        params = dict(self.named_parameters())
+        buffers = dict(self.named_buffers())
+        expected = {**{k: p.data for k, p in params.items()}, **buffers}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        mismatched = [
+            f"{k} {tuple(np.shape(state[k]))} != {tuple(expected[k].shape)}"
+            for k in expected
+            if k in state and tuple(np.shape(state[k])) != tuple(expected[k].shape)
+        ]
+        problems = []
+        if missing:
+            problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            problems.append(
+                f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+            )
+        if mismatched:
+            problems.append(f"shape mismatch {mismatched[:5]}")
+        if problems:
+            raise ValueError("state dict does not fit this model: " + "; ".join(problems))
+        for name, p in params.items():
+            xp = get_array_module(p.data)
+            p.data = to_device(np.asarray(state[name], dtype=p.data.dtype), xp)
+        for name, b in buffers.items():
+            owner, _, leaf = name.rpartition(".")
+            layer = self._find(owner)
+            xp = get_array_module(b)
+            layer.buffers[leaf] = to_device(np.asarray(state[name], dtype=b.dtype), xp)
+
+    def _find(self, dotted: str) -> Layer:
+        layer = self
+        for part in dotted.split(".") if dotted else []:
+            layer = layer.children()[part]
+        return layer
+
     def release(self) -> None:
         """Drop what forward cached for backward (frees memory after inference)."""
         for name in [k for k in vars(self) if k.startswith("_cache")]:
             setattr(self, name, None)
         for child in self.children().values():
             child.release()
+
+
+class LayerList(Layer):
+    """An indexed list of layers whose parameters are named ``0.``, ``1.``, ... (like
+    PyTorch's ModuleList), so a U-Net level is ``encoder.2.conv1.weight``."""
+
+    def __init__(self, layers: list[Layer]) -> None:
+        super().__init__()
+        self.layers = list(layers)
+
+    def children(self) -> dict[str, Layer]:
+        return {str(i): layer for i, layer in enumerate(self.layers)}
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
 
 
 def check_input(x: Any, layer: str, channels: int, dtype: Any) -> None:

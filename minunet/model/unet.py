@@ -1,0 +1,246 @@
+"""The U-Net: an encoder that halves the resolution, a decoder that doubles it back, and
+skip connections that hand each decoder level the encoder's map of the same size.
+
+    level 0   x ── ConvBlock ─────────────────────────────── Concat ── ConvBlock ── head ── logits
+                      │ MaxPool                                  ▲ ConvTranspose (2x up)
+    level 1           └─ ConvBlock ─────────────── Concat ── ConvBlock
+                             │ MaxPool                 ▲
+    ...                      └── ... bottleneck ───────┘
+
+A ConvBlock is two 3x3 convolutions, each followed by BatchNorm (optional) and ReLU.
+Channels double at each level down (base, 2*base, ..., 2**depth * base at the bottom)
+and halve on the way up. The head is a 1x1 convolution to one logit per class.
+
+Backward runs the same graph in reverse. Each encoder output is used twice, by the pool
+below it and by the skip connection, so its gradient is the *sum* of the two paths.
+
+``padding="same"`` pads every 3x3 convolution by 1 so sizes are kept: the input sides
+must be multiples of 2**depth. ``padding="valid"`` is the paper's network: no padding, so
+each convolution trims a pixel from every side, the skip maps are centre-cropped, and a
+572x572 input gives a 388x388 output (the paper's figure 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from minunet.errors import MinunetError
+from minunet.layers import (
+    BatchNorm2d,
+    Concat,
+    Conv2d,
+    ConvTranspose2d,
+    Dropout,
+    Layer,
+    LayerList,
+    MaxPool2d,
+    ReLU,
+)
+
+PADDINGS = ("same", "valid")
+
+
+class ConvBlock(Layer):
+    """(conv 3x3 -> [BatchNorm] -> ReLU) twice. x (N, C_in, H, W) -> (N, C_out, H', W')."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        padding: int,
+        batchnorm: bool,
+        *,
+        dtype: Any,
+        rng: np.random.Generator,
+    ) -> None:
+        super().__init__()
+        # With BatchNorm right after it, a conv bias would be subtracted out again.
+        bias = not batchnorm
+        self.conv1 = Conv2d(
+            in_channels, out_channels, 3, padding=padding, bias=bias, dtype=dtype, rng=rng
+        )
+        if batchnorm:
+            self.bn1 = BatchNorm2d(out_channels, dtype=dtype)
+        self.relu1 = ReLU()
+        self.conv2 = Conv2d(
+            out_channels, out_channels, 3, padding=padding, bias=bias, dtype=dtype, rng=rng
+        )
+        if batchnorm:
+            self.bn2 = BatchNorm2d(out_channels, dtype=dtype)
+        self.relu2 = ReLU()
+        self.sequence = list(self.children().values())  # in assignment order
+
+    def forward(self, x: Any) -> Any:
+        for layer in self.sequence:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout: Any) -> Any:
+        for layer in reversed(self.sequence):
+            dout = layer.backward(dout)
+        return dout
+
+
+class UNet(Layer):
+    """U-Net for semantic segmentation. x (N, in_channels, H, W) -> logits (N, num_classes, Ho, Wo).
+
+    Ho = H for padding="same"; for "valid" see ``output_size``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 3,
+        base_channels: int = 32,
+        depth: int = 4,
+        padding: str = "same",
+        batchnorm: bool = True,
+        dropout: float = 0.0,
+        *,
+        dtype: Any = np.float32,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        if depth < 1 or base_channels < 1 or in_channels < 1 or num_classes < 2:
+            raise ValueError(
+                "UNet needs depth >= 1, base_channels >= 1, in_channels >= 1 and "
+                f"num_classes >= 2; got depth={depth}, base_channels={base_channels}, "
+                f"in_channels={in_channels}, num_classes={num_classes}"
+            )
+        self.config = dict(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            base_channels=base_channels,
+            depth=depth,
+            padding=padding,
+            batchnorm=batchnorm,
+            dropout=dropout,
+        )
+        self.in_channels, self.num_classes, self.depth = in_channels, num_classes, depth
+        self.padding = padding
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        pad = 1 if padding == "same" else 0
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+
+        def block(cin: int, cout: int) -> ConvBlock:
+            return ConvBlock(cin, cout, pad, batchnorm, dtype=dtype, rng=rng)
+
+        self.encoder = LayerList(
+            [block(in_channels if lv == 0 else widths[lv - 1], widths[lv]) for lv in range(depth)]
+        )
+        self.pools = LayerList([MaxPool2d(2) for _ in range(depth)])
+        self.bottleneck = block(widths[depth - 1], widths[depth])
+        # The paper drops out at the end of the contracting path; so do we.
+        self.dropout = Dropout(dropout, seed=seed)
+        self.upconvs = LayerList(
+            [
+                ConvTranspose2d(widths[lv + 1], widths[lv], 2, stride=2, dtype=dtype, rng=rng)
+                for lv in reversed(range(depth))
+            ]
+        )
+        self.concats = LayerList([Concat() for _ in range(depth)])
+        self.decoder = LayerList(
+            [block(2 * widths[lv], widths[lv]) for lv in reversed(range(depth))]
+        )
+        self.head = Conv2d(widths[0], num_classes, 1, dtype=dtype, rng=rng)
+
+    # -- sizes ------------------------------------------------------------------------------
+    def output_size(self, size: int) -> int:
+        """Output side for an input side, or raise MinunetError naming valid sizes."""
+        out = self._trace_size(size)
+        if out is None:
+            below, above = size, size
+            while below > 0 and self._trace_size(below) is None:
+                below -= 1
+            while self._trace_size(above) is None:
+                above += 1
+            unit = f"a multiple of {2**self.depth}" if self.padding == "same" else "valid"
+            hint = f"nearest valid sizes: {below} or {above}" if below > 0 else f"try {above}"
+            raise MinunetError(
+                f"input side {size} does not fit a {self.padding}-padding U-Net of depth "
+                f"{self.depth} (each pooled map must have even sides; {unit}); {hint}"
+            )
+        return out
+
+    def _trace_size(self, size: int) -> int | None:
+        shrink = 0 if self.padding == "same" else 4  # two 3x3 convs per block
+        for _ in range(self.depth):
+            size -= shrink
+            if size < 2 or size % 2:
+                return None
+            size //= 2
+        size -= shrink
+        if size < 1:
+            return None
+        for _ in range(self.depth):
+            size = size * 2 - shrink
+            if size < 1:
+                return None
+        return size
+
+    # -- the pair -------------------------------------------------------------------------
+    def forward(self, x: Any) -> Any:
+        """x (N, in_channels, H, W) -> logits (N, num_classes, Ho, Wo)."""
+        if getattr(x, "ndim", 0) != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"UNet expects input of shape (N, {self.in_channels}, H, W), got "
+                f"{tuple(getattr(x, 'shape', ()))}"
+            )
+        for side in x.shape[2:]:
+            self.output_size(int(side))
+        skips = []
+        h = x
+        for block, pool in zip(self.encoder, self.pools, strict=True):
+            h = block.forward(h)
+            skips.append(h)  # kept for the skip connection
+            h = pool.forward(h)
+        h = self.dropout.forward(self.bottleneck.forward(h))
+        for up, cat, block in zip(self.upconvs, self.concats, self.decoder, strict=True):
+            h = block.forward(cat.forward(skips.pop(), up.forward(h)))
+        return self.head.forward(h)
+
+    def backward(self, dlogits: Any) -> Any:
+        """dL/dlogits (N, K, Ho, Wo) -> dL/dx (N, in_channels, H, W); fills every .grad."""
+        d = self.head.backward(dlogits)
+        dskips = []
+        for up, cat, block in zip(
+            reversed(self.upconvs.layers),
+            reversed(self.concats.layers),
+            reversed(self.decoder.layers),
+            strict=True,
+        ):
+            dskip, dup = cat.backward(block.backward(d))
+            dskips.append(dskip)
+            d = up.backward(dup)
+        d = self.bottleneck.backward(self.dropout.backward(d))
+        for block, pool in zip(
+            reversed(self.encoder.layers), reversed(self.pools.layers), strict=True
+        ):
+            # The encoder output fed both the pool and the skip: add the two gradients.
+            d = block.backward(pool.backward(d) + dskips.pop())
+        return d
+
+    def predict(self, x: Any) -> Any:
+        """Class map (N, Ho, Wo) in eval mode; the caches are released afterwards."""
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self.forward(x)
+        finally:
+            self.train(was_training)
+            self.release()
+        return logits.argmax(axis=1)
+
+    def num_parameters(self) -> int:
+        return int(sum(p.data.size for p in self.parameters()))
+
+    def summary(self, height: int, width: int | None = None, batch: int = 1) -> str:
+        """A table of every layer: output shape, parameters, FLOPs and activation memory."""
+        from minunet.model.summary import summarize
+
+        return summarize(self, height, width or height, batch)
