@@ -179,7 +179,11 @@ class DeviceLoader:
         data: SegmentationData,
         xp: ModuleType,
         batch_size: int,
-        **kwargs: Any,
+        *,
+        mean: float | Sequence[float] = DEFAULT_MEAN,
+        std: float | Sequence[float] = DEFAULT_STD,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> DeviceLoader:
         """A loader for validation and testing: data order, every sample, no augmentation.
 
@@ -187,7 +191,18 @@ class DeviceLoader:
         empty), but every rank yields the same number of batches, so collective
         operations stay in step.
         """
-        return cls(data, xp, batch_size, shuffle=False, drop_last=False, augment=None, **kwargs)
+        return cls(
+            data,
+            xp,
+            batch_size,
+            shuffle=False,
+            drop_last=False,
+            augment=None,
+            mean=mean,
+            std=std,
+            rank=rank,
+            world_size=world_size,
+        )
 
     def __len__(self) -> int:
         """Batches per epoch (the same on every rank)."""

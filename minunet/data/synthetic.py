@@ -259,7 +259,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 def _clutter(rng: np.random.Generator, img: np.ndarray, count: int) -> None:
     """Paint ``count`` random objects on ``img`` (H, W, 3) in place: ellipses, boxes, blobs.
 
-    About a third use the fur palette and fur textures, so colour and texture alone
+    About a quarter use the fur palette and fur textures, so colour and texture alone
     cannot separate a pet from the background.
     """
     size = img.shape[0]
@@ -283,7 +283,7 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, count: int) -> None:
             # An irregular blob: a circle whose radius is modulated by noise.
             noise = _value_noise(rng, u.shape, a * _uniform(rng, 0.3, 0.6))
             sd = np.hypot(u, v) - a * (0.6 + 0.8 * noise)
-        if rng.random() < 0.35:
+        if rng.random() < 0.25:
             colour = _fur_texture(rng, u, v, max(a, b))
         else:
             flat = rng.uniform(0, 255, 3).astype(np.float32)
@@ -406,15 +406,15 @@ def _draw_animal(
 def _make_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """One image (size, size, 3) uint8 and its trimap mask (size, size) uint8."""
     img = _background(rng, size)
-    _clutter(rng, img, int(rng.integers(3, 9)))
+    _clutter(rng, img, int(rng.integers(2, 8)))
 
     # Signed distance to the union of all animals; +inf far from any.
     sd = np.full((size, size), np.inf, dtype=np.float32)
-    if rng.random() < 0.7:
-        A = size * _uniform(rng, 0.18, 0.27)
+    if rng.random() < 0.75:
+        A = size * _uniform(rng, 0.2, 0.3)
         centres = [rng.uniform([0.3, 0.4], [0.7, 0.62]) * size]
     else:
-        A = size * _uniform(rng, 0.13, 0.18)
+        A = size * _uniform(rng, 0.14, 0.19)
         # Left and right halves, so the two animals overlap at most a little.
         centres = [
             rng.uniform([0.18, 0.3], [0.42, 0.7]) * size,
