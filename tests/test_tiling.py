@@ -1,0 +1,94 @@
+"""Overlap-tile prediction equals whole-image prediction for small convolutional nets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minunet.tiling import predict_tiled, valid_output_size
+
+RNG = np.random.default_rng(0)
+CHANNELS, HIDDEN, CLASSES = 2, 4, 3
+KERNELS = [
+    RNG.standard_normal((HIDDEN, CHANNELS, 3, 3)).astype(np.float32),
+    RNG.standard_normal((HIDDEN, HIDDEN, 3, 3)).astype(np.float32),
+    RNG.standard_normal((CLASSES, HIDDEN, 3, 3)).astype(np.float32),
+]
+
+
+def conv3x3(x: np.ndarray, k: np.ndarray, same: bool) -> np.ndarray:
+    """(B, C, H, W) * (K, C, 3, 3): a cross-correlation, 'valid' or zero-padded 'same'."""
+    if same:
+        x = np.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1)])
+    windows = np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(2, 3))
+    return np.einsum("bchwij,kcij->bkhw", windows, k, optimize=True).astype(np.float32)
+
+
+def tiny_net(same: bool, calls: list | None = None):
+    """Three 3x3 convs with a ReLU between: receptive-field radius 3, shrink 3 if valid."""
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        if calls is not None:
+            calls.append(x.shape)
+        for i, k in enumerate(KERNELS):
+            x = conv3x3(x, k, same)
+            if i < len(KERNELS) - 1:
+                x = np.maximum(x, 0.0)
+        return x
+
+    return forward
+
+
+@pytest.mark.parametrize("size", [(23, 30), (5, 7), (40, 41)])
+def test_valid_net_tiled_equals_whole_mirror_padded(size):
+    image = RNG.standard_normal((CHANNELS, *size)).astype(np.float32)
+    forward = tiny_net(same=False)
+    whole = forward(np.pad(image, [(0, 0), (3, 3), (3, 3)], mode="reflect")[None])[0]
+    calls: list = []
+    tiled = predict_tiled(
+        tiny_net(False, calls), image, 14, num_classes=CLASSES, depth=0, valid_shrink=3, batch=3
+    )
+    assert tiled.shape == (CLASSES, *size) and tiled.dtype == np.float32
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-5)
+    assert max(c[0] for c in calls) <= 3 and {c[2:] for c in calls} == {(14, 14)}
+
+
+@pytest.mark.parametrize("size", [(24, 36), (22, 30), (8, 12)])
+def test_same_net_tiled_equals_whole(size):
+    image = RNG.standard_normal((CHANNELS, *size)).astype(np.float32)
+    forward = tiny_net(same=True)
+    # The reference: the image padded (mirrored) at the bottom/right to a multiple of 4.
+    h, w = size
+    pads = [(0, 0), (0, -h % 4), (0, -w % 4)]
+    whole = forward(np.pad(image, pads, mode="reflect")[None])[0][:, :h, :w]
+    tiled = predict_tiled(forward, image, 12, num_classes=CLASSES, depth=2, margin=3, batch=2)
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-5)
+    classes = predict_tiled(
+        forward, image, 12, num_classes=CLASSES, depth=2, margin=3, output="classes"
+    )
+    np.testing.assert_array_equal(classes, whole.argmax(axis=0))
+
+
+def test_same_net_without_margin_differs_at_the_seams():
+    image = RNG.standard_normal((CHANNELS, 32, 32)).astype(np.float32)
+    forward = tiny_net(same=True)
+    whole = forward(image[None])[0]
+    seamed = predict_tiled(forward, image, 8, num_classes=CLASSES, depth=2, margin=0)
+    assert np.abs(seamed - whole).max() > 1e-3  # zero padding inside the image shows
+
+
+def test_size_rules():
+    assert valid_output_size(572, 4) == 388  # the paper's network
+    assert valid_output_size(570, 4) is None  # an odd size before some pooling
+    assert valid_output_size(20, 4) is None  # too small
+    with pytest.raises(ValueError, match="multiple of 2\\*\\*depth = 16"):
+        predict_tiled(tiny_net(True), np.zeros((2, 32, 32), np.float32), 40, num_classes=3, depth=4)
+    with pytest.raises(ValueError, match="expected"):
+        predict_tiled(
+            tiny_net(False),
+            np.zeros((2, 32, 32), np.float32),
+            16,
+            num_classes=3,
+            depth=0,
+            valid_shrink=2,
+        )
