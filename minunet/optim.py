@@ -1,0 +1,205 @@
+"""Optimisers and learning-rate schedules.
+
+Each optimiser updates ``Parameter.data`` in place from ``Parameter.grad``. Their state
+(momentum buffers, Adam's moments, the step count) is exposed by ``state_dict`` so that a
+checkpoint can resume a run exactly.
+
+    SGD (momentum mu, PyTorch's form):  v = mu * v + g;   p -= lr * v      (Nesterov: g + mu * v)
+    Adam:   m = b1 m + (1-b1) g;   v = b2 v + (1-b2) g^2;   p -= lr * m_hat / (sqrt(v_hat) + eps)
+    AdamW:  Adam, with weight decay applied to p directly (p -= lr * wd * p), not through g
+
+For SGD and Adam, weight decay is the classic L2 term added to the gradient (g += wd * p),
+as in PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from minunet.backend import get_array_module, to_device, to_numpy
+from minunet.layers.base import Parameter
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+class Optimizer:
+    """Shared bookkeeping: parameters, learning rate, step count, per-parameter state."""
+
+    def __init__(self, params: Sequence[Parameter], lr: float, weight_decay: float = 0.0) -> None:
+        self.params = list(params)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.steps = 0
+        self.state: dict[str, list[Any]] = {}
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad[...] = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        for i, p in enumerate(self.params):
+            self._update(i, p)
+
+    def _update(self, i: int, p: Parameter) -> None:
+        raise NotImplementedError
+
+    def _buffers(self, name: str) -> list[Any]:
+        """One zero-initialised buffer per parameter, created on first use."""
+        if name not in self.state:
+            self.state[name] = [get_array_module(p.data).zeros_like(p.data) for p in self.params]
+        return self.state[name]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = {"steps": np.asarray(self.steps, dtype=np.int64)}
+        for name, bufs in self.state.items():
+            for i, b in enumerate(bufs):
+                out[f"{name}.{i}"] = to_numpy(b).copy()
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.steps = int(state["steps"])
+        names = {k.rsplit(".", 1)[0] for k in state if k != "steps"}
+        for name in names:
+            bufs = []
+            for i, p in enumerate(self.params):
+                arr = np.asarray(state[f"{name}.{i}"])
+                if arr.shape != p.data.shape:
+                    raise ValueError(
+                        f"optimiser state {name}.{i} has shape {arr.shape}, expected {p.data.shape}"
+                    )
+                bufs.append(to_device(arr.astype(p.data.dtype), get_array_module(p.data)))
+            self.state[name] = bufs
+
+
+class SGD(Optimizer):
+    def __init__(
+        self,
+        params: Sequence[Parameter],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        super().__init__(params, lr, weight_decay)
+        self.momentum, self.nesterov = momentum, nesterov
+
+    def _update(self, i: int, p: Parameter) -> None:
+        g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
+        if self.momentum:
+            v = self._buffers("momentum")[i]
+            v *= self.momentum
+            v += g
+            g = g + self.momentum * v if self.nesterov else v
+        p.data -= self.lr * g
+
+
+class Adam(Optimizer):
+    decoupled = False
+
+    def __init__(
+        self,
+        params: Sequence[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, lr, weight_decay)
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+
+    def _update(self, i: int, p: Parameter) -> None:
+        g = p.grad
+        if self.weight_decay and self.decoupled:
+            p.data *= 1 - self.lr * self.weight_decay
+        elif self.weight_decay:
+            g = g + self.weight_decay * p.data
+        m, v = self._buffers("exp_avg")[i], self._buffers("exp_avg_sq")[i]
+        m *= self.beta1
+        m += (1 - self.beta1) * g
+        v *= self.beta2
+        v += (1 - self.beta2) * g * g
+        # Bias corrections folded into the step size, as PyTorch does.
+        c1 = 1 - self.beta1**self.steps
+        c2 = 1 - self.beta2**self.steps
+        p.data -= (self.lr / c1) * m / (get_array_module(v).sqrt(v / c2) + self.eps)
+
+
+class AdamW(Adam):
+    decoupled = True
+
+    def __init__(
+        self,
+        params: Sequence[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def make_optimizer(
+    name: str,
+    params: Sequence[Parameter],
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+) -> Optimizer:
+    """Build an optimiser by name: ``sgd``, ``adam`` or ``adamw``."""
+    if name == "sgd":
+        return SGD(params, lr, momentum, weight_decay, nesterov)
+    if name == "adam":
+        return Adam(params, lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return AdamW(params, lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+def clip_grad_norm(params: Sequence[Parameter], max_norm: float) -> Any:
+    """Scale all gradients so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping as a 0-d backend array (no host synchronisation).
+    """
+    xp = get_array_module(params[0].grad)
+    total = xp.sqrt(sum((p.grad.astype(xp.float32) ** 2).sum() for p in params))
+    scale = xp.minimum(1.0, max_norm / (total + 1e-6))
+    for p in params:
+        p.grad *= scale.astype(p.grad.dtype)
+    return total
+
+
+def learning_rate(
+    step: int,
+    total_steps: int,
+    base_lr: float,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
+    step_size: int = 0,
+    gamma: float = 0.1,
+    min_lr: float = 0.0,
+) -> float:
+    """The learning rate at ``step`` (0-based) of ``total_steps``.
+
+    Linear warm-up from base_lr/warmup to base_lr over ``warmup_steps``, then:
+    ``constant``; ``cosine`` decay to ``min_lr`` at the last step; or ``step``, multiplying
+    by ``gamma`` every ``step_size`` steps.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "cosine":
+        span = max(1, total_steps - warmup_steps - 1)
+        t = min(1.0, (step - warmup_steps) / span)
+        return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * t))
+    if schedule == "step" and step_size > 0:
+        return base_lr * gamma ** ((step - warmup_steps) // step_size)
+    return base_lr
