@@ -199,7 +199,7 @@ def server(pets_data):
     """A local HTTP server for the fixture archives; yields (base_url, state)."""
     httpd = _Server(("127.0.0.1", 0), _Handler)
     httpd.state = ServerState(root=pets_data.archives)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/pets", httpd.state
