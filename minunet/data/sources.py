@@ -1,0 +1,117 @@
+"""One entry point from a ``--data`` name to the training, validation and test splits.
+
+``train``, ``evaluate`` and ``tune`` all go through ``load_splits``, so every command
+accepts the same sources with the same flags:
+
+    synthetic   the offline toy pets (no download)
+    pets        Oxford-IIIT Pets from the official archives (or an extracted folder)
+    pets-tfds   Oxford-IIIT Pets through tensorflow-datasets, as in the original notebook
+    folder      your own images and masks
+    isbi2012    the U-Net paper's EM stack (train-volume.tif, train-labels.tif)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from minunet.data.dataset import SegmentationData
+from minunet.errors import DataError
+
+SOURCES = ("synthetic", "pets", "pets-tfds", "folder", "isbi2012")
+
+
+@dataclass
+class DataOptions:
+    """The data flags shared by train, evaluate and tune."""
+
+    data: str = "synthetic"
+    data_dir: str | None = None
+    image_size: int | None = 128
+    seed: int = 0
+    val_fraction: float = 0.1
+    train_size: int = 400  # synthetic only
+    val_size: int = 64  # synthetic only
+    download: bool = True  # pets only
+    verify: bool = True  # pets only
+    base_url: str | None = None  # pets only
+    mask_suffix: str = ""  # folder only
+    ignore_index: int | None = None  # folder only
+    num_classes: int | None = None  # folder only
+    border_weights: bool = False  # folder / isbi2012
+
+
+def load_splits(opts: DataOptions, split: str = "train") -> tuple[Any, Any]:
+    """``split="train"``: (training, validation). ``split="test"``: (test, None).
+
+    Returns ``SegmentationData`` (or, for folder/isbi2012 with ``image_size=None``, the
+    native-size ``NativeSizeData``).
+    """
+    if opts.data not in SOURCES:
+        raise DataError(f"unknown data source {opts.data!r}: choose one of {', '.join(SOURCES)}")
+    size = opts.image_size
+    if opts.data in ("synthetic", "pets", "pets-tfds") and size is None:
+        raise DataError(f"--data {opts.data} needs --image-size (--crop is for folder/isbi2012)")
+    if opts.data == "synthetic":
+        from minunet.data.synthetic import synthetic_splits
+
+        train, val = synthetic_splits(opts.train_size, opts.val_size, size, opts.seed)
+        return (val, None) if split == "test" else (train, val)
+    if opts.data == "pets":
+        from minunet.data.pets import load_pets, pets_splits
+
+        fetch = dict(download=opts.download, verify=opts.verify, base_url=opts.base_url)
+        if split == "test":
+            return load_pets(opts.data_dir, size, "test", **fetch), None
+        return pets_splits(opts.data_dir, size, opts.val_fraction, opts.seed, **fetch)
+    if opts.data == "pets-tfds":
+        from minunet.data.pets_tfds import load_pets_tfds
+
+        if split == "test":
+            return load_pets_tfds(size, "test", opts.data_dir), None
+        return holdout(load_pets_tfds(size, "train", opts.data_dir), opts.val_fraction, opts.seed)
+    if opts.data_dir is None:
+        raise DataError(f"--data {opts.data} needs --data-dir pointing at the data folder")
+    if opts.data == "folder":
+        from minunet.data.folder import load_folder
+
+        train, val = load_folder(
+            opts.data_dir,
+            size,
+            val_fraction=opts.val_fraction,
+            seed=opts.seed,
+            mask_suffix=opts.mask_suffix,
+            ignore_index=opts.ignore_index,
+            num_classes=opts.num_classes,
+            border_weights=opts.border_weights,
+        )
+    else:
+        from minunet.data.isbi import load_isbi2012
+
+        train, val = load_isbi2012(
+            opts.data_dir,
+            size,
+            val_fraction=opts.val_fraction,
+            seed=opts.seed,
+            border_weights=opts.border_weights,
+        )
+    if split == "test":
+        return val, None
+    return train, val
+
+
+def holdout(
+    data: SegmentationData, fraction: float, seed: int
+) -> tuple[SegmentationData, SegmentationData]:
+    """Split off a seeded random ``fraction`` of ``data`` for validation (at least one)."""
+    n = len(data)
+    n_val = max(1, round(n * fraction))
+    if n_val >= n:
+        raise DataError(
+            f"cannot hold out {n_val} of {n} samples for validation: "
+            "lower --val-fraction or add data"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
