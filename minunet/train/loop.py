@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,14 @@ def _progress(total: int, initial: int, enabled: bool, desc: str) -> Any:
     )
 
 
-def train(cfg: TrainConfig, log: Any = print) -> dict[str, Any]:
-    """Run (or resume) training as ``cfg`` says. Returns the last epoch's metrics."""
+def train(cfg: TrainConfig, log: Any = print,
+          on_epoch: Callable[[int, dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    """Run (or resume) training as ``cfg`` says. Returns the last epoch's metrics.
+
+    ``on_epoch(epoch, record)`` is called after each epoch's validation with the
+    metrics.jsonl record (1-based epoch); returning True stops the run there (the
+    hyper-parameter search uses it to prune a trial).
+    """
     if cfg.tf32:
         import os
 
@@ -355,6 +362,9 @@ def train(cfg: TrainConfig, log: Any = print) -> dict[str, Any]:
                 + ("  (best)" if improved else "")
             )
             if cfg.max_steps and step >= cfg.max_steps:
+                break
+            if on_epoch is not None and on_epoch(epoch, record):
+                log(f"stopped after epoch {epoch} at the caller's request")
                 break
     _preview(model, val_data, xp, mean, std, out / "predictions.png", train_data.class_names)
     return metrics
