@@ -150,5 +150,14 @@ def to_torch_state_dict(minunet_state: dict[str, Any]) -> dict[str, torch.Tensor
 
 
 def from_torch_state_dict(sd: dict[str, Any]) -> dict[str, np.ndarray]:
-    """PyTorch state dict (name -> tensor, any device) -> name -> host NumPy array (copies)."""
-    return {name: t.detach().cpu().numpy().copy() for name, t in sd.items()}
+    """PyTorch state dict (name -> tensor, any device) -> name -> host NumPy array (copies).
+
+    bfloat16 tensors (which NumPy cannot hold) become float32; other dtypes are kept.
+    """
+    state = {}
+    for name, t in sd.items():
+        t = t.detach().cpu()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        state[name] = t.numpy().copy()
+    return state
