@@ -13,6 +13,11 @@ Backward, from dout (N, K, P), is three lines of calculus on that product:
 
 Weight (K, C, kh, kw) and bias (K,) have PyTorch's shapes and meaning (cross-correlation,
 not a flipped kernel), and so does the output size.
+
+On NumPy, stride-1 convolutions (every convolution of the U-Net) take the fast path of
+``minunet.cpu``: the same products, done channels-last on cache-sized blocks of image
+rows over two threads, which is 2-5x faster on a small CPU. The im2col code below is the
+reference it is tested against, and what CuPy and every other geometry run.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from minunet import cpu
 from minunet.backend import get_array_module
 from minunet.im2col import col2im, conv_output_size, im2col
 from minunet.layers.base import Layer, Parameter, check_input, he_normal
@@ -76,20 +82,32 @@ class Conv2d(Layer):
                 f"({self.kernel_size}, dilation {self.dilation}, padding {self.padding})"
             )
         k = self.kernel_size
+        bias = self.params["bias"].data if "bias" in self.params else None
+        if cpu.fast_conv_ok(x, self.stride, self.dilation, self.padding, k):
+            self._cache = ("fast", x)  # the backward rebuilds the columns block by block
+            return cpu.conv2d_forward(x, weight, bias, self.padding)
         cols = im2col(x, k, k, self.stride, self.padding, self.dilation)  # (N, C*k*k, P)
         w2 = weight.reshape(self.out_channels, -1)  # (K, C*k*k)
         out = w2 @ cols  # (N, K, P)
-        if "bias" in self.params:
-            out += self.params["bias"].data[:, None]
-        self._cache = (x.shape, cols)
+        if bias is not None:
+            out += bias[:, None]
+        self._cache = ("im2col", x.shape, cols)
         return out.reshape(n, self.out_channels, ho, wo)
 
     def backward(self, dout: Any) -> Any:
-        x_shape, cols = self._cache
+        weight = self.params["weight"]
+        if self._cache[0] == "fast":
+            x = self._cache[1]
+            has_bias = "bias" in self.params
+            dx, dw, db = cpu.conv2d_backward(x, weight.data, dout, self.padding, has_bias)
+            weight.grad += dw
+            if has_bias:
+                self.params["bias"].grad += db
+            return dx
+        _, x_shape, cols = self._cache
         xp = get_array_module(dout)
         n, kout = dout.shape[:2]
         d = dout.reshape(n, kout, -1)  # (N, K, P)
-        weight = self.params["weight"]
         # dW = sum_n d[n] @ cols[n]^T: a batched product, then a sum over the batch.
         dw = xp.matmul(d, cols.transpose(0, 2, 1)).sum(axis=0)  # (K, C*k*k)
         weight.grad += dw.reshape(weight.shape)
