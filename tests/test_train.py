@@ -1,0 +1,158 @@
+"""Training end to end: it learns, it resumes exactly, it stops cleanly, and the commands
+give one-line errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minunet.checkpoint import load_checkpoint
+from minunet.data.sources import DataOptions
+from minunet.losses import SoftmaxCrossEntropy
+from minunet.model import UNet
+from minunet.optim import make_optimizer
+from minunet.train import TrainConfig, train
+from minunet.train.loop import NonFiniteLoss
+
+ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+TINY = ["--data", "synthetic", "--image-size", "32", "--base-channels", "4", "--depth", "2",
+        "--train-size", "16", "--val-size", "8", "--batch-size", "4", "--no-progress"]
+
+
+def tiny_config(out, **kw) -> TrainConfig:
+    data = DataOptions(data="synthetic", image_size=32, train_size=16, val_size=8)
+    cfg = TrainConfig(data=data, epochs=2, batch_size=4, base_channels=4, depth=2, out=str(out),
+                      progress=False, lr=3e-3)
+    return replace(cfg, **kw)
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV,
+                          timeout=300, **kw)
+
+
+def test_a_tiny_batch_is_overfit():
+    from minunet.data.synthetic import make_toy_pets
+
+    data = make_toy_pets(4, 32, seed=3)
+    x = ((data.images / 255.0 - 0.5) / 0.25).astype(np.float32).transpose(0, 3, 1, 2)
+    y = data.masks.astype(np.int64)
+    net = UNet(3, 3, base_channels=8, depth=2, seed=0)
+    loss_fn = SoftmaxCrossEntropy()
+    opt = make_optimizer("adam", net.parameters(), 1e-2)
+    for _ in range(150):
+        loss = loss_fn.forward(net.forward(x), y)
+        net.zero_grad()
+        net.backward(loss_fn.backward())
+        opt.step()
+    assert float(loss) < 0.15, f"could not overfit 4 images: loss {float(loss):.3f}"
+
+
+def test_resume_after_a_stop_is_bit_for_bit(tmp_path):
+    """Stop mid-epoch (as Ctrl-C does), resume, and end with exactly the uninterrupted run."""
+    whole = tmp_path / "whole"
+    train(tiny_config(whole, dropout=0.2), log=lambda *_: None)
+    parts = tmp_path / "parts"
+    train(tiny_config(parts, dropout=0.2, max_steps=3), log=lambda *_: None)   # 4 steps/epoch
+    assert load_checkpoint(parts / "last.npz").meta["train"]["batch"] == 3
+    train(tiny_config(parts, dropout=0.2, resume=True), log=lambda *_: None)
+    a, b = load_checkpoint(whole / "last.npz"), load_checkpoint(parts / "last.npz")
+    for k, v in a.model_state.items():
+        np.testing.assert_array_equal(v, b.model_state[k], err_msg=k)
+    for k, v in a.optim_state.items():
+        np.testing.assert_array_equal(v, b.optim_state[k], err_msg=k)
+    assert (whole / "metrics.jsonl").read_text().splitlines()[-1].split('"images_per_s"')[0] == \
+        (parts / "metrics.jsonl").read_text().splitlines()[-1].split('"images_per_s"')[0]
+
+
+def test_run_folder_contents(tmp_path):
+    metrics = train(tiny_config(tmp_path, epochs=1), log=lambda *_: None)
+    for name in ("config.json", "metrics.jsonl", "last.npz", "best.npz", "curves.png",
+                 "predictions.png"):
+        assert (tmp_path / name).exists(), name
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert record["val_miou"] == pytest.approx(metrics["miou"])
+    ck = load_checkpoint(tmp_path / "best.npz")
+    assert ck.meta["data"]["class_names"] == ["pet", "background", "outline"]
+    assert ck.optim_state == {}
+    assert load_checkpoint(tmp_path / "last.npz").optim_state
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train(tiny_config(tmp_path, epochs=1), log=lambda *_: None)
+    good = (tmp_path / "last.npz").read_bytes()
+    with pytest.raises(NonFiniteLoss, match=r"non-finite at step \d+"):
+        train(tiny_config(tmp_path, epochs=1, lr=1e38, optimizer="sgd", log_every=1),
+              log=lambda *_: None)
+    assert (tmp_path / "last.npz").read_bytes() == good
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+    out = tmp_path / "run"
+    args = ["-m", "minunet.train", *TINY, "--epochs", "50", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "stopped at step" in stdout
+    assert "Traceback" not in stderr
+    ck = load_checkpoint(out / "last.npz")
+    assert ck.meta["train"]["step"] > 0
+
+
+def test_cli_train_predict_evaluate(tmp_path):
+    out = tmp_path / "run"
+    r = run("-m", "minunet.train", *TINY, "--epochs", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "val mIoU" in r.stdout
+    image = tmp_path / "odd.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 45, 3), np.uint8)).save(image)
+    r = run("-m", "minunet.predict", "--checkpoint", str(out / "best.npz"), str(image),
+            "--out", str(tmp_path / "pred"))
+    assert r.returncode == 0, r.stderr
+    mask = np.asarray(Image.open(tmp_path / "pred" / "odd_mask.png"))
+    assert mask.shape == (37, 45) and set(np.unique(mask)) <= {1, 2, 3}   # trimap values
+    assert (tmp_path / "pred" / "odd_overlay.png").exists()
+    r = run("-m", "minunet.evaluate", "--checkpoint", str(out / "best.npz"), "--out",
+            str(tmp_path / "ev"), "--val-size", "8")
+    assert r.returncode == 0, r.stderr
+    assert "mean IoU" in r.stdout and (tmp_path / "ev" / "confusion.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-m", "minunet.train", "--epochs", "zero"], "expected a whole number"),
+        (["-m", "minunet.train", *TINY, "--backend", "cupy"], "backend 'cupy'"),
+        (["-m", "minunet.train", *TINY, "--data", "folder"], "needs --data-dir"),
+        (["-m", "minunet.train", *TINY, "--image-size", "30"], "multiple of 4"),
+        (["-m", "minunet.train", *TINY, "--resume", "--out", "/nonexistent/run"], "--resume"),
+        (["-m", "minunet.predict", "--checkpoint", "missing.npz", "x.png"], "no such checkpoint"),
+        (["-m", "minunet.evaluate", "--checkpoint", "missing.npz"], "no such checkpoint"),
+    ],
+)
+def test_errors_are_one_line(args, message, tmp_path):
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_predict_refuses_an_unreadable_image(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(out, epochs=1), log=lambda *_: None)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    r = run("-m", "minunet.predict", "--checkpoint", str(out / "best.npz"), str(bad))
+    assert r.returncode == 2 and "cannot decode" in r.stderr and "Traceback" not in r.stderr
