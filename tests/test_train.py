@@ -22,20 +22,44 @@ from minunet.train import TrainConfig, train
 from minunet.train.loop import NonFiniteLoss
 
 ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TINY = ["--data", "synthetic", "--image-size", "32", "--base-channels", "4", "--depth", "2",
-        "--train-size", "16", "--val-size", "8", "--batch-size", "4", "--no-progress"]
+TINY = [
+    "--data",
+    "synthetic",
+    "--image-size",
+    "32",
+    "--base-channels",
+    "4",
+    "--depth",
+    "2",
+    "--train-size",
+    "16",
+    "--val-size",
+    "8",
+    "--batch-size",
+    "4",
+    "--no-progress",
+]
 
 
 def tiny_config(out, **kw) -> TrainConfig:
     data = DataOptions(data="synthetic", image_size=32, train_size=16, val_size=8)
-    cfg = TrainConfig(data=data, epochs=2, batch_size=4, base_channels=4, depth=2, out=str(out),
-                      progress=False, lr=3e-3)
+    cfg = TrainConfig(
+        data=data,
+        epochs=2,
+        batch_size=4,
+        base_channels=4,
+        depth=2,
+        out=str(out),
+        progress=False,
+        lr=3e-3,
+    )
     return replace(cfg, **kw)
 
 
 def run(*args, **kw):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV,
-                          timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=ENV, timeout=300, **kw
+    )
 
 
 def test_a_tiny_batch_is_overfit():
@@ -60,7 +84,7 @@ def test_resume_after_a_stop_is_bit_for_bit(tmp_path):
     whole = tmp_path / "whole"
     train(tiny_config(whole, dropout=0.2), log=lambda *_: None)
     parts = tmp_path / "parts"
-    train(tiny_config(parts, dropout=0.2, max_steps=3), log=lambda *_: None)   # 4 steps/epoch
+    train(tiny_config(parts, dropout=0.2, max_steps=3), log=lambda *_: None)  # 4 steps/epoch
     assert load_checkpoint(parts / "last.npz").meta["train"]["batch"] == 3
     train(tiny_config(parts, dropout=0.2, resume=True), log=lambda *_: None)
     a, b = load_checkpoint(whole / "last.npz"), load_checkpoint(parts / "last.npz")
@@ -68,14 +92,21 @@ def test_resume_after_a_stop_is_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(v, b.model_state[k], err_msg=k)
     for k, v in a.optim_state.items():
         np.testing.assert_array_equal(v, b.optim_state[k], err_msg=k)
-    assert (whole / "metrics.jsonl").read_text().splitlines()[-1].split('"images_per_s"')[0] == \
-        (parts / "metrics.jsonl").read_text().splitlines()[-1].split('"images_per_s"')[0]
+    assert (whole / "metrics.jsonl").read_text().splitlines()[-1].split('"images_per_s"')[0] == (
+        parts / "metrics.jsonl"
+    ).read_text().splitlines()[-1].split('"images_per_s"')[0]
 
 
 def test_run_folder_contents(tmp_path):
     metrics = train(tiny_config(tmp_path, epochs=1), log=lambda *_: None)
-    for name in ("config.json", "metrics.jsonl", "last.npz", "best.npz", "curves.png",
-                 "predictions.png"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "last.npz",
+        "best.npz",
+        "curves.png",
+        "predictions.png",
+    ):
         assert (tmp_path / name).exists(), name
     record = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert record["val_miou"] == pytest.approx(metrics["miou"])
@@ -89,16 +120,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     train(tiny_config(tmp_path, epochs=1), log=lambda *_: None)
     good = (tmp_path / "last.npz").read_bytes()
     with pytest.raises(NonFiniteLoss, match=r"non-finite at step \d+"):
-        train(tiny_config(tmp_path, epochs=1, lr=1e38, optimizer="sgd", log_every=1),
-              log=lambda *_: None)
+        train(
+            tiny_config(tmp_path, epochs=1, lr=1e38, optimizer="sgd", log_every=1),
+            log=lambda *_: None,
+        )
     assert (tmp_path / "last.npz").read_bytes() == good
 
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
     args = ["-m", "minunet.train", *TINY, "--epochs", "50", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -118,14 +152,29 @@ def test_cli_train_predict_evaluate(tmp_path):
     assert "val mIoU" in r.stdout
     image = tmp_path / "odd.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 45, 3), np.uint8)).save(image)
-    r = run("-m", "minunet.predict", "--checkpoint", str(out / "best.npz"), str(image),
-            "--out", str(tmp_path / "pred"))
+    r = run(
+        "-m",
+        "minunet.predict",
+        "--checkpoint",
+        str(out / "best.npz"),
+        str(image),
+        "--out",
+        str(tmp_path / "pred"),
+    )
     assert r.returncode == 0, r.stderr
     mask = np.asarray(Image.open(tmp_path / "pred" / "odd_mask.png"))
-    assert mask.shape == (37, 45) and set(np.unique(mask)) <= {1, 2, 3}   # trimap values
+    assert mask.shape == (37, 45) and set(np.unique(mask)) <= {1, 2, 3}  # trimap values
     assert (tmp_path / "pred" / "odd_overlay.png").exists()
-    r = run("-m", "minunet.evaluate", "--checkpoint", str(out / "best.npz"), "--out",
-            str(tmp_path / "ev"), "--val-size", "8")
+    r = run(
+        "-m",
+        "minunet.evaluate",
+        "--checkpoint",
+        str(out / "best.npz"),
+        "--out",
+        str(tmp_path / "ev"),
+        "--val-size",
+        "8",
+    )
     assert r.returncode == 0, r.stderr
     assert "mean IoU" in r.stdout and (tmp_path / "ev" / "confusion.png").exists()
 
