@@ -160,6 +160,7 @@ print("after += 100 on the view:\n", a[0, 0])
 # CPU-only install never needs CuPy. Asking for the `cupy` backend where it cannot run
 # is an error that says how to fix it, never a silent fall-back to the CPU.
 
+
 # %%
 def relu(x):
     """Works on NumPy and CuPy arrays alike: x (any shape) -> same shape."""
