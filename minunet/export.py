@@ -158,8 +158,8 @@ def _load(path: str) -> tuple[Checkpoint, Any]:
 
 def export_torch(checkpoint: str, out: str) -> str:
     """Write the checkpoint's weights as a PyTorch state dict; returns a summary line."""
-    torch, torch_unet = _torch()
     ckpt, model = _load(checkpoint)
+    torch, torch_unet = _torch()
     sd = torch_unet.to_torch_state_dict(model.state_dict())
     # Load it once here, so a file that was written is known to load with strict=True.
     torch_unet.TorchUNet(**ckpt.model_config).load_state_dict(sd, strict=True)
@@ -169,8 +169,8 @@ def export_torch(checkpoint: str, out: str) -> str:
 
 def export_onnx(checkpoint: str, out: str) -> str:
     """Write the checkpoint as an ONNX model; returns a summary line."""
-    onnx_export = _onnx_export()
     ckpt, model = _load(checkpoint)
+    onnx_export = _onnx_export()
     try:
         proto = onnx_export.unet_to_onnx(model.state_dict(), ckpt.model_config, ckpt.meta)
     except ValueError as exc:

@@ -105,9 +105,6 @@ class _GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self._known: set[str] = set()
 
-    def has(self, name: str) -> bool:
-        return name in self.state
-
     def weight(self, name: str) -> str:
         """A checkpoint tensor as a float32 initializer under its checkpoint name."""
         if name not in self._known:
@@ -128,9 +125,9 @@ class _GraphBuilder:
         return out
 
     # -- layers -----------------------------------------------------------------------------
-    def conv(self, x: str, prefix: str, pad: int, out: str | None = None) -> str:
+    def conv(self, x: str, prefix: str, pad: int, bias: bool, out: str | None = None) -> str:
         w = self.weight(f"{prefix}.weight")
-        inputs = [x, w] + ([self.weight(f"{prefix}.bias")] if self.has(f"{prefix}.bias") else [])
+        inputs = [x, w] + ([self.weight(f"{prefix}.bias")] if bias else [])
         k = list(np.shape(self.state[w])[2:])
         return self.node("Conv", inputs, out or prefix, kernel_shape=k, pads=[pad] * 4)
 
@@ -143,7 +140,9 @@ class _GraphBuilder:
     def block(self, x: str, prefix: str, pad: int, batchnorm: bool) -> str:
         """minunet's ConvBlock: (conv 3x3 -> [BatchNorm] -> ReLU) twice."""
         for i in (1, 2):
-            x = self.conv(x, f"{prefix}.conv{i}", pad)
+            # The config, not the state dict, says whether there is a bias (none before BN),
+            # so a state dict that lacks one is an error rather than a silent change.
+            x = self.conv(x, f"{prefix}.conv{i}", pad, bias=not batchnorm)
             if batchnorm:
                 x = self.batchnorm(x, f"{prefix}.bn{i}")
             x = self.node("Relu", [x], f"{prefix}.relu{i}")
@@ -233,7 +232,7 @@ def unet_to_onnx(
             skip = g.centre_crop(skip, margins[i], f"concats.{i}.crop")
         x = g.node("Concat", [skip, up], f"concats.{i}", axis=1)
         x = g.block(x, f"decoder.{i}", pad, batchnorm)
-    g.conv(x, "head", 0, out=OUTPUT_NAME)
+    g.conv(x, "head", 0, bias=True, out=OUTPUT_NAME)
 
     c, k = config["in_channels"], config["num_classes"]
     out_hw = ["H", "W"] if same else ["H_out", "W_out"]
