@@ -1,0 +1,151 @@
+"""What the benchmarks share: choosing the device and precision, and fair side-by-side timing.
+
+Fair timing of NumPy against PyTorch in one process needs care (measured on a 2-core
+machine, see FACTS): after a call, each library's idle worker threads keep spinning for a
+while and steal the other library's cores. So every measurement here
+
+* interleaves the contenders (A, B, A, B, ...) so that a noisy neighbour slows both alike,
+* pauses ``PAUSE_S`` and makes one untimed warm-up call before each timed call,
+* synchronises the device before starting and before stopping the clock (GPU), and
+* reports the median time and the median of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+PAUSE_S = 0.3  # lets the other library's spinning threads go to sleep (CPU only)
+
+
+@dataclass
+class Device:
+    """The pair of libraries under test on one device."""
+
+    backend: str  # "numpy" or "cupy"
+    xp: ModuleType  # numpy or cupy
+    torch: ModuleType
+    torch_device: str  # "cpu" or "cuda"
+    threads: int  # CPU threads given to each side (0 on the GPU)
+    tf32: bool
+
+    def sync(self) -> None:
+        """Wait until both libraries' queued GPU work is done (nothing to do on the CPU)."""
+        if self.backend == "cupy":
+            self.xp.cuda.get_current_stream().synchronize()
+            self.torch.cuda.synchronize()
+
+    def describe(self) -> str:
+        import numpy as np
+
+        torch = self.torch
+        parts = [f"python {platform.python_version()}", f"numpy {np.__version__}"]
+        parts.append(f"torch {torch.__version__}")
+        if self.backend == "cupy":
+            parts.append(f"cupy {self.xp.__version__}")
+            parts.append(f"GPU {torch.cuda.get_device_name(0)}")
+            parts.append("TF32 on both sides" if self.tf32 else "fp32 (TF32 off on both sides)")
+        else:
+            parts.append(f"CPU {cpu_model()}, {os.cpu_count()} logical cores")
+            parts.append(f"{self.threads} threads each side")
+        return ", ".join(parts)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or platform's guess elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def setup(backend: str, tf32: bool) -> Device:
+    """Import and configure both libraries for ``backend``; exit with one line if impossible.
+
+    TF32 is set identically on both sides: CuPy reads CUPY_TF32 once, before its first
+    matrix product, so it is set here, before CuPy is imported.
+    """
+    if backend == "cupy":
+        os.environ["CUPY_TF32"] = "1" if tf32 else "0"
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                raise RuntimeError("no GPU visible")
+        except Exception as exc:  # ImportError, or a CUDA driver/runtime error
+            raise SystemExit(f"--backend cupy needs CuPy and a GPU: {exc}") from None
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--backend cupy compares against torch CUDA, which is unavailable")
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True  # PyTorch picks its fastest conv algorithm
+        return Device("cupy", cupy, torch, "cuda", 0, tf32)
+    if tf32:
+        raise SystemExit("--tf32 only applies to --backend cupy")
+    import numpy as np
+    import torch
+
+    from minunet.cpu import num_threads
+
+    threads = num_threads()
+    torch.set_num_threads(threads)
+    return Device("numpy", np, torch, "cpu", threads, False)
+
+
+@dataclass
+class Timing:
+    """Seconds per call of each contender, one entry per round."""
+
+    times: dict[str, list[float]]
+
+    def median_ms(self, name: str) -> float:
+        return 1e3 * statistics.median(self.times[name])
+
+    def ratio(self, name: str, reference: str) -> float:
+        """Median over rounds of time(name) / time(reference) measured in the same round."""
+        pairs = zip(self.times[name], self.times[reference], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
+
+def compare(
+    contenders: dict[str, Callable[[], Any]], device: Device, rounds: int = 5, calls: int = 1
+) -> Timing:
+    """Time each contender ``rounds`` times, interleaved; each timing averages ``calls`` calls."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    pause = PAUSE_S if device.backend == "numpy" else 0.0
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            time.sleep(pause)
+            fn()  # warm-up: caches, buffers, lazy initialisation, spinning threads
+            device.sync()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            device.sync()
+            times[name].append((time.perf_counter() - start) / calls)
+    return Timing(times)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table, columns right-aligned except the first."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(r: list[str]) -> str:
+        cells = [str(r[0]).ljust(widths[0])]
+        cells += [str(c).rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        return "  ".join(cells)
+
+    lines = [fmt(header), "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + [fmt(r) for r in rows])

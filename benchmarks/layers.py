@@ -1,0 +1,152 @@
+"""Each minunet layer's forward + backward against PyTorch's, side by side, in one process.
+
+    python benchmarks/layers.py                      # NumPy vs PyTorch CPU (same threads)
+    python benchmarks/layers.py --backend cupy       # CuPy vs PyTorch CUDA, fp32 both
+    python benchmarks/layers.py --backend cupy --tf32
+
+Both sides get the same weights, input and output gradient (float32) and do the same
+work: one forward and one backward (weights' and input's gradients). The shapes are the
+ones a base-32 U-Net meets at 128x128 with batch 8; the three 3x3 convolutions are the
+speed bar of the project (within 2x of PyTorch on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Device, compare, setup, table  # noqa: E402
+
+from minunet.layers import BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, ReLU  # noqa: E402
+from minunet.losses import SoftmaxCrossEntropy  # noqa: E402
+
+
+def cases(batch: int) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, kind, input shape) of every benchmarked layer."""
+    n = batch
+    return [
+        ("Conv2d 3x3 32->32", "conv", (n, 32, 128, 128)),
+        ("Conv2d 3x3 64->64", "conv", (n, 64, 64, 64)),
+        ("Conv2d 3x3 256->256", "conv", (n, 256, 16, 16)),
+        ("Conv2d 3x3 3->32", "conv_in", (n, 3, 128, 128)),
+        ("MaxPool2d 2x2", "pool", (n, 32, 128, 128)),
+        ("ConvTranspose2d 2x2 s2 64->32", "upconv", (n, 64, 64, 64)),
+        ("BatchNorm2d", "bn", (n, 32, 128, 128)),
+        ("ReLU", "relu", (n, 32, 128, 128)),
+        ("SoftmaxCE (3 classes)", "ce", (n, 3, 128, 128)),
+    ]
+
+
+def build(kind: str, shape: tuple[int, ...], dev: Device) -> tuple[Callable, Callable]:
+    """(minunet step, torch step): each runs one forward and one backward of the layer."""
+    xp, torch = dev.xp, dev.torch
+    rng = np.random.default_rng(0)
+    c = shape[1]
+    if kind in ("conv", "conv_in"):
+        out_c = 32 if kind == "conv_in" else c
+        # bias=False as in the U-Net, where BatchNorm follows every 3x3 convolution
+        layer: Any = Conv2d(c, out_c, 3, padding=1, bias=False, rng=rng)
+        ref: Any = torch.nn.Conv2d(c, out_c, 3, padding=1, bias=False)
+    elif kind == "upconv":
+        layer = ConvTranspose2d(c, c // 2, 2, stride=2, rng=rng)
+        ref = torch.nn.ConvTranspose2d(c, c // 2, 2, stride=2)
+    elif kind == "pool":
+        layer, ref = MaxPool2d(2), torch.nn.MaxPool2d(2)
+    elif kind == "bn":
+        layer, ref = BatchNorm2d(c), torch.nn.BatchNorm2d(c)
+    elif kind == "relu":
+        layer, ref = ReLU(), torch.nn.ReLU()
+    elif kind == "ce":
+        return _build_ce(shape, dev, rng)
+    else:
+        raise ValueError(kind)
+    layer.to(xp)
+    ref = ref.to(dev.torch_device)
+    with torch.no_grad():  # the same weights on both sides
+        for name, p in ref.named_parameters():
+            p.copy_(torch.from_numpy(np.asarray(layer.state_dict()[name])))
+
+    x_host = rng.standard_normal(shape, dtype=np.float32)
+    x = xp.asarray(x_host)
+    y_shape = layer.forward(x).shape
+    dy_host = rng.standard_normal(y_shape, dtype=np.float32)
+    dy = xp.asarray(dy_host)
+    xt = torch.from_numpy(x_host).to(dev.torch_device).requires_grad_(True)
+    dyt = torch.from_numpy(dy_host).to(dev.torch_device)
+
+    def ours() -> None:
+        layer.forward(x)
+        layer.backward(dy)
+
+    def theirs() -> None:
+        xt.grad = None
+        for p in ref.parameters():
+            p.grad = None  # PyTorch's own training loop default (zero_grad(set_to_none))
+        ref(xt).backward(dyt)
+
+    return ours, theirs
+
+
+def _build_ce(shape: tuple[int, ...], dev: Device, rng: np.random.Generator):
+    xp, torch = dev.xp, dev.torch
+    n, k, h, w = shape
+    z_host = rng.standard_normal(shape, dtype=np.float32)
+    y_host = rng.integers(0, k, (n, h, w))
+    z, y = xp.asarray(z_host), xp.asarray(y_host)
+    loss = SoftmaxCrossEntropy(check_targets=False)  # no device-to-host read
+    zt = torch.from_numpy(z_host).to(dev.torch_device).requires_grad_(True)
+    yt = torch.from_numpy(y_host).to(dev.torch_device)
+
+    def ours() -> None:
+        loss.forward(z, y)
+        loss.backward()
+
+    def theirs() -> None:
+        zt.grad = None
+        torch.nn.functional.cross_entropy(zt, yt).backward()
+
+    return ours, theirs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    parser.add_argument("--tf32", action="store_true", help="TF32 on both sides (GPU only)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timings per side")
+    parser.add_argument("--only", default="", help="run the layers whose name contains this")
+    args = parser.parse_args(argv)
+    dev = setup(args.backend, args.tf32)
+    calls = 1 if dev.backend == "numpy" else 10  # GPU calls are short: average 10
+    print(f"# layers: forward + backward, float32, batch {args.batch}")
+    print(f"# {dev.describe()}")
+    print(f"# {args.rounds} interleaved rounds, median; ratio = minunet / torch (lower is better)")
+    rows = []
+    for name, kind, shape in cases(args.batch):
+        if args.only.lower() not in name.lower():
+            continue
+        ours, theirs = build(kind, shape, dev)
+        t = compare({"minunet": ours, "torch": theirs}, dev, args.rounds, calls)
+        rows.append(
+            [
+                name,
+                "x".join(map(str, shape)),
+                f"{t.median_ms('minunet'):.2f}",
+                f"{t.median_ms('torch'):.2f}",
+                f"{t.ratio('minunet', 'torch'):.2f}",
+            ]
+        )
+        print(f"  {name}: {rows[-1][-1]}x", file=sys.stderr, flush=True)
+    print(table(["layer", "input", "minunet ms", "torch ms", "ratio"], rows))
+
+
+if __name__ == "__main__":
+    main()
