@@ -179,7 +179,13 @@ def test_valid_sizes_are_the_ones_unet_accepts():
 @pytest.mark.parametrize("key", CONFIGS)
 def test_onnx_matches_minunet_on_two_sizes_and_two_batch_sizes(key):
     model = minunet_model(key, dtype=np.float32).eval()
-    meta = {"data": {"class_names": ["a", "b"], "normalization": {"mean": 0.5, "std": 0.25}}}
+    meta = {
+        "data": {
+            "class_names": ["a", "b"],
+            "mask_values": [0, 255],
+            "normalization": {"mean": 0.5, "std": 0.25},
+        }
+    }
     proto = unet_to_onnx(model.state_dict(), model.config, meta)
     onnx.checker.check_model(proto, full_check=True)
     assert [i.name for i in proto.graph.input] == ["image"]
@@ -188,6 +194,7 @@ def test_onnx_matches_minunet_on_two_sizes_and_two_batch_sizes(key):
     assert "(pixel / 255 - mean) / std with mean=0.5, std=0.25" in proto.doc_string
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["minunet.config"]) == model.config
+    assert json.loads(props["minunet.mask_values"]) == [0, 255]
     ops = {n.op_type for n in proto.graph.node}
     assert ("BatchNormalization" in ops) == model.config["batchnorm"]
     assert ("Slice" in ops) == (model.config["padding"] == "valid")
@@ -199,6 +206,15 @@ def test_onnx_matches_minunet_on_two_sizes_and_two_batch_sizes(key):
             x = rng.standard_normal((batch, model.in_channels, h, w)).astype(np.float32)
             (logits,) = session.run(["logits"], {"image": x})
             np.testing.assert_allclose(logits, model.forward(x), **FLOAT32)
+
+
+def test_minunet_imports_neither_torch_nor_onnx_until_asked():
+    code = (
+        "import sys, minunet.export, minunet.interop, minunet.checkpoint, minunet.model; "
+        "print(sorted({'torch', 'onnx', 'onnxruntime'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_onnx_doc_string_says_when_the_checkpoint_lacks_its_normalisation():

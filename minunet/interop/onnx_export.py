@@ -162,7 +162,8 @@ def _normalization_text(meta: dict[str, Any]) -> tuple[str, Any]:
     if isinstance(norm, dict) and "mean" in norm and "std" in norm:
         return (
             "normalised per channel as (pixel / 255 - mean) / std with "
-            f"mean={norm['mean']}, std={norm['std']} (pixels 0-255, RGB order as trained)",
+            f"mean={norm['mean']}, std={norm['std']} (pixel values 0-255; channels in the "
+            "order training read them, RGB for colour images)",
             norm,
         )
     if norm is not None:
@@ -185,7 +186,9 @@ def _size_text(config: dict[str, Any]) -> str:
     return (
         f"H and W must each be {first} + {step} * k (k = 0, 1, ...: {first}, {first + step}, "
         f"{first + 2 * step}, ...); logits are smaller: Ho = H - {valid_shrink(depth)}, "
-        f"Wo = W - {valid_shrink(depth)} (padding 'valid', the paper's network)."
+        f"Wo = W - {valid_shrink(depth)} (padding 'valid', the paper's network). For logits "
+        f"of a whole image, mirror-pad it by {valid_shrink(depth) // 2} pixels on every side "
+        "first (and tile it for large images), as minunet's predict does."
     )
 
 
@@ -254,6 +257,7 @@ def unet_to_onnx(
     )
     norm_text, norm = _normalization_text(meta)
     class_names = (meta.get("data") or {}).get("class_names")
+    mask_values = (meta.get("data") or {}).get("mask_values")  # class index -> mask pixel
     model.doc_string = "\n".join(
         [
             f"minunet U-Net {json.dumps(config)}, in inference mode.",
@@ -261,7 +265,8 @@ def unet_to_onnx(
             f"Sizes: {_size_text(config)}",
             f"Output '{OUTPUT_NAME}': float32 (N, {k}, Ho, Wo), one score per class before "
             "softmax; argmax over axis 1 is the class map"
-            + (f" (classes {class_names})." if class_names else "."),
+            + (f" (classes {class_names})" if class_names else "")
+            + (f"; class i is written as mask value {mask_values}[i]." if mask_values else "."),
             "BatchNorm is kept as inference-mode BatchNormalization with the running "
             "statistics; dropout (identity in inference) is omitted.",
         ]
@@ -272,6 +277,7 @@ def unet_to_onnx(
             "minunet.config": json.dumps(config),
             "minunet.normalization": json.dumps(norm),
             "minunet.class_names": json.dumps(class_names),
+            "minunet.mask_values": json.dumps(mask_values),
         },
     )
     onnx.checker.check_model(model, full_check=True)  # full: shape inference as well
