@@ -181,7 +181,11 @@ def _normalization_text(meta: dict[str, Any]) -> tuple[str, Any]:
 def _size_text(config: dict[str, Any]) -> str:
     depth = config["depth"]
     if config["padding"] == "same":
-        return f"H and W must be multiples of {2**depth}; logits have the input's H and W."
+        return (
+            f"H and W must be multiples of {2**depth}; logits have the input's H and W. "
+            "For other sizes mirror-pad the image (bottom and right) to the next multiple "
+            "and crop the logits back, as minunet's predict does."
+        )
     first, step = valid_input_side(depth), 2**depth
     return (
         f"H and W must each be {first} + {step} * k (k = 0, 1, ...: {first}, {first + step}, "
