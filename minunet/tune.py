@@ -356,6 +356,7 @@ def open_study(optuna: Any, setup: Setup, storage: Any) -> tuple[Any, bool]:
         )
         study.set_user_attr("space", space)
         study.set_user_attr("metric", setup.metric)
+        study.set_user_attr("train_args", setup.fixed)
         joined = False
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=setup.study_name, storage=storage, pruner=pruner)
@@ -374,6 +375,13 @@ def open_study(optuna: Any, setup: Setup, storage: Any) -> tuple[Any, bool]:
         raise MinunetError(
             f"study {setup.study_name!r} searches {_space_text(theirs['space'])}, not "
             f"{_space_text(space)}: use the same flags, or another --out / --study-name"
+        )
+    if theirs.get("train_args", setup.fixed) != setup.fixed:
+        # Allowed (a GPU worker may add --backend cupy), but trials may not compare.
+        print(
+            "note: this worker's train flags differ from the study's first worker: "
+            f"{shlex.join(setup.fixed)} vs {shlex.join(theirs['train_args'])}",
+            file=sys.stderr,
         )
     # Seeding: the worker that creates the study uses --seed, so a single-worker search
     # is reproducible. A joining worker must not replay that seed: its random start-up
