@@ -1,0 +1,127 @@
+"""A full U-Net training step, minunet against the same network in PyTorch eager.
+
+    python benchmarks/step.py                            # CPU: base 32, depth 4, BN, 8x128x128
+    python benchmarks/step.py --backend cupy             # CuPy vs torch CUDA, fp32 on both
+    python benchmarks/step.py --backend cupy --grid      # base 32/64 x batch 8/32 x 128/256
+    python benchmarks/step.py --backend cupy --tf32
+
+One step = forward, softmax cross-entropy, backward, Adam update, on both sides, from
+the same weights (``minunet.interop.torch_unet`` builds the identical graph). On the CPU
+PyTorch is also timed in channels-last memory format, its faster layout there, for
+reference. GFLOP/s counts the forward FLOPs of ``minunet.model.summary.trace`` times 3
+(the backward of a convolution costs two forwards: input and weight gradients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Device, compare, setup, table  # noqa: E402
+
+from minunet.losses import SoftmaxCrossEntropy  # noqa: E402
+from minunet.model import UNet  # noqa: E402
+from minunet.model.summary import trace  # noqa: E402
+from minunet.optim import Adam  # noqa: E402
+
+GRID = [(b, n, s) for b in (32, 64) for n in (8, 32) for s in (128, 256)]
+
+
+def training_flops(model: UNet, size: int, batch: int) -> float:
+    """FLOPs of one training step: 3x the forward's (multiply-add = 2 FLOPs)."""
+    return 3.0 * sum(row[4] for row in trace(model, size, size, batch))
+
+
+def build(
+    dev: Device, base: int, depth: int, batch: int, size: int, classes: int = 3
+) -> tuple[UNet, dict[str, Callable[[], None]]]:
+    """The contenders: minunet, torch (NCHW), and on the CPU torch channels-last."""
+    from minunet.interop.torch_unet import TorchUNet, to_torch_state_dict
+
+    xp, torch = dev.xp, dev.torch
+    rng = np.random.default_rng(0)
+    x_host = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
+    y_host = rng.integers(0, classes, (batch, size, size))
+
+    model = UNet(3, classes, base, depth, batchnorm=True).to(xp)
+    opt = Adam(model.parameters(), lr=1e-3)
+    loss = SoftmaxCrossEntropy(check_targets=False)  # no device-to-host read per step
+    x, y = xp.asarray(x_host), xp.asarray(y_host)
+
+    def ours() -> None:
+        opt.zero_grad()
+        loss.forward(model.forward(x), y)
+        model.backward(loss.backward())
+        opt.step()
+
+    contenders = {"minunet": ours}
+    layouts = ["nchw"] if dev.backend == "cupy" else ["nchw", "channels_last"]
+    for layout in layouts:
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        net = TorchUNet(**model.config)
+        net.load_state_dict(to_torch_state_dict(model.state_dict()))
+        net = net.to(dev.torch_device, memory_format=fmt)
+        topt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        xt = torch.from_numpy(x_host).to(dev.torch_device).contiguous(memory_format=fmt)
+        yt = torch.from_numpy(y_host).to(dev.torch_device)
+
+        def theirs(net=net, topt=topt, xt=xt, yt=yt) -> None:
+            topt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(xt), yt).backward()
+            topt.step()
+
+        contenders["torch" if layout == "nchw" else "torch channels-last"] = theirs
+    return model, contenders
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    parser.add_argument("--tf32", action="store_true", help="TF32 on both sides (GPU only)")
+    parser.add_argument("--base", type=int, default=32)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--grid", action="store_true", help="base 32/64 x batch 8/32 x 128/256")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timings per side")
+    args = parser.parse_args(argv)
+    dev = setup(args.backend, args.tf32)
+    configs = GRID if args.grid else [(args.base, args.batch, args.size)]
+    calls = 1 if dev.backend == "numpy" else 5
+    print(f"# U-Net training step (fwd, CE loss, bwd, Adam), depth {args.depth}, BN, float32")
+    print(f"# {dev.describe()}")
+    print(f"# {args.rounds} interleaved rounds, median; ratio = time / torch NCHW time")
+    rows = []
+    for base, batch, size in configs:
+        model, contenders = build(dev, base, args.depth, batch, size)
+        flops = training_flops(model, size, batch)
+        t = compare(contenders, dev, args.rounds, calls)
+        for name in contenders:
+            ms = t.median_ms(name)
+            rows.append(
+                [
+                    name,
+                    f"b{base} n{batch} {size}px",
+                    f"{ms:.1f}",
+                    f"{batch / ms * 1e3:.1f}",
+                    f"{flops / ms / 1e6:.0f}",
+                    f"{t.ratio(name, 'torch'):.2f}",
+                ]
+            )
+        print(f"  b{base} n{batch} {size}px done", file=sys.stderr, flush=True)
+        del model, contenders
+        if dev.backend == "cupy":
+            dev.xp.get_default_memory_pool().free_all_blocks()
+            dev.torch.cuda.empty_cache()
+    print(table(["contender", "config", "ms/step", "images/s", "GFLOP/s", "ratio"], rows))
+
+
+if __name__ == "__main__":
+    main()
