@@ -141,6 +141,7 @@ def fast_conv_ok(x: Any, stride: int, dilation: int, padding: int, kernel: int) 
 def _row_blocks(n: int, ho: int, row_bytes: int) -> list[tuple[int, int, int]]:
     """(image, first row, end row) blocks of about BLOCK_BYTES of columns each."""
     rows = max(1, min(ho, BLOCK_BYTES // max(1, row_bytes)))
+    rows = -(-ho // -(-ho // rows))  # equal blocks: 8 rows as 4 + 4, not 7 + 1
     return [(i, r, min(r + rows, ho)) for i in range(n) for r in range(0, ho, rows)]
 
 

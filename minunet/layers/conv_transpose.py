@@ -13,7 +13,13 @@ forward:
 
 The weight is (C_in, C_out, kh, kw), PyTorch's layout for this layer.
 In the U-Net, a 2x2 kernel with stride 2 doubles the resolution; the patches then do not
-overlap, and col2im's additions are plain copies.
+overlap, and col2im's additions are plain copies. So when kernel == stride (no padding,
+no dilation) both directions skip im2col/col2im: the forward is the product followed by
+one transposing copy that interleaves the k*k outputs of each input pixel,
+
+    cols (N, K, k, k, H, W)  ->  y[n, o, h*k + a, w*k + b] = cols[n, o, a, b, h, w]
+
+and the backward reads dy through the inverse permutation (one copy) into dcols.
 """
 
 from __future__ import annotations
@@ -95,20 +101,41 @@ class ConvTranspose2d(Layer):
         w2 = weight.reshape(self.in_channels, -1)  # (C_in, K*k*k)
         cols = w2.T @ x.reshape(n, self.in_channels, h * w)  # (N, K*k*k, H*W)
         k = self.kernel_size
+        self._cache = x
+        if self._patches_tile():
+            # Patches tile the output exactly: interleaving is a permutation (one copy).
+            out = cols.reshape(n, self.out_channels, k, k, h, w).transpose(0, 1, 4, 2, 5, 3)
+            out = out.reshape(n, self.out_channels, ho, wo)  # the copy happens here
+            if "bias" in self.params:
+                out += self.params["bias"].data[:, None, None]
+            return out
         out = col2im(
             cols, (n, self.out_channels, ho, wo), k, k, self.stride, self.padding, self.dilation
         )
         if "bias" in self.params:
             out += self.params["bias"].data[:, None, None]
-        self._cache = x
         return out
+
+    def _patches_tile(self) -> bool:
+        """True when each input pixel owns its own k x k output patch (kernel == stride)."""
+        return (
+            self.kernel_size == self.stride
+            and self.padding == 0
+            and self.dilation == 1
+            and self.output_padding == 0
+        )
 
     def backward(self, dout: Any) -> Any:
         x = self._cache
         xp = get_array_module(dout)
         n, c, h, w = x.shape
         k = self.kernel_size
-        dcols = im2col(dout, k, k, self.stride, self.padding, self.dilation)  # (N, K*k*k, H*W)
+        if self._patches_tile():  # the forward's permutation, inverted: one copy
+            dcols = dout.reshape(n, self.out_channels, h, k, w, k).transpose(0, 1, 3, 5, 2, 4)
+            dcols = dcols.reshape(n, self.out_channels * k * k, h * w)
+        else:
+            dcols = im2col(dout, k, k, self.stride, self.padding, self.dilation)
+        # dcols: (N, K*k*k, H*W)
         weight = self.params["weight"]
         x2 = x.reshape(n, c, h * w)
         dw = xp.matmul(x2, dcols.transpose(0, 2, 1)).sum(axis=0)  # (C_in, K*k*k)
