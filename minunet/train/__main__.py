@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   python -m minunet.train --data pets --data-dir ~/data/pets --backend cupy --epochs 30
   python -m minunet.train --data folder --data-dir my_data --image-size 256
   python -m minunet.train --out runs/unet --resume
+  mpiexec -n 4 python -m minunet.train --backend cupy --batch-size 64 --sync-bn
 """
 
 
@@ -128,6 +129,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=positive_int, default=10, help="steps between logs")
     g.add_argument("--max-steps", type=positive_int, help="stop after this many steps")
     g.add_argument("--no-progress", dest="progress", action="store_false")
+
+    g = p.add_argument_group("several processes (launch with mpiexec -n N)")
+    g.add_argument(
+        "--distributed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="data-parallel over MPI ranks (default: on when mpiexec started us)",
+    )
+    g.add_argument(
+        "--comm",
+        choices=("nccl", "mpi"),
+        default="nccl",
+        help="cupy: gradients over NCCL (default) or MPI; numpy always uses MPI",
+    )
+    g.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="BatchNorm statistics over the global batch, not each rank's share",
+    )
     return p
 
 

@@ -37,6 +37,7 @@ from minunet.checkpoint import load_checkpoint, save_checkpoint
 from minunet.data.augment import AugmentConfig
 from minunet.data.loader import DEFAULT_MEAN, DEFAULT_STD, DeviceLoader
 from minunet.data.sources import DataOptions, load_splits
+from minunet.distributed import Communicator, make_communicator
 from minunet.errors import CheckpointError, MinunetError
 from minunet.inference import predict_classes
 from minunet.losses import SoftmaxCrossEntropy
@@ -84,6 +85,9 @@ class TrainConfig:
     tf32: bool = False
     max_steps: int | None = None  # stop early (tests, smoke runs)
     progress: bool = True
+    distributed: bool | None = None  # None: detect an MPI launch (mpiexec -n N ...)
+    comm: str = "nccl"  # cupy: nccl or mpi; numpy always uses mpi
+    sync_bn: bool = False  # BatchNorm statistics over the global batch
 
 
 class NonFiniteLoss(MinunetError):
@@ -129,8 +133,11 @@ def _progress(total: int, initial: int, enabled: bool, desc: str) -> Any:
     )
 
 
-def train(cfg: TrainConfig, log: Any = print,
-          on_epoch: Callable[[int, dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig,
+    log: Any = print,
+    on_epoch: Callable[[int, dict[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
     """Run (or resume) training as ``cfg`` says. Returns the last epoch's metrics.
 
     ``on_epoch(epoch, record)`` is called after each epoch's validation with the
@@ -142,8 +149,15 @@ def train(cfg: TrainConfig, log: Any = print,
 
         os.environ["CUPY_TF32"] = "1"  # read by CuPy before its first matmul
     xp = get_backend(cfg.backend)
+    comm = make_communicator(
+        cfg.distributed, cfg.comm if cfg.backend == "cupy" else "mpi", cfg.backend
+    )
+    main = comm.is_main  # rank 0 alone logs and writes files
+    if not main:
+        log = _silent
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed, xp)
 
     data_opts = cfg.data
@@ -168,11 +182,21 @@ def train(cfg: TrainConfig, log: Any = print,
             seed=cfg.seed,
             mean=mean,
             std=std,
+            rank=comm.rank,
+            world_size=comm.size,
         )
         ignore_index = loader.ignore_index
     else:
         loader = DeviceLoader(
-            train_data, xp, cfg.batch_size, augment=augment, seed=cfg.seed, mean=mean, std=std
+            train_data,
+            xp,
+            cfg.batch_size,
+            augment=augment,
+            seed=cfg.seed,
+            mean=mean,
+            std=std,
+            rank=comm.rank,
+            world_size=comm.size,
         )
     model = UNet(
         train_data.in_channels,
@@ -184,6 +208,10 @@ def train(cfg: TrainConfig, log: Any = print,
         cfg.dropout,
         seed=cfg.seed,
     ).to(xp)
+    comm.broadcast_model(model)  # every replica starts from rank 0's weights
+    if cfg.sync_bn:
+        for layer in _batchnorms(model):
+            layer.sync = comm.allreduce_sum
     if cfg.padding == "valid" and not cfg.crop:
         raise MinunetError(
             "padding='valid' shrinks the output; train it with --crop N "
@@ -234,10 +262,12 @@ def train(cfg: TrainConfig, log: Any = print,
         epoch, step, skip = state["epoch"], state["step"], state["batch"]
         best, history = state["best_miou"], state["history"]
         log(f"resuming {last_path}: epoch {epoch + 1}, step {step}")
-    else:
+    elif main:
         atomic_write(out / "config.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
     def save_last(batch_in_epoch: int) -> None:
+        if not main:
+            return
         train_state = {
             "epoch": epoch,
             "step": step,
@@ -252,6 +282,7 @@ def train(cfg: TrainConfig, log: Any = print,
     log(
         f"training on {len(train_data)} images, validating on {len(val_data)}, "
         f"{model.num_parameters():,} parameters, backend {backend_name(xp)}"
+        + (f", {comm.size} processes" if comm.size > 1 else "")
     )
     metrics: dict[str, Any] = {}
     with _StopFlag() as stop:
@@ -260,7 +291,9 @@ def train(cfg: TrainConfig, log: Any = print,
             loss_sum = xp.zeros((), dtype=xp.float32)
             first_bad = None
             n_steps, t0 = 0, time.perf_counter()
-            bar = _progress(steps_per_epoch, skip, cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}")
+            bar = _progress(
+                steps_per_epoch, skip, cfg.progress and main, f"epoch {epoch + 1}/{cfg.epochs}"
+            )
             for i, batch in enumerate(loader.epoch(epoch)):
                 if i < skip:  # resumed mid-epoch: same batches, skipped
                     continue
@@ -279,6 +312,13 @@ def train(cfg: TrainConfig, log: Any = print,
                 loss = loss_fn.forward(model.forward(x), y, w)
                 model.zero_grad()
                 model.backward(loss_fn.backward())
+                if comm.size > 1:
+                    # One allreduce averages every gradient; the stop flag rides along, so
+                    # all ranks stop after the same step.
+                    stops = comm.average_gradients(
+                        model.parameters(), extra=[float(stop.requested)]
+                    )
+                    stop.requested = float(stops[0]) > 0
                 if cfg.clip_grad:
                     clip_grad_norm(model.parameters(), cfg.clip_grad)
                 opt.step()
@@ -330,6 +370,7 @@ def train(cfg: TrainConfig, log: Any = print,
                 num_classes,
                 ignore_index,
                 list(train_data.class_names),
+                comm,
             )
             epoch += 1
             record = {
@@ -346,16 +387,17 @@ def train(cfg: TrainConfig, log: Any = print,
             history.append(record)
             improved = metrics["miou"] > best
             best = max(best, metrics["miou"])
-            if improved:
+            if improved and main:
                 save_checkpoint(
                     best_path,
                     model.state_dict(),
                     {**meta, "train": {"epoch": epoch, "step": step, "val_miou": metrics["miou"]}},
                 )
             save_last(0)
-            lines = "".join(json.dumps(h) + "\n" for h in history)
-            atomic_write(out / "metrics.jsonl", lambda f, s=lines: f.write(s.encode()))
-            plot_curves(history, out / "curves.png")
+            if main:
+                lines = "".join(json.dumps(h) + "\n" for h in history)
+                atomic_write(out / "metrics.jsonl", lambda f, s=lines: f.write(s.encode()))
+                plot_curves(history, out / "curves.png")
             log(
                 f"epoch {epoch}/{cfg.epochs}  loss {train_loss:.4f}  val mIoU {metrics['miou']:.4f}"
                 f"  pixel acc {metrics['pixel_accuracy']:.4f}  {record['images_per_s']:.1f} img/s"
@@ -366,7 +408,8 @@ def train(cfg: TrainConfig, log: Any = print,
             if on_epoch is not None and on_epoch(epoch, record):
                 log(f"stopped after epoch {epoch} at the caller's request")
                 break
-    _preview(model, val_data, xp, mean, std, out / "predictions.png", train_data.class_names)
+    if main:
+        _preview(model, val_data, xp, mean, std, out / "predictions.png", train_data.class_names)
     return metrics
 
 
@@ -380,22 +423,53 @@ def validate(
     num_classes: int,
     ignore_index: int | None,
     class_names: list[str],
+    comm: Communicator | None = None,
 ) -> tuple[dict[str, Any], Any]:
-    """Metrics of ``model`` on a split, from one confusion matrix accumulated on the device."""
+    """Metrics of ``model`` on a split, from one confusion matrix accumulated on the device.
+
+    With several ranks, each scores its own share of the split and the matrices are summed.
+    """
+    comm = comm or Communicator()
     model.eval()
     conf = xp.zeros((num_classes, num_classes), dtype=xp.int64)
     if isinstance(data.images, np.ndarray):
-        loader = DeviceLoader.for_eval(data, xp, cfg.batch_size, mean=mean, std=std)
+        loader = DeviceLoader.for_eval(
+            data, xp, cfg.batch_size, mean=mean, std=std, rank=comm.rank, world_size=comm.size
+        )
         for x, y, _ in loader.epoch(0):
-            pred = model.forward(x).argmax(axis=1)
-            conf += confusion_matrix(pred, y, num_classes, ignore_index)
+            if len(x):  # with several ranks, a rank's share of the last batch can be empty
+                pred = model.forward(x).argmax(axis=1)
+                conf += confusion_matrix(pred, y, num_classes, ignore_index)
     else:  # native sizes (crop training): one image at a time, at full resolution
-        preds = predict_classes(model, data.images, xp, mean, std)
-        for pred, mask in zip(preds, data.masks, strict=True):
-            conf += confusion_matrix(xp.asarray(pred), xp.asarray(mask), num_classes, ignore_index)
+        mine = list(range(comm.rank, len(data.images), comm.size))
+        preds = predict_classes(model, [data.images[i] for i in mine], xp, mean, std)
+        for pred, i in zip(preds, mine, strict=True):
+            mask = xp.asarray(data.masks[i])
+            conf += confusion_matrix(xp.asarray(pred), mask, num_classes, ignore_index)
+    conf = comm.allreduce_sum(conf)
     model.release()
     model.train()
     return metrics_from_confusion(conf, class_names), to_numpy(conf)
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
+def _batchnorms(model: UNet) -> list[Any]:
+    """Every BatchNorm2d in the model, depth first."""
+    from minunet.layers import BatchNorm2d
+
+    found = []
+
+    def walk(layer: Any) -> None:
+        if isinstance(layer, BatchNorm2d):
+            found.append(layer)
+        for child in layer.children().values():
+            walk(child)
+
+    walk(model)
+    return found
 
 
 def _elastic(
