@@ -57,15 +57,18 @@ def num_threads() -> int:
 
 
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 _pool_lock = threading.Lock()
 _blas: Any = None  # threadpoolctl's controller, found once, or False where it is missing
 
 
 def _get_pool(threads: int) -> ThreadPoolExecutor:
-    global _pool
+    """The shared pool, grown if more workers are asked for (the caller is one more)."""
+    global _pool, _pool_size
     with _pool_lock:
-        if _pool is None or _pool._max_workers < threads - 1:
+        if _pool is None or _pool_size < threads - 1:
             _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="minunet")
+            _pool_size = threads - 1
         return _pool
 
 
@@ -93,7 +96,7 @@ def parallel(fn: Callable[[int, Sequence[Any]], None], items: Sequence[Any]) -> 
 
     The calling thread takes chunk 0 itself. Chunks (not single items) go to the pool, so
     the pool's overhead is paid once per thread, not once per block. ``worker`` (0, 1, ...)
-    lets ``fn`` pick buffers of its own.
+    lets ``fn`` keep results of its own (partial sums) without locks.
     """
     threads = min(num_threads(), len(items))
     if threads <= 1:
@@ -109,14 +112,15 @@ def parallel(fn: Callable[[int, Sequence[Any]], None], items: Sequence[Any]) -> 
             f.result()  # re-raises a worker's exception here
 
 
-# -- per-worker scratch buffers -------------------------------------------------------------
+# -- per-thread scratch buffers -------------------------------------------------------------
 _buffers: dict[tuple, np.ndarray] = {}
 
 
-def scratch(worker: int, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """A reusable uninitialised buffer owned by one worker (allocating 1 MB per block
-    costs page faults every time; reusing keeps it warm in cache)."""
-    key = (worker, name, np.dtype(dtype).str)
+def scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A reusable uninitialised buffer owned by the calling thread (allocating 1 MB per
+    block costs page faults every time; reusing keeps it warm in cache). Keyed by thread,
+    so two models running in two threads never share one."""
+    key = (threading.get_ident(), name, np.dtype(dtype).str)
     buf = _buffers.get(key)
     size = int(np.prod(shape))
     if buf is None or buf.size < size:
@@ -146,7 +150,7 @@ def _row_blocks(n: int, ho: int, row_bytes: int) -> list[tuple[int, int, int]]:
 
 
 def _columns(
-    worker: int, x: np.ndarray, i: int, r0: int, r1: int, kh: int, kw: int, pad: int, wo: int
+    x: np.ndarray, i: int, r0: int, r1: int, kh: int, kw: int, pad: int, wo: int
 ) -> np.ndarray:
     """Channels-last columns of output rows [r0, r1) of image i: (rows*Wo, kh*kw*C).
 
@@ -157,7 +161,7 @@ def _columns(
     """
     _, c, h, w = x.shape
     rows = r1 - r0
-    slab = scratch(worker, "slab", (rows + kh - 1, wo + kw - 1, c), x.dtype)
+    slab = scratch("slab", (rows + kh - 1, wo + kw - 1, c), x.dtype)
     top = r0 - pad  # input row that slab row 0 holds (may be negative: padding)
     lo, hi = max(top, 0), min(top + rows + kh - 1, h)
     # Zero only the padding ring: rows above/below the image and columns left/right.
@@ -168,10 +172,10 @@ def _columns(
     # Two copies beat one here: reading x[i, :, lo:hi] channel by channel (a stride of a
     # whole image plane per value) thrashes the TLB; copying the rows as they lie first,
     # then transposing the small contiguous block, measured ~4x faster.
-    rows_in = scratch(worker, "rows_in", (c, hi - lo, w), x.dtype)
+    rows_in = scratch("rows_in", (c, hi - lo, w), x.dtype)
     rows_in[...] = x[i, :, lo:hi]
     slab[lo - top : hi - top, pad : pad + w] = rows_in.transpose(1, 2, 0)
-    cols = scratch(worker, "cols", (rows, wo, kh, kw, c), x.dtype)
+    cols = scratch("cols", (rows, wo, kh, kw, c), x.dtype)
     for a in range(kh):
         for b in range(kw):
             cols[:, :, a, b] = slab[a : a + rows, b : b + wo]
@@ -196,11 +200,11 @@ def conv2d_forward(
     def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
         for i, r0, r1 in chunk:
             rows = r1 - r0
-            cols = _columns(worker, x, i, r0, r1, kh, kw, padding, wo)  # (P, 9C)
+            cols = _columns(x, i, r0, r1, kh, kw, padding, wo)  # (P, 9C)
             # (P, 9C) @ (9C, K): the channels-last product. Measured here with one BLAS
             # thread, it runs ~1.6x faster at K = 32 than the same product computed as
             # (K, 9C) @ (9C, P) straight into NCHW, which pays for the transposed copy below.
-            res = scratch(worker, "res", (rows * wo, k), x.dtype)
+            res = scratch("res", (rows * wo, k), x.dtype)
             np.matmul(cols, wmat, out=res)
             if bias is not None:
                 res += bias
@@ -228,7 +232,7 @@ def conv2d_backward(
 
     def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
         for i, r0, r1 in chunk:
-            cols = _columns(worker, x, i, r0, r1, kh, kw, padding, wo)  # (P, 9C)
+            cols = _columns(x, i, r0, r1, kh, kw, padding, wo)  # (P, 9C)
             d = dout[i, :, r0:r1].reshape(k, (r1 - r0) * wo)  # (K, P), a view
             dw_parts[worker] += d @ cols
 

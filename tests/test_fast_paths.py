@@ -1,0 +1,122 @@
+"""The CPU fast paths against the plain reference paths they replace, on the same inputs.
+
+``minunet.cpu`` computes stride-1 convolutions channels-last, in row blocks, over threads;
+ConvTranspose2d with kernel == stride skips col2im. Each must agree with the im2col
+reference (which tests/test_torch_parity.py checks against PyTorch) for every geometry it
+accepts: forward, input gradient, weight and bias gradients.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minunet import cpu
+from minunet.layers import Conv2d, ConvTranspose2d
+
+
+def conv_both_ways(layer, x, dout, monkeypatch):
+    """(out, dx, dW, db) from the fast path and from the reference path."""
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(cpu, "ENABLED", enabled)
+        for p in layer.params.values():
+            p.grad[...] = 0
+        out = layer.forward(x)
+        assert (layer._cache[0] == "fast") == enabled
+        dx = layer.backward(dout)
+        grads = [p.grad.copy() for p in layer.params.values()]
+        results.append((out, dx, *grads))
+    return results
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    cin=st.integers(1, 6),
+    cout=st.integers(1, 6),
+    k=st.sampled_from([1, 2, 3, 5]),
+    pad=st.integers(0, 4),
+    h=st.integers(5, 11),
+    w=st.integers(5, 11),
+    bias=st.booleans(),
+    block_bytes=st.sampled_from([1, 500, 1 << 20]),  # one row per block ... whole images
+    seed=st.integers(0, 2**16),
+)
+def test_conv2d_fast_path_matches_im2col(n, cin, cout, k, pad, h, w, bias, block_bytes, seed):
+    pad = min(pad, k - 1)  # the fast path's condition; larger paddings use the reference
+    rng = np.random.default_rng(seed)
+    layer = Conv2d(cin, cout, k, padding=pad, bias=bias, dtype=np.float64, rng=rng)
+    if bias:
+        layer.params["bias"].data[...] = rng.standard_normal(cout)
+    x = rng.standard_normal((n, cin, h, w))
+    ho, wo = layer.output_shape(h, w)
+    dout = rng.standard_normal((n, cout, ho, wo))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpu, "BLOCK_BYTES", block_bytes)
+        fast, ref = conv_both_ways(layer, x, dout, mp)
+    for a, b in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_fast_path_float32_strided_gradient_and_threads(monkeypatch):
+    """float32, a U-Net-like shape, an output gradient that is a channel slice of a larger
+    array (what Concat's backward hands over), and 1 or 3 worker threads."""
+    rng = np.random.default_rng(0)
+    layer = Conv2d(8, 6, 3, padding=1, bias=False, rng=rng)
+    x = rng.standard_normal((2, 8, 16, 12), dtype=np.float32)
+    dout = rng.standard_normal((2, 10, 16, 12), dtype=np.float32)[:, 2:8]
+    for threads in ("1", "3"):
+        monkeypatch.setenv("MINUNET_THREADS", threads)
+        fast, ref = conv_both_ways(layer, x, dout, monkeypatch)
+        for a, b in zip(fast, ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_path_is_skipped_where_it_does_not_apply():
+    x = np.zeros((1, 2, 8, 8), np.float32)
+    assert cpu.fast_conv_ok(x, 1, 1, 1, 3)
+    assert not cpu.fast_conv_ok(x, 2, 1, 1, 3)  # stride
+    assert not cpu.fast_conv_ok(x, 1, 2, 1, 3)  # dilation
+    assert not cpu.fast_conv_ok(x, 1, 1, 3, 3)  # padding > k - 1
+    assert not cpu.fast_conv_ok(x.astype(np.float16), 1, 1, 1, 3)
+
+
+def test_parallel_reraises_a_worker_error(monkeypatch):
+    monkeypatch.setenv("MINUNET_THREADS", "2")
+
+    def work(worker, chunk):
+        if worker == 1:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        cpu.parallel(work, [0, 1, 2, 3])
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    cin=st.integers(1, 5),
+    cout=st.integers(1, 5),
+    k=st.integers(1, 3),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_conv_transpose_tiling_path_matches_col2im(n, cin, cout, k, h, w, seed):
+    rng = np.random.default_rng(seed)
+    layer = ConvTranspose2d(cin, cout, k, stride=k, dtype=np.float64, rng=rng)
+    layer.params["bias"].data[...] = rng.standard_normal(cout)
+    x = rng.standard_normal((n, cin, h, w))
+    dout = rng.standard_normal((n, cout, h * k, w * k))
+    results = []
+    with pytest.MonkeyPatch.context() as mp:
+        for tiled in (True, False):
+            mp.setattr(ConvTranspose2d, "_patches_tile", lambda self, t=tiled: t)
+            for p in layer.params.values():
+                p.grad[...] = 0
+            out = layer.forward(x)
+            dx = layer.backward(dout)
+            results.append((out, dx, *(p.grad.copy() for p in layer.params.values())))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
