@@ -1,0 +1,168 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 08: the same code on a GPU
+#
+# Lesson 00 promised that every layer is written once, against `xp`. This lesson cashes
+# that in: move a U-Net and a batch to CuPy, and the *same* forward and backward run on
+# an NVIDIA GPU. Where there is no CuPy or no GPU, the cells say so and carry on.
+
+# %%
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minunet.backend import BackendError, get_backend, gpu_available, to_device, to_numpy
+from minunet.losses import SoftmaxCrossEntropy
+from minunet.model import UNet
+
+SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
+HAVE_GPU = gpu_available()
+try:
+    get_backend("cupy")
+except BackendError as exc:
+    print(f"No GPU backend here. minunet says:\n  {exc}")
+    print("\nThe GPU cells below will describe what they would do instead of running.")
+else:
+    import cupy as cp
+
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    print(f"CuPy {cp.__version__} on {props['name'].decode()}")
+
+# %% [markdown]
+# ## What "the same code on CuPy" means
+#
+# CuPy arrays live in GPU memory. Every NumPy-style call on them (`xp.matmul`, slicing,
+# `+=`, `xp.exp`, `.sum(axis=...)`) launches one or more **CUDA kernels**: small programs
+# run by thousands of GPU threads at once. For minunet's layers that means:
+#
+# - **matrix products** (`W2 @ cols` in Conv2d, the 2x2 transposed convolution) go to
+#   cuBLAS, NVIDIA's tuned matrix library: this is where the GPU's arithmetic
+#   throughput pays off, and where nearly all the FLOPs are;
+# - **im2col / col2im** are `kh*kw` strided slice copies / additions (lesson 01): each
+#   is one elementwise kernel over a whole `(N, C, Ho, Wo)` block; the additions of
+#   col2im never race, because each kernel handles one kernel offset and so touches
+#   each input pixel at most once;
+# - **BatchNorm, ReLU, softmax, max pooling** are elementwise kernels and reductions;
+#   they do little arithmetic per byte, so their speed is set by memory bandwidth.
+#
+# CuPy 14 dropped its cuDNN bindings, so none of this calls cuDNN: every convolution is
+# minunet's own im2col + cuBLAS. Two costs do not exist on the CPU. Each kernel launch
+# costs the CPU a few microseconds, and a U-Net step launches hundreds, so small
+# networks are limited by launch overhead rather than by the GPU. And reading a number
+# back (`float(loss)`) makes the CPU wait for the GPU to finish; minunet's loss returns
+# a 0-d device array for that reason, and the training loop decides when to read it.
+#
+# ## The check: the GPU computes what the CPU computes
+#
+# Same weights (`model.to(cp)` copies parameters, gradients and buffers), same input.
+# In float64 the two must agree to rounding; in float32 to about 1e-4 relative, since
+# cuBLAS sums in a different order than OpenBLAS.
+
+# %%
+size = 32 if SMALL else 64
+rng = np.random.default_rng(0)
+x = rng.standard_normal((2, 3, size, size)).astype(np.float64)
+y = rng.integers(0, 3, (2, size, size))
+
+cpu_model = UNet(3, 3, base_channels=8, depth=3, dtype=np.float64, seed=0)
+loss_fn = SoftmaxCrossEntropy()
+cpu_loss = float(loss_fn(cpu_model.forward(x), y))
+cpu_model.zero_grad()
+cpu_dx = cpu_model.backward(loss_fn.backward())
+print(f"NumPy: loss {cpu_loss:.6f}")
+
+if HAVE_GPU:
+    gpu_model = UNet(3, 3, base_channels=8, depth=3, dtype=np.float64, seed=0).to(cp)
+    xg, yg = to_device(x, cp), to_device(y, cp)
+    gpu_loss = float(loss_fn(gpu_model.forward(xg), yg))
+    gpu_model.zero_grad()
+    gpu_dx = gpu_model.backward(loss_fn.backward())
+    print(f"CuPy:  loss {gpu_loss:.6f}")
+    np.testing.assert_allclose(gpu_loss, cpu_loss, rtol=1e-10)
+    np.testing.assert_allclose(to_numpy(gpu_dx), cpu_dx, rtol=1e-7, atol=1e-12)
+    cpu_grads = dict(cpu_model.named_parameters())
+    for name, p in gpu_model.named_parameters():
+        np.testing.assert_allclose(to_numpy(p.grad), cpu_grads[name].grad, rtol=1e-7, atol=1e-10)
+    print("every gradient agrees between NumPy and CuPy")
+else:
+    print("CuPy:  skipped (no GPU here); on a GPU machine this cell compares every gradient.")
+
+# %% [markdown]
+# ## Timing a training step, honestly
+#
+# GPU calls return before the GPU has finished: they only *queue* kernels. A timer
+# around them measures the queueing. To time the work, synchronise
+# (`cp.cuda.Device().synchronize()`) before reading the clock, and run a warm-up step
+# first (the first call compiles kernels and sets up cuBLAS).
+
+
+# %%
+def time_steps(model, x, y, xp, steps):
+    def step():
+        loss = loss_fn(model.forward(x), y)
+        model.zero_grad()
+        model.backward(loss_fn.backward())
+        return loss
+
+    step()  # warm-up
+    if xp is not np:
+        xp.cuda.Device().synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if xp is not np:
+        xp.cuda.Device().synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+side, batch, base = (32, 2, 8) if SMALL else (128, 8, 32)
+steps = 1 if SMALL else 3
+xb = rng.standard_normal((batch, 3, side, side)).astype(np.float32)
+yb = rng.integers(0, 3, (batch, side, side))
+cpu_time = time_steps(UNet(3, 3, base_channels=base, depth=4), xb, yb, np, steps)
+print(f"NumPy: {cpu_time * 1000:.0f} ms per step (base {base}, batch {batch}, {side}x{side})")
+if HAVE_GPU:
+    gpu_time = time_steps(
+        UNet(3, 3, base_channels=base, depth=4).to(cp), to_device(xb, cp), to_device(yb, cp), cp, 5
+    )
+    print(f"CuPy:  {gpu_time * 1000:.1f} ms per step, {cpu_time / gpu_time:.0f}x faster")
+else:
+    print("CuPy:  not measured (no GPU here).")
+
+# %% [markdown]
+# ## Where the measured numbers live
+#
+# Timings depend on the machine, so minunet keeps its measurements in one file,
+# `benchmarks/RESULTS.md`, each table naming the CPU or GPU it was measured on and
+# comparing with PyTorch on the same machine. The scripts that produce it are in
+# `benchmarks/`. Compare ratios, not absolute times, across machines.
+
+# %%
+results = Path("../benchmarks/RESULTS.md")
+if results.is_file():
+    print(f"{results} exists; its first lines:\n")
+    print("\n".join(results.read_text(encoding="utf-8").splitlines()[:20]))
+else:
+    print(f"{results} is not in this checkout yet; the benchmark scripts are in ../benchmarks/.")
+
+# %% [markdown]
+# ## What to remember
+#
+# - `model.to(cp)` and `to_device(x, cp)`: the rest of the code is unchanged.
+# - On the GPU, matmuls go to cuBLAS; slices, elementwise maths and reductions become
+#   CUDA kernels; per-launch overhead and host reads are the new costs.
+# - Time GPU code only after synchronising, and after a warm-up.
+#
+# That is the whole course: from arrays to a trained U-Net, every backward pass derived
+# and checked against the library that trains it.
