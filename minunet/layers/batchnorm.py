@@ -14,6 +14,13 @@ The running statistics follow PyTorch: running = (1 - momentum) * running + mome
 batch, with the *unbiased* variance (m / (m - 1)) in running_var while the forward itself
 divides by the biased one. In eval mode the running statistics replace the batch's, the
 layer is a fixed per-channel affine map, and dx = dout * gamma * rstd.
+
+Synchronised BatchNorm (data-parallel training over R processes): set ``sync`` to an
+allreduce-sum. The forward then sums [count, sum x, sum x^2] over all ranks, so every
+rank normalises with the statistics of the *global* batch, and the backward sums
+[dbeta, dgamma] the same way before forming dx: R processes compute exactly what one
+process computes on the whole batch. The parameter gradients stay local; the optimiser's
+gradient averaging combines them like every other gradient.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class BatchNorm2d(Layer):
         self.buffers["running_mean"] = np.zeros(num_features, dtype=dtype)
         self.buffers["running_var"] = np.ones(num_features, dtype=dtype)
         self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
+        self.sync: Any = None  # an allreduce-sum across data-parallel ranks, or None
         self._cache: Any = None
 
     def forward(self, x: Any) -> Any:
@@ -52,13 +60,16 @@ class BatchNorm2d(Layer):
         xp = get_array_module(x)
         if self.training:
             m = x.shape[0] * x.shape[2] * x.shape[3]
-            if m < 2:
+            if self.sync is None:
+                mean = x.mean(axis=(0, 2, 3))
+                var = x.var(axis=(0, 2, 3))
+            else:
+                mean, var, m = self._global_statistics(x, m)
+            if self.sync is None and m < 2:
                 raise ValueError(
                     "BatchNorm2d in training needs more than one value per channel "
                     f"(N*H*W > 1), got input shape {tuple(x.shape)}"
                 )
-            mean = x.mean(axis=(0, 2, 3))
-            var = x.var(axis=(0, 2, 3))
             mom = self.momentum
             self.buffers["running_mean"] = (1 - mom) * self.buffers["running_mean"] + mom * mean
             unbiased = var * (m / (m - 1))
@@ -68,11 +79,11 @@ class BatchNorm2d(Layer):
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         rstd = 1.0 / xp.sqrt(var + self.eps)  # (C,)
         xhat = (x - mean[:, None, None]) * rstd[:, None, None]  # (N, C, H, W)
-        self._cache = (xhat, rstd, self.training)
+        self._cache = (xhat, rstd, self.training, m if self.training else None)
         return xhat * gamma[:, None, None] + self.params["bias"].data[:, None, None]
 
     def backward(self, dout: Any) -> Any:
-        xhat, rstd, training = self._cache
+        xhat, rstd, training, m = self._cache
         gamma = self.params["weight"]
         dbeta = dout.sum(axis=(0, 2, 3))
         dgamma = (dout * xhat).sum(axis=(0, 2, 3))
@@ -81,5 +92,21 @@ class BatchNorm2d(Layer):
         scale = (gamma.data * rstd)[:, None, None]
         if not training:  # a fixed affine map: its Jacobian is diagonal
             return dout * scale
-        m = dout.shape[0] * dout.shape[2] * dout.shape[3]
+        if self.sync is not None:  # sums over the global batch, for dx only
+            dbeta, dgamma = self.sync(get_array_module(dout).stack([dbeta, dgamma]))
         return (scale / m) * (m * dout - dbeta[:, None, None] - xhat * dgamma[:, None, None])
+
+    def _global_statistics(self, x: Any, m: int) -> tuple[Any, Any, Any]:
+        """Mean and biased variance per channel over every rank's batch, and their count."""
+        xp = get_array_module(x)
+        local = xp.stack(
+            [
+                xp.full(self.num_features, m, dtype=x.dtype),
+                x.sum(axis=(0, 2, 3)),
+                (x * x).sum(axis=(0, 2, 3)),
+            ]
+        )
+        count, total, squares = self.sync(local)
+        mean = total / count
+        var = xp.maximum(squares / count - mean * mean, 0)
+        return mean, var, count[0]  # a 0-d backend array: no wait for the device

@@ -1,0 +1,120 @@
+"""Data-parallel training on two MPI ranks (CPU), against one process doing it by hand."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minunet.losses import SoftmaxCrossEntropy
+from minunet.model import UNet
+from minunet.optim import SGD
+
+pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install 'minunet[mpi]')")
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+if MPIEXEC is None:
+    pytest.skip(
+        "no mpiexec found (pip install 'minunet[mpi]' brings MPICH's)", allow_module_level=True
+    )
+WORKER = Path(__file__).with_name("mpi_worker.py")
+ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def mpirun(*args, timeout=180):
+    return subprocess.run(
+        [MPIEXEC, "-n", "2", sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
+
+
+def reference_step(shards):
+    """One process: the same step, BatchNorm over ``shards`` separately (per-rank) or not."""
+    sys.path.insert(0, str(WORKER.parent))
+    from mpi_worker import batch
+
+    net = UNet(3, 3, base_channels=4, depth=2, dtype=np.float64, seed=0)
+    x, y = batch()
+    grads = [np.zeros_like(p.data) for p in net.parameters()]
+    size = len(x) // shards
+    for s in range(shards):
+        loss = SoftmaxCrossEntropy()
+        loss.forward(net.forward(x[s * size : (s + 1) * size]), y[s * size : (s + 1) * size])
+        net.zero_grad()
+        net.backward(loss.backward())
+        for g, p in zip(grads, net.parameters(), strict=True):
+            g += p.grad / shards
+    for g, p in zip(grads, net.parameters(), strict=True):
+        p.grad[...] = g
+    SGD(net.parameters(), lr=0.1, momentum=0.0).step()
+    return {
+        k: v
+        for k, v in net.state_dict().items()
+        if "running" not in k and "calls" not in k and "num_batches" not in k
+    }
+
+
+def compare(path, expected):
+    got = np.load(path)
+    for k, v in expected.items():
+        err = np.abs(got[k] - v).max() / max(np.abs(v).max(), 1e-30)
+        assert err < 1e-6, f"{k}: relative error {err:.2e}"
+
+
+def test_sync_bn_step_equals_one_process_on_the_whole_batch(tmp_path):
+    r = mpirun(str(WORKER), "step", str(tmp_path / "w.npz"), "--sync-bn")
+    assert r.returncode == 0, r.stderr
+    compare(tmp_path / "w.npz", reference_step(shards=1))
+
+
+def test_per_rank_bn_step_equals_per_shard_bn_by_hand(tmp_path):
+    r = mpirun(str(WORKER), "step", str(tmp_path / "w.npz"))
+    assert r.returncode == 0, r.stderr
+    compare(tmp_path / "w.npz", reference_step(shards=2))
+    # and it really differs from the whole-batch statistics
+    with pytest.raises(AssertionError):
+        compare(tmp_path / "w.npz", reference_step(shards=1))
+
+
+def test_a_failing_rank_ends_the_job(tmp_path):
+    r = mpirun(str(WORKER), "fail", timeout=60)
+    assert r.returncode != 0
+    assert "rank 1 failed on purpose" in r.stderr
+
+
+def test_training_command_on_two_ranks(tmp_path):
+    out = tmp_path / "run"
+    r = mpirun(
+        "-m",
+        "minunet.train",
+        "--data",
+        "synthetic",
+        "--image-size",
+        "32",
+        "--base-channels",
+        "4",
+        "--depth",
+        "2",
+        "--train-size",
+        "16",
+        "--val-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--sync-bn",
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("training on") == 1  # rank 0 alone logs...
+    assert "2 processes" in r.stdout
+    assert (out / "best.npz").exists() and (out / "metrics.jsonl").exists()  # ...and writes
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
