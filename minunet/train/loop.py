@@ -138,7 +138,8 @@ def train(
     log: Any = print,
     on_epoch: Callable[[int, dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) training as ``cfg`` says. Returns the last epoch's metrics.
+    """Run (or resume) training as ``cfg`` says. Returns the last epoch's metrics (with
+    ``interrupted: True`` when Ctrl-C stopped the run mid-epoch).
 
     ``on_epoch(epoch, record)`` is called after each epoch's validation with the
     metrics.jsonl record (1-based epoch); returning True stops the run there (the
@@ -356,7 +357,7 @@ def train(
                     raise NonFiniteLoss(f"the loss became non-finite at step {int(first_bad)}")
                 save_last(i + 1)
                 log(f"stopped at step {step}; saved {last_path} (resume with --resume)")
-                return metrics
+                return {**metrics, "interrupted": stop.requested}
             skip = 0
             train_loss = float(loss_sum) / max(1, n_steps)
             seconds = time.perf_counter() - t0
@@ -403,10 +404,10 @@ def train(
                 f"  pixel acc {metrics['pixel_accuracy']:.4f}  {record['images_per_s']:.1f} img/s"
                 + ("  (best)" if improved else "")
             )
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
             if on_epoch is not None and on_epoch(epoch, record):
                 log(f"stopped after epoch {epoch} at the caller's request")
+                break
+            if cfg.max_steps and step >= cfg.max_steps:
                 break
     if main:
         _preview(model, val_data, xp, mean, std, out / "predictions.png", train_data.class_names)
