@@ -40,6 +40,7 @@ from minunet.data.sources import DataOptions, load_splits
 from minunet.distributed import Communicator, make_communicator
 from minunet.errors import CheckpointError, MinunetError
 from minunet.inference import predict_classes
+from minunet.layers.concat import centre_crop_box
 from minunet.losses import SoftmaxCrossEntropy
 from minunet.metrics import confusion_matrix, metrics_from_confusion
 from minunet.model import UNet
@@ -310,7 +311,12 @@ def train(
                     cfg.step_size_epochs * steps_per_epoch,
                     cfg.gamma,
                 )
-                loss = loss_fn.forward(model.forward(x), y, w)
+                logits = model.forward(x)
+                if logits.shape[2:] != y.shape[1:]:  # a valid-padding net: labels of the centre
+                    rows, cols = centre_crop_box(y.shape[1:], logits.shape[2:])
+                    y = y[:, rows, cols]
+                    w = None if w is None else w[:, rows, cols]
+                loss = loss_fn.forward(logits, y, w)
                 model.zero_grad()
                 model.backward(loss_fn.backward())
                 if comm.size > 1:
