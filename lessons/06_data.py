@@ -235,18 +235,22 @@ plt.show()
 # discs: for every background pixel, the distance to every pixel of every object.
 
 # %%
-side = 40 if SMALL else 64
+side = 48
 yy, xx = np.mgrid[0:side, 0:side]
-discs = [(0.30, 0.30, 0.18), (0.30, 0.70, 0.2), (0.72, 0.45, 0.22)]  # (cy, cx, r) as fractions
+discs = [
+    (14, 14, 8),
+    (14, 34, 9),
+    (34, 24, 10),
+]  # (centre row, centre column, radius): gaps of 3-4 px
 cells = np.zeros((side, side), dtype=np.uint8)
 for cy, cx, r in discs:
-    cells[(yy - cy * side) ** 2 + (xx - cx * side) ** 2 <= (r * side) ** 2] = 1
+    cells[(yy - cy) ** 2 + (xx - cx) ** 2 <= r**2] = 1
 weights = border_weight_map(cells, foreground_classes=[1], w0=10.0, sigma=5.0)
 
 # Brute force: object k is the k-th disc (they do not touch), distances by exhaustive search.
 objects = []
 for cy, cx, r in discs:
-    inside = (yy - cy * side) ** 2 + (xx - cx * side) ** 2 <= (r * side) ** 2
+    inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
     objects.append(np.argwhere(inside))
 dist = np.stack(
     [
