@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         val_size=args.val_size,
         mask_suffix=train_cfg.get("mask_suffix", ""),
         ignore_index=train_cfg.get("ignore_index"),
+        limit=args.limit,
     )
     data, _ = load_splits(opts, split="test")
     if args.limit:

@@ -77,3 +77,58 @@ class SegmentationData:
             weights=None if self.weights is None else self.weights[index],
             names=[self.names[i] for i in index],
         )
+
+
+@dataclass
+class NativeSizeData:
+    """``SegmentationData`` at native resolution: one array per sample, sizes differ.
+
+    images:  list of (H_i, W_i, C) uint8, C the same for all (1 or 3)
+    masks:   list of (H_i, W_i) uint8 class labels, 255 where ignored
+    weights: list of (H_i, W_i) float32 border weight maps, or None
+    The class metadata has the meaning it has in ``SegmentationData``.
+    """
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    class_names: list[str]
+    mask_values: list[int] = field(default_factory=list)
+    ignore_index: int | None = None
+    weights: list[np.ndarray] | None = None
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for image, mask in zip(self.images, self.masks, strict=True):
+            if image.ndim != 3 or image.dtype != np.uint8 or mask.shape != image.shape[:2]:
+                raise ValueError(
+                    f"expected (H, W, C) uint8 images with (H, W) masks, got {image.dtype} "
+                    f"{image.shape} with {mask.shape}"
+                )
+        if not self.mask_values:
+            self.mask_values = list(range(len(self.class_names)))
+        if not self.names:
+            self.names = [str(i) for i in range(len(self.images))]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images[0].shape[2]) if self.images else 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray | list[int]) -> NativeSizeData:
+        """The samples at ``index`` (the arrays are shared, not copied)."""
+        index = [int(i) for i in index]
+        return NativeSizeData(
+            images=[self.images[i] for i in index],
+            masks=[self.masks[i] for i in index],
+            class_names=list(self.class_names),
+            mask_values=list(self.mask_values),
+            ignore_index=self.ignore_index,
+            weights=None if self.weights is None else [self.weights[i] for i in index],
+            names=[self.names[i] for i in index],
+        )

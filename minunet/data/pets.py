@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from minunet.atomic import save_npz_atomic
-from minunet.data.dataset import PETS_CLASS_NAMES, SegmentationData
+from minunet.data.dataset import PETS_CLASS_NAMES, NativeSizeData, SegmentationData
 from minunet.data.download import download as download_file
 from minunet.data.download import extract_tar, verify_sha256
 from minunet.data.imageio import open_image, read_rgb, resize_image, resize_mask
@@ -368,6 +368,40 @@ def _decode_all(
             )
         images[i], masks[i] = preprocess_pet(image, trimap, image_size)
     return images, masks
+
+
+def load_pets_native(
+    data_dir: str | os.PathLike | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    **fetch_kwargs,
+) -> NativeSizeData:
+    """The first ``limit`` images of an official split at their own sizes, not resized.
+
+    For evaluation at full resolution (what a user of the model sees): images (H_i, W_i, 3)
+    uint8 and masks (H_i, W_i) classes 0, 1, 2. Not cached: it is meant for a few hundred
+    images at most.
+    """
+    root = find_or_fetch_pets(data_dir, **fetch_kwargs)
+    names = read_split_names(root / "annotations" / f"{split}.txt")[:limit]
+    images, masks = [], []
+    for name in names:
+        image_path, trimap_path = _pair_paths(root, name)
+        image, trimap = read_rgb(image_path), _read_trimap(trimap_path)
+        if image.shape[:2] != trimap.shape:
+            raise DataError(
+                f"{trimap_path}: trimap is {trimap.shape[::-1]} but its image is "
+                f"{image.shape[1::-1]}; replace it with the official file"
+            )
+        images.append(image)
+        masks.append(trimap - np.uint8(1))
+    return NativeSizeData(
+        images=images,
+        masks=masks,
+        class_names=list(PETS_CLASS_NAMES),
+        mask_values=list(PETS_MASK_VALUES),
+        names=names,
+    )
 
 
 def pets_splits(

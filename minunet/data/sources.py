@@ -41,18 +41,20 @@ class DataOptions:
     ignore_index: int | None = None  # folder only
     num_classes: int | None = None  # folder only
     border_weights: bool = False  # folder / isbi2012
+    limit: int | None = None  # pets test at native size: the first N images only
 
 
 def load_splits(opts: DataOptions, split: str = "train") -> tuple[Any, Any]:
     """``split="train"``: (training, validation). ``split="test"``: (test, None).
 
-    Returns ``SegmentationData`` (or, for folder/isbi2012 with ``image_size=None``, the
-    native-size ``NativeSizeData``).
+    Returns ``SegmentationData``, or the native-size ``NativeSizeData`` when
+    ``image_size`` is None (folder and isbi2012; pets for its test split).
     """
     if opts.data not in SOURCES:
         raise DataError(f"unknown data source {opts.data!r}: choose one of {', '.join(SOURCES)}")
     size = opts.image_size
-    if opts.data in ("synthetic", "pets", "pets-tfds") and size is None:
+    native_pets_test = opts.data == "pets" and split == "test" and size is None
+    if opts.data in ("synthetic", "pets", "pets-tfds") and size is None and not native_pets_test:
         raise DataError(f"--data {opts.data} needs --image-size (--crop is for folder/isbi2012)")
     if opts.data == "synthetic":
         from minunet.data.synthetic import synthetic_splits
@@ -63,6 +65,10 @@ def load_splits(opts: DataOptions, split: str = "train") -> tuple[Any, Any]:
         from minunet.data.pets import load_pets, pets_splits
 
         fetch = dict(download=opts.download, verify=opts.verify, base_url=opts.base_url)
+        if native_pets_test:  # full-resolution evaluation
+            from minunet.data.pets import load_pets_native
+
+            return load_pets_native(opts.data_dir, "test", opts.limit, **fetch), None
         if split == "test":
             return load_pets(opts.data_dir, size, "test", **fetch), None
         return pets_splits(opts.data_dir, size, opts.val_fraction, opts.seed, **fetch)
