@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Device, compare, setup, table  # noqa: E402
 
+from minunet import cpu  # noqa: E402
+from minunet.layers import ConvTranspose2d  # noqa: E402
 from minunet.losses import SoftmaxCrossEntropy  # noqa: E402
 from minunet.model import UNet  # noqa: E402
 from minunet.model.summary import trace  # noqa: E402
@@ -40,9 +42,16 @@ def training_flops(model: UNet, size: int, batch: int) -> float:
 
 
 def build(
-    dev: Device, base: int, depth: int, batch: int, size: int, classes: int = 3
+    dev: Device,
+    base: int,
+    depth: int,
+    batch: int,
+    size: int,
+    classes: int = 3,
+    reference: bool = False,
 ) -> tuple[UNet, dict[str, Callable[[], None]]]:
-    """The contenders: minunet, torch (NCHW), and on the CPU torch channels-last."""
+    """The contenders: minunet, torch (NCHW), on the CPU torch channels-last, and with
+    ``reference`` minunet with its CPU fast paths switched off (the plain im2col path)."""
     from minunet.interop.torch_unet import TorchUNet, to_torch_state_dict
 
     xp, torch = dev.xp, dev.torch
@@ -62,6 +71,17 @@ def build(
         opt.step()
 
     contenders = {"minunet": ours}
+    if reference and dev.backend == "numpy":
+
+        def plain() -> None:
+            tile = ConvTranspose2d._patches_tile
+            cpu.ENABLED, ConvTranspose2d._patches_tile = False, lambda self: False
+            try:
+                ours()
+            finally:
+                cpu.ENABLED, ConvTranspose2d._patches_tile = True, tile
+
+        contenders["minunet reference"] = plain
     layouts = ["nchw"] if dev.backend == "cupy" else ["nchw", "channels_last"]
     for layout in layouts:
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -91,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--grid", action="store_true", help="base 32/64 x batch 8/32 x 128/256")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timings per side")
+    parser.add_argument(
+        "--reference", action="store_true", help="also time minunet without its CPU fast paths"
+    )
     args = parser.parse_args(argv)
     dev = setup(args.backend, args.tf32)
     configs = GRID if args.grid else [(args.base, args.batch, args.size)]
@@ -100,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {args.rounds} interleaved rounds, median; ratio = time / torch NCHW time")
     rows = []
     for base, batch, size in configs:
-        model, contenders = build(dev, base, args.depth, batch, size)
+        model, contenders = build(dev, base, args.depth, batch, size, reference=args.reference)
         flops = training_flops(model, size, batch)
         t = compare(contenders, dev, args.rounds, calls)
         for name in contenders:
