@@ -42,7 +42,7 @@ def predict_logits(
         x = to_numpy(normalize(image[None], mean, std))[0]  # (C, H, W)
 
         def forward(batch: np.ndarray) -> np.ndarray:
-            out = model.forward(to_device(batch.astype(model.dtype), xp))
+            out = model.infer(to_device(batch.astype(model.dtype), xp))
             return to_numpy(out)
 
         if tile is None:  # the smallest tile a valid net accepts that is at least 256 px out
@@ -52,12 +52,10 @@ def predict_logits(
         logits = predict_tiled(
             forward, x, tile, num_classes=model.num_classes, depth=model.depth, valid_shrink=shrink
         )
-        model.release()
         return logits
     padded = pad_to_multiple(image, 2**model.depth)
     x = normalize(to_device(padded[None], xp), mean, std).astype(model.dtype)
-    logits = model.forward(x)[0, :, :h, :w]
-    model.release()
+    logits = model.infer(x)[0, :, :h, :w]
     return to_numpy(logits)
 
 
@@ -86,7 +84,6 @@ def predict_classes(
         out = []
         for lo in range(0, len(images), batch_size):
             x = normalize(to_device(images[lo : lo + batch_size], xp), mean, std)
-            out.extend(to_numpy(model.forward(x.astype(model.dtype)).argmax(axis=1)))
-        model.release()
+            out.extend(to_numpy(model.infer(x.astype(model.dtype)).argmax(axis=1)))
         return out
     return [predict_logits(model, img, xp, mean, std).argmax(axis=0) for img in images]

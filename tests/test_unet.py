@@ -96,3 +96,28 @@ def test_parameter_names_and_count_for_the_default_net():
     assert names[0] == "encoder.0.conv1.weight"
     assert "upconvs.0.weight" in names and names[-1] == "head.bias"
     assert net.num_parameters() == sum(p.data.size for p in net.parameters())
+
+
+def test_infer_keeps_no_caches_and_matches_eval_forward():
+    net = UNet(3, 3, base_channels=4, depth=2, seed=3)
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    net.forward(x)  # move the running statistics
+    expected = net.forward(x, train=False)
+    assert not net.training
+    net.train()
+    np.testing.assert_array_equal(net.infer(x), expected)
+    assert net.training  # the mode is restored
+    cached = [
+        f"{type(layer).__name__}.{k}"
+        for layer in _all_layers(net)
+        for k, v in vars(layer).items()
+        if k.startswith("_cache") and v is not None
+    ]
+    assert cached == []  # nothing left behind for a backward that will not come
+    np.testing.assert_array_equal(net.predict(x), expected.argmax(axis=1))
+
+
+def _all_layers(layer):
+    yield layer
+    for child in layer.children().values():
+        yield from _all_layers(child)

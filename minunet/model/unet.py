@@ -72,15 +72,24 @@ class ConvBlock(Layer):
         self.relu2 = ReLU()
         self.sequence = list(self.children().values())  # in assignment order
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Any, keep_cache: bool = True) -> Any:
         for layer in self.sequence:
-            x = layer.forward(x)
+            x = _run(layer, x, keep=keep_cache)
         return x
 
     def backward(self, dout: Any) -> Any:
         for layer in reversed(self.sequence):
             dout = layer.backward(dout)
         return dout
+
+
+def _run(layer: Layer, *inputs: Any, keep: bool) -> Any:
+    """``layer.forward(*inputs)``; with ``keep=False`` the layer drops what it cached for a
+    backward that will not come (inference then holds one layer's buffers at a time)."""
+    out = layer.forward(*inputs)
+    if not keep:
+        layer.release()
+    return out
 
 
 class UNet(Layer):
@@ -184,8 +193,14 @@ class UNet(Layer):
         return size
 
     # -- the pair -------------------------------------------------------------------------
-    def forward(self, x: Any) -> Any:
-        """x (N, in_channels, H, W) -> logits (N, num_classes, Ho, Wo)."""
+    def forward(self, x: Any, train: bool | None = None, keep_cache: bool = True) -> Any:
+        """x (N, in_channels, H, W) -> logits (N, num_classes, Ho, Wo).
+
+        ``train`` switches the mode first (True: batch statistics and dropout; False: eval).
+        ``keep_cache=False`` keeps nothing for a backward pass (see ``infer``).
+        """
+        if train is not None:
+            self.train(train)
         if getattr(x, "ndim", 0) != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"UNet expects input of shape (N, {self.in_channels}, H, W), got "
@@ -193,16 +208,26 @@ class UNet(Layer):
             )
         for side in x.shape[2:]:
             self.output_size(int(side))
+        keep = keep_cache
         skips = []
         h = x
         for block, pool in zip(self.encoder, self.pools, strict=True):
-            h = block.forward(h)
+            h = block.forward(h, keep)
             skips.append(h)  # kept for the skip connection
-            h = pool.forward(h)
-        h = self.dropout.forward(self.bottleneck.forward(h))
+            h = _run(pool, h, keep=keep)
+        h = _run(self.dropout, self.bottleneck.forward(h, keep), keep=keep)
         for up, cat, block in zip(self.upconvs, self.concats, self.decoder, strict=True):
-            h = block.forward(cat.forward(skips.pop(), up.forward(h)))
-        return self.head.forward(h)
+            h = block.forward(_run(cat, skips.pop(), _run(up, h, keep=keep), keep=keep), keep)
+        return _run(self.head, h, keep=keep)
+
+    def infer(self, x: Any) -> Any:
+        """Logits in eval mode, keeping no backward caches: the memory-lean forward for
+        prediction and validation (the mode the model was in is restored)."""
+        was_training = self.training
+        try:
+            return self.forward(x, train=False, keep_cache=False)
+        finally:
+            self.train(was_training)
 
     def backward(self, dlogits: Any) -> Any:
         """dL/dlogits (N, K, Ho, Wo) -> dL/dx (N, in_channels, H, W); fills every .grad."""
@@ -226,15 +251,8 @@ class UNet(Layer):
         return d
 
     def predict(self, x: Any) -> Any:
-        """Class map (N, Ho, Wo) in eval mode; the caches are released afterwards."""
-        was_training = self.training
-        self.eval()
-        try:
-            logits = self.forward(x)
-        finally:
-            self.train(was_training)
-            self.release()
-        return logits.argmax(axis=1)
+        """Class map (N, Ho, Wo), in eval mode."""
+        return self.infer(x).argmax(axis=1)
 
     def num_parameters(self) -> int:
         return int(sum(p.data.size for p in self.parameters()))

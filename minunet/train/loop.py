@@ -445,7 +445,7 @@ def validate(
         )
         for x, y, _ in loader.epoch(0):
             if len(x):  # with several ranks, a rank's share of the last batch can be empty
-                pred = model.forward(x).argmax(axis=1)
+                pred = model.infer(x).argmax(axis=1)
                 conf += confusion_matrix(pred, y, num_classes, ignore_index)
     else:  # native sizes (crop training): one image at a time, at full resolution
         mine = list(range(comm.rank, len(data.images), comm.size))
