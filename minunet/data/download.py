@@ -30,7 +30,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minunet.errors import DataError
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minunet.atomic import save_npz_atomic
 from minunet.data.dataset import PETS_CLASS_NAMES, NativeSizeData, SegmentationData

@@ -121,7 +121,7 @@ class _StopFlag:
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str) -> Any:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(
         total=total,
