@@ -49,6 +49,14 @@ class Checkpoint:
     def model_config(self) -> dict[str, Any]:
         return self.meta["model"]
 
+    @property
+    def normalization(self) -> tuple[Any, Any]:
+        """(mean, std) the model's inputs were normalised with (loader defaults if absent)."""
+        from minunet.data.loader import DEFAULT_MEAN, DEFAULT_STD
+
+        norm = self.meta.get("data", {}).get("normalization", {})
+        return norm.get("mean", DEFAULT_MEAN), norm.get("std", DEFAULT_STD)
+
 
 def save_checkpoint(
     path: str | os.PathLike,

@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             f"the data has {data.num_classes} classes but the checkpoint's model "
             f"predicts {model.num_classes}"
         )
-    norm = meta_data.get("normalization", {"mean": 0.5, "std": 0.25})
-    preds = predict_classes(model, data.images, xp, norm["mean"], norm["std"], args.batch_size)
+    mean, std = ck.normalization
+    preds = predict_classes(model, data.images, xp, mean, std, args.batch_size)
     k = model.num_classes
     ignore = data.ignore_index
     conf = xp.zeros((k, k), dtype=xp.int64)

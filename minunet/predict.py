@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ck = load_checkpoint(args.checkpoint)
     model = build_model(ck, path=args.checkpoint).to(xp)
     data = ck.meta.get("data", {})
-    norm = data.get("normalization", {"mean": 0.5, "std": 0.25})
+    mean, std = ck.normalization
     values = np.asarray(data.get("mask_values") or range(model.num_classes))
     if values.max() > 255:
         raise MinunetError("the checkpoint's mask values do not fit an 8-bit PNG")
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         image = read_input(path, model.in_channels)
         if args.tile and model.padding == "same" and args.tile % 2**model.depth:
             raise MinunetError(f"--tile must be a multiple of {2**model.depth} for this model")
-        logits = predict_logits(model, image, xp, norm["mean"], norm["std"], tile=args.tile)
+        logits = predict_logits(model, image, xp, mean, std, tile=args.tile)
         classes = logits.argmax(axis=0)
         save_png(out / f"{path.stem}_mask.png", values[classes].astype(np.uint8))
         save_png(out / f"{path.stem}_overlay.png", overlay(image, classes))
