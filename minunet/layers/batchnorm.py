@@ -62,7 +62,10 @@ class BatchNorm2d(Layer):
             m = x.shape[0] * x.shape[2] * x.shape[3]
             if self.sync is None:
                 mean = x.mean(axis=(0, 2, 3))
-                var = x.var(axis=(0, 2, 3))
+                # x - mean is needed anyway for xhat; its squares are summed in place by
+                # einsum (no temporary), where x.var would recompute it and square it.
+                xc = x - mean[:, None, None]
+                var = xp.einsum("nchw,nchw->c", xc, xc) / m
             else:
                 mean, var, m = self._global_statistics(x, m)
             if self.sync is None and m < 2:
@@ -77,24 +80,35 @@ class BatchNorm2d(Layer):
             self.buffers["num_batches_tracked"] = self.buffers["num_batches_tracked"] + 1
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-        rstd = 1.0 / xp.sqrt(var + self.eps)  # (C,)
-        xhat = (x - mean[:, None, None]) * rstd[:, None, None]  # (N, C, H, W)
+        rstd = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)  # (C,)
+        # Every full-size pass costs a trip through memory (on the CPU, on one core), so
+        # each is done in place where a fresh array is not needed: 4 passes, 2 arrays.
+        xhat = xc if self.training and self.sync is None else x - mean[:, None, None]
+        xhat *= rstd[:, None, None]  # (N, C, H, W)
         self._cache = (xhat, rstd, self.training, m if self.training else None)
-        return xhat * gamma[:, None, None] + self.params["bias"].data[:, None, None]
+        out = xhat * gamma[:, None, None]
+        out += self.params["bias"].data[:, None, None]
+        return out
 
     def backward(self, dout: Any) -> Any:
         xhat, rstd, training, m = self._cache
         gamma = self.params["weight"]
+        xp = get_array_module(dout)
         dbeta = dout.sum(axis=(0, 2, 3))
-        dgamma = (dout * xhat).sum(axis=(0, 2, 3))
+        dgamma = xp.einsum("nchw,nchw->c", dout, xhat)  # sum of dout * xhat, no temporary
         self.params["bias"].grad += dbeta
         gamma.grad += dgamma
         scale = (gamma.data * rstd)[:, None, None]
         if not training:  # a fixed affine map: its Jacobian is diagonal
             return dout * scale
         if self.sync is not None:  # sums over the global batch, for dx only
-            dbeta, dgamma = self.sync(get_array_module(dout).stack([dbeta, dgamma]))
-        return (scale / m) * (m * dout - dbeta[:, None, None] - xhat * dgamma[:, None, None])
+            dbeta, dgamma = self.sync(xp.stack([dbeta, dgamma]))
+        # dx = scale * (dout - dbeta/m - xhat * dgamma/m), in 4 passes over one new array
+        dx = xhat * (-dgamma / m).astype(dout.dtype)[:, None, None]
+        dx += dout
+        dx -= (dbeta / m).astype(dout.dtype)[:, None, None]
+        dx *= scale
+        return dx
 
     def _global_statistics(self, x: Any, m: int) -> tuple[Any, Any, Any]:
         """Mean and biased variance per channel over every rank's batch, and their count."""
