@@ -67,7 +67,9 @@ class MaxPool2d(Layer):
                 window = self._window(x, i, j, ho, wo)
                 better = window > out  # strict: the first maximum wins ties
                 xp.copyto(out, window, where=better)
-                argmax[better] = i * k + j
+                # A masked copy, not argmax[better] = ...: boolean indexing first lists
+                # the True positions, a second pass over memory.
+                xp.copyto(argmax, xp.asarray(i * k + j, dtype=xp.uint8), where=better)
         self._cache = (x.shape, x.dtype, argmax)
         return out
 
@@ -76,6 +78,14 @@ class MaxPool2d(Layer):
         xp = get_array_module(dout)
         k = self.kernel_size
         ho, wo = dout.shape[2:]
+        if self.stride == k and x_shape[2] == ho * k and x_shape[3] == wo * k:
+            # The windows tile the input: every input pixel is in exactly one window, so
+            # each offset's slice is written once, and dx needs no zero-fill and no +=.
+            dx = xp.empty(x_shape, dtype=dtype)
+            for i in range(k):
+                for j in range(k):
+                    xp.multiply(dout, argmax == i * k + j, out=self._window(dx, i, j, ho, wo))
+            return dx
         dx = xp.zeros(x_shape, dtype=dtype)
         for i in range(k):
             for j in range(k):
