@@ -33,7 +33,7 @@ def conv_both_ways(layer, x, dout, monkeypatch):
 @settings(max_examples=25, deadline=None)
 @given(
     n=st.integers(1, 3),
-    cin=st.integers(1, 6),
+    cin=st.integers(8, 10),  # the fast path's minimum: cpu.MIN_CHANNELS
     cout=st.integers(1, 6),
     k=st.sampled_from([1, 2, 3, 5]),
     pad=st.integers(0, 4),
@@ -75,12 +75,13 @@ def test_conv2d_fast_path_float32_strided_gradient_and_threads(monkeypatch):
 
 
 def test_fast_path_is_skipped_where_it_does_not_apply():
-    x = np.zeros((1, 2, 8, 8), np.float32)
+    x = np.zeros((1, 8, 8, 8), np.float32)
     assert cpu.fast_conv_ok(x, 1, 1, 1, 3)
     assert not cpu.fast_conv_ok(x, 2, 1, 1, 3)  # stride
     assert not cpu.fast_conv_ok(x, 1, 2, 1, 3)  # dilation
     assert not cpu.fast_conv_ok(x, 1, 1, 3, 3)  # padding > k - 1
     assert not cpu.fast_conv_ok(x.astype(np.float16), 1, 1, 1, 3)
+    assert not cpu.fast_conv_ok(x[:, :1], 1, 1, 1, 3)  # RGB-like inputs: too few channels
 
 
 def test_parallel_reraises_a_worker_error(monkeypatch):
