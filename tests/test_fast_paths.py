@@ -1,9 +1,9 @@
 """The CPU fast paths against the plain reference paths they replace, on the same inputs.
 
 ``minunet.cpu`` computes stride-1 convolutions channels-last, in row blocks, over threads;
-ConvTranspose2d with kernel == stride skips col2im. Each must agree with the im2col
-reference (which tests/test_torch_parity.py checks against PyTorch) for every geometry it
-accepts: forward, input gradient, weight and bias gradients.
+ConvTranspose2d with kernel == stride skips col2im; MaxPool2d 2x2 is a tournament. Each
+must agree with the reference path (which tests/test_torch_parity.py checks against
+PyTorch) or with a brute-force loop, for every geometry it accepts.
 """
 
 import numpy as np
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minunet import cpu
-from minunet.layers import Conv2d, ConvTranspose2d
+from minunet.layers import Conv2d, ConvTranspose2d, MaxPool2d
 
 
 def conv_both_ways(layer, x, dout, monkeypatch):
@@ -122,3 +122,34 @@ def test_conv_transpose_tiling_path_matches_col2im(n, cin, cout, k, h, w, seed):
             results.append((out, dx, *(p.grad.copy() for p in layer.params.values())))
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(1, 2),
+    c=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    h=st.integers(2, 7),
+    w=st.integers(2, 7),
+    seed=st.integers(0, 2**16),
+)
+def test_maxpool_2x2_tournament_matches_brute_force_with_ties(n, c, stride, h, w, seed):
+    """Values from {0, 1, 2} make ties common; the first maximum in row-major order wins
+    and alone receives the gradient (PyTorch's rule)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, (n, c, h, w)).astype(np.float32)
+    pool = MaxPool2d(2, stride)
+    out = pool.forward(x)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    dx = pool.backward(dout)
+    ho, wo = out.shape[2:]
+    want_out = np.zeros_like(out)
+    want_dx = np.zeros_like(x)
+    for i, j, oh, ow in np.ndindex(n, c, ho, wo):
+        window = x[i, j, oh * stride : oh * stride + 2, ow * stride : ow * stride + 2]
+        first = np.argmax(window)  # the first maximum, row-major
+        want_out[i, j, oh, ow] = window.flat[first]
+        a, b = divmod(first, 2)
+        want_dx[i, j, oh * stride + a, ow * stride + b] += dout[i, j, oh, ow]
+    np.testing.assert_array_equal(out, want_out)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-6, atol=1e-6)
