@@ -57,6 +57,17 @@ class Device:
         return ", ".join(parts)
 
 
+def load_line() -> str:
+    """The machine's load average, printed at start and end: other processes on the same
+    cores slow PyTorch's spinning OpenMP threads more than NumPy, so a loaded machine
+    flatters minunet's ratio; trust runs whose load stayed well under the core count."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:  # not available on Windows
+        return "# load average: unknown"
+    return f"# load average (1/5/15 min): {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (or platform's guess elsewhere)."""
     try:

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Device, compare, setup, table  # noqa: E402
+from common import Device, compare, load_line, setup, table  # noqa: E402
 
 from minunet import cpu  # noqa: E402
 from minunet.layers import BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, ReLU  # noqa: E402
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     calls = 1 if dev.backend == "numpy" else 10  # GPU calls are short: average 10
     print(f"# layers: forward + backward, float32, batch {args.batch}")
     print(f"# {dev.describe()}")
+    print(load_line())
     print(f"# {args.rounds} interleaved rounds, median; ratio = minunet / torch (lower is better)")
     rows = []
     for name, kind, shape in cases(args.batch):
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name}: {rows[-1][-2]}x", file=sys.stderr, flush=True)
     header = ["layer", "input", "minunet ms", "torch ms", "ratio", "reference ratio"]
     print(table(header, rows))
+    print(load_line())
     if dev.backend == "numpy":
         print("# reference ratio: the plain im2col/col2im path that the CPU fast path replaced")
 

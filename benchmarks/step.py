@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Device, compare, setup, table  # noqa: E402
+from common import Device, compare, load_line, setup, table  # noqa: E402
 
 from minunet import cpu  # noqa: E402
 from minunet.layers import ConvTranspose2d  # noqa: E402
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     calls = 1 if dev.backend == "numpy" else 5
     print(f"# U-Net training step (fwd, CE loss, bwd, Adam), depth {args.depth}, BN, float32")
     print(f"# {dev.describe()}")
+    print(load_line())
     print(f"# {args.rounds} interleaved rounds, median; ratio = time / torch NCHW time")
     rows = []
     for base, batch, size in configs:
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
             dev.xp.get_default_memory_pool().free_all_blocks()
             dev.torch.cuda.empty_cache()
     print(table(["contender", "config", "ms/step", "images/s", "GFLOP/s", "ratio"], rows))
+    print(load_line())
 
 
 if __name__ == "__main__":
