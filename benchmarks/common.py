@@ -7,7 +7,8 @@ while and steal the other library's cores. So every measurement here
 * interleaves the contenders (A, B, A, B, ...) so that a noisy neighbour slows both alike,
 * pauses ``PAUSE_S`` and makes one untimed warm-up call before each timed call,
 * synchronises the device before starting and before stopping the clock (GPU), and
-* reports the median time and the median of the per-round ratios.
+* reports the median time, the median of the per-round ratios, and the ratio of the
+  fastest rounds (the least disturbed on a shared machine).
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ class Timing:
 
     def median_ms(self, name: str) -> float:
         return 1e3 * statistics.median(self.times[name])
+
+    def best_ratio(self, name: str, reference: str) -> float:
+        """min time(name) / min time(reference): interference from other processes only
+        ever adds time, so on a shared machine the fastest rounds are the least disturbed."""
+        return min(self.times[name]) / min(self.times[reference])
 
     def ratio(self, name: str, reference: str) -> float:
         """Median over rounds of time(name) / time(reference) measured in the same round."""

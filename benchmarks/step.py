@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{batch / ms * 1e3:.1f}",
                     f"{flops / ms / 1e6:.0f}",
                     f"{t.ratio(name, 'torch'):.2f}",
+                    f"{t.best_ratio(name, 'torch'):.2f}",
                 ]
             )
         print(f"  b{base} n{batch} {size}px done", file=sys.stderr, flush=True)
@@ -144,7 +145,11 @@ def main(argv: list[str] | None = None) -> None:
         if dev.backend == "cupy":
             dev.xp.get_default_memory_pool().free_all_blocks()
             dev.torch.cuda.empty_cache()
-    print(table(["contender", "config", "ms/step", "images/s", "GFLOP/s", "ratio"], rows))
+    header = ["contender", "config", "ms/step", "images/s", "GFLOP/s", "ratio", "best ratio"]
+    print(table(header, rows))
+    print(
+        "# best ratio: fastest round / torch's fastest round (least disturbed by other processes)"
+    )
     print(load_line())
 
 
