@@ -101,6 +101,13 @@ def build(
     return model, contenders
 
 
+def free_device_memory(dev: Device) -> None:
+    """Hand cached GPU blocks back between configs, so the next one starts from empty."""
+    if dev.backend == "cupy":
+        dev.xp.get_default_memory_pool().free_all_blocks()
+        dev.torch.cuda.empty_cache()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
@@ -110,23 +117,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--grid", action="store_true", help="base 32/64 x batch 8/32 x 128/256")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timings per side")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="interleaved timings per side (CPU 5, GPU 3)"
+    )
     parser.add_argument(
         "--reference", action="store_true", help="also time minunet without its CPU fast paths"
     )
     args = parser.parse_args(argv)
     dev = setup(args.backend, args.tf32)
     configs = GRID if args.grid else [(args.base, args.batch, args.size)]
-    calls = 1 if dev.backend == "numpy" else 5
+    # A GPU step is short next to its launch jitter: time 3 calls per round, 3 rounds,
+    # which keeps the 8-config grid within a few minutes.
+    calls = 1 if dev.backend == "numpy" else 3
+    if args.rounds is None:
+        args.rounds = 5 if dev.backend == "numpy" else 3
     print(f"# U-Net training step (fwd, CE loss, bwd, Adam), depth {args.depth}, BN, float32")
     print(f"# {dev.describe()}")
     print(load_line())
     print(f"# {args.rounds} interleaved rounds, median; ratio = time / torch NCHW time")
     rows = []
     for base, batch, size in configs:
-        model, contenders = build(dev, base, args.depth, batch, size, reference=args.reference)
-        flops = training_flops(model, size, batch)
-        t = compare(contenders, dev, args.rounds, calls)
+        try:
+            model, contenders = build(dev, base, args.depth, batch, size, reference=args.reference)
+            flops = training_flops(model, size, batch)
+            t = compare(contenders, dev, args.rounds, calls)
+        except Exception as exc:  # a config too large for the GPU is a row, not the end
+            # CuPy's OutOfMemoryError is a MemoryError; torch's is a RuntimeError.
+            if not (isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()):
+                raise
+            rows.append(["(out of memory)", f"b{base} n{batch} {size}px", "-", "-", "-", "-", "-"])
+            print(f"  b{base} n{batch} {size}px: out of memory ({exc})", file=sys.stderr)
+            free_device_memory(dev)
+            continue
         for name in contenders:
             ms = t.median_ms(name)
             rows.append(
@@ -142,9 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         print(f"  b{base} n{batch} {size}px done", file=sys.stderr, flush=True)
         del model, contenders
-        if dev.backend == "cupy":
-            dev.xp.get_default_memory_pool().free_all_blocks()
-            dev.torch.cuda.empty_cache()
+        free_device_memory(dev)
     header = ["contender", "config", "ms/step", "images/s", "GFLOP/s", "ratio", "best ratio"]
     print(table(header, rows))
     print(
