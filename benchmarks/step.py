@@ -67,7 +67,7 @@ def build(
     def ours() -> None:
         opt.zero_grad()
         loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
+        model.backward(loss.backward(), input_grad=False)  # as the training loop does
         opt.step()
 
     contenders = {"minunet": ours}

@@ -153,3 +153,56 @@ def test_maxpool_2x2_tournament_matches_brute_force_with_ties(n, c, stride, h, w
         want_dx[i, j, oh * stride + a, ow * stride + b] += dout[i, j, oh, ow]
     np.testing.assert_array_equal(out, want_out)
     np.testing.assert_allclose(dx, want_dx, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize(
+    "a_shape, b_shape",
+    [((4, 5), (3, 5, 6)), ((3, 4, 5), (3, 5, 6)), ((3, 4, 5), (5, 6)), ((1, 4, 5), (5, 2))],
+)
+def test_batched_matmul_matches_matmul(a_shape, b_shape, threads, monkeypatch):
+    monkeypatch.setenv("MINUNET_THREADS", threads)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
+    np.testing.assert_allclose(cpu.batched_matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
+    # a transposed view (what the layers' weight gradients pass) is read correctly too
+    bt = np.ascontiguousarray(np.swapaxes(b, -1, -2))
+    np.testing.assert_allclose(
+        cpu.batched_matmul(a, np.swapaxes(bt, -1, -2)), a @ b, rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("cin", [3, 8])  # the plain im2col path and the fast path
+def test_conv2d_without_input_grad_keeps_parameter_grads(cin):
+    rng = np.random.default_rng(1)
+    layer = Conv2d(cin, 4, 3, padding=1, dtype=np.float64, rng=rng)
+    x = rng.standard_normal((2, cin, 6, 7))
+    dout = rng.standard_normal((2, 4, 6, 7))
+    grads = []
+    for input_grad in (True, False):
+        for p in layer.params.values():
+            p.grad[...] = 0
+        layer.forward(x)
+        dx = layer.backward(dout, input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append([p.grad.copy() for p in layer.params.values()])
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unet_backward_without_input_grad_keeps_parameter_grads():
+    from minunet.model import UNet
+
+    rng = np.random.default_rng(2)
+    net = UNet(3, 2, base_channels=8, depth=2, dtype=np.float64)
+    x = rng.standard_normal((2, 3, 16, 16))
+    dlogits = rng.standard_normal((2, 2, 16, 16))
+    grads = []
+    for input_grad in (True, False):
+        net.zero_grad()
+        net.forward(x, train=True)
+        dx = net.backward(dlogits, input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append({k: p.grad.copy() for k, p in net.named_parameters()})
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[0][name], grads[1][name], err_msg=name)

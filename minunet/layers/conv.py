@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from minunet import cpu
-from minunet.backend import get_array_module
 from minunet.im2col import col2im, conv_output_size, im2col
 from minunet.layers.base import Layer, Parameter, check_input, he_normal
 
@@ -88,31 +87,38 @@ class Conv2d(Layer):
             return cpu.conv2d_forward(x, weight, bias, self.padding)
         cols = im2col(x, k, k, self.stride, self.padding, self.dilation)  # (N, C*k*k, P)
         w2 = weight.reshape(self.out_channels, -1)  # (K, C*k*k)
-        out = w2 @ cols  # (N, K, P)
+        out = cpu.batched_matmul(w2, cols)  # (N, K, P), ``@`` split over images and threads
         if bias is not None:
             out += bias[:, None]
         self._cache = ("im2col", x.shape, cols)
         return out.reshape(n, self.out_channels, ho, wo)
 
-    def backward(self, dout: Any) -> Any:
+    def backward(self, dout: Any, input_grad: bool = True) -> Any:
+        """dout (N, C_out, Ho, Wo) -> dx (N, C_in, H, W); adds into the parameters' .grad.
+
+        ``input_grad=False`` skips dx (returns None): a network's first layer needs none.
+        """
         weight = self.params["weight"]
         if self._cache[0] == "fast":
             x = self._cache[1]
             has_bias = "bias" in self.params
-            dx, dw, db = cpu.conv2d_backward(x, weight.data, dout, self.padding, has_bias)
+            dx, dw, db = cpu.conv2d_backward(
+                x, weight.data, dout, self.padding, has_bias, input_grad
+            )
             weight.grad += dw
             if has_bias:
                 self.params["bias"].grad += db
             return dx
         _, x_shape, cols = self._cache
-        xp = get_array_module(dout)
         n, kout = dout.shape[:2]
         d = dout.reshape(n, kout, -1)  # (N, K, P)
         # dW = sum_n d[n] @ cols[n]^T: a batched product, then a sum over the batch.
-        dw = xp.matmul(d, cols.transpose(0, 2, 1)).sum(axis=0)  # (K, C*k*k)
+        dw = cpu.batched_matmul(d, cols.transpose(0, 2, 1)).sum(axis=0)  # (K, C*k*k)
         weight.grad += dw.reshape(weight.shape)
         if "bias" in self.params:
             self.params["bias"].grad += d.sum(axis=(0, 2))
-        dcols = weight.data.reshape(kout, -1).T @ d  # (N, C*k*k, P)
+        if not input_grad:
+            return None
+        dcols = cpu.batched_matmul(weight.data.reshape(kout, -1).T, d)  # (N, C*k*k, P)
         k = self.kernel_size
         return col2im(dcols, x_shape, k, k, self.stride, self.padding, self.dilation)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from minunet.backend import get_array_module
+from minunet import cpu
 from minunet.im2col import col2im, im2col
 from minunet.layers.base import Layer, Parameter, check_input, he_normal
 
@@ -99,7 +99,8 @@ class ConvTranspose2d(Layer):
         if ho < 1 or wo < 1:
             raise ValueError(f"ConvTranspose2d: output would be {ho}x{wo} for a {h}x{w} input")
         w2 = weight.reshape(self.in_channels, -1)  # (C_in, K*k*k)
-        cols = w2.T @ x.reshape(n, self.in_channels, h * w)  # (N, K*k*k, H*W)
+        # (N, K*k*k, H*W); batched_matmul is ``@`` split over the images (threads on NumPy)
+        cols = cpu.batched_matmul(w2.T, x.reshape(n, self.in_channels, h * w))
         k = self.kernel_size
         self._cache = x
         if self._patches_tile():
@@ -127,7 +128,6 @@ class ConvTranspose2d(Layer):
 
     def backward(self, dout: Any) -> Any:
         x = self._cache
-        xp = get_array_module(dout)
         n, c, h, w = x.shape
         k = self.kernel_size
         if self._patches_tile():  # the forward's permutation, inverted: one copy
@@ -138,9 +138,9 @@ class ConvTranspose2d(Layer):
         # dcols: (N, K*k*k, H*W)
         weight = self.params["weight"]
         x2 = x.reshape(n, c, h * w)
-        dw = xp.matmul(x2, dcols.transpose(0, 2, 1)).sum(axis=0)  # (C_in, K*k*k)
+        dw = cpu.batched_matmul(x2, dcols.transpose(0, 2, 1)).sum(axis=0)  # (C_in, K*k*k)
         weight.grad += dw.reshape(weight.shape)
         if "bias" in self.params:
             self.params["bias"].grad += dout.sum(axis=(0, 2, 3))
-        dx = weight.data.reshape(c, -1) @ dcols  # (N, C_in, H*W)
+        dx = cpu.batched_matmul(weight.data.reshape(c, -1), dcols)  # (N, C_in, H*W)
         return dx.reshape(x.shape)

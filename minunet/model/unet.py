@@ -77,10 +77,11 @@ class ConvBlock(Layer):
             x = _run(layer, x, keep=keep_cache)
         return x
 
-    def backward(self, dout: Any) -> Any:
-        for layer in reversed(self.sequence):
+    def backward(self, dout: Any, input_grad: bool = True) -> Any:
+        """dout (N, C_out, H', W') -> dx (N, C_in, H, W), or None if not ``input_grad``."""
+        for layer in reversed(self.sequence[1:]):  # every layer after conv1
             dout = layer.backward(dout)
-        return dout
+        return self.conv1.backward(dout, input_grad=input_grad)
 
 
 def _run(layer: Layer, *inputs: Any, keep: bool) -> Any:
@@ -229,8 +230,12 @@ class UNet(Layer):
         finally:
             self.train(was_training)
 
-    def backward(self, dlogits: Any) -> Any:
-        """dL/dlogits (N, K, Ho, Wo) -> dL/dx (N, in_channels, H, W); fills every .grad."""
+    def backward(self, dlogits: Any, input_grad: bool = True) -> Any:
+        """dL/dlogits (N, K, Ho, Wo) -> dL/dx (N, in_channels, H, W); fills every .grad.
+
+        Training needs only the parameters' gradients: ``input_grad=False`` skips the first
+        convolution's input gradient (a whole col2im over the input) and returns None.
+        """
         d = self.head.backward(dlogits)
         dskips = []
         for up, cat, block in zip(
@@ -243,11 +248,12 @@ class UNet(Layer):
             dskips.append(dskip)
             d = up.backward(dup)
         d = self.bottleneck.backward(self.dropout.backward(d))
-        for block, pool in zip(
-            reversed(self.encoder.layers), reversed(self.pools.layers), strict=True
-        ):
-            # The encoder output fed both the pool and the skip: add the two gradients.
-            d = block.backward(pool.backward(d) + dskips.pop())
+        for level in reversed(range(self.depth)):
+            # The encoder output fed both the pool and the skip: add the two gradients
+            # (in place: the pool's backward returns a fresh array).
+            d = self.pools[level].backward(d)
+            d += dskips.pop()
+            d = self.encoder[level].backward(d, input_grad=input_grad or level > 0)
         return d
 
     def predict(self, x: Any) -> Any:

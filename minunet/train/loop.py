@@ -318,7 +318,7 @@ def train(
                     w = None if w is None else w[:, rows, cols]
                 loss = loss_fn.forward(logits, y, w)
                 model.zero_grad()
-                model.backward(loss_fn.backward())
+                model.backward(loss_fn.backward(), input_grad=False)  # no use for dx
                 if comm.size > 1:
                     # One allreduce averages every gradient; the stop flag rides along, so
                     # all ranks stop after the same step.
