@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,9 +110,9 @@ def measure_cpu(batch: int, base: int, size: int, steps: int) -> str:
         if r.returncode:
             return f"{n} ranks failed: {r.stderr.strip().splitlines()[-1]}"
         seconds = time.perf_counter() - t0
-        rate = [line for line in r.stdout.splitlines() if "img/s" in line]
+        rates = re.findall(r"([0-9.]+) img/s", r.stdout)
         out.append(
-            f"{n} rank(s), one core each: {rate[-1].split('  ')[-1].strip()} "
+            f"{n} rank(s), one core each: {rates[-1]} images/s in training "
             f"(whole command {seconds:.1f} s)"
         )
     return "\n".join(out)
@@ -129,7 +130,7 @@ def main() -> None:
     if args.step_ms:
         print(table(args.step_ms, parameter_bytes(args.base, args.depth), args.ranks))
     if args.measure_cpu:
-        print(measure_cpu(args.cpu_batch, base=16, size=64, steps=6))
+        print(measure_cpu(args.cpu_batch, base=16, size=64, steps=40))
     if not args.step_ms and not args.measure_cpu:
         p.error("give --step-ms (the measured single-GPU step) and/or --measure-cpu")
 
