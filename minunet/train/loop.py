@@ -147,6 +147,8 @@ def train(
     hyper-parameter search uses it to prune a trial).
     """
     if cfg.tf32:
+        if cfg.backend != "cupy":
+            raise MinunetError("--tf32 is a GPU setting: use it with --backend cupy")
         import os
 
         os.environ["CUPY_TF32"] = "1"  # read by CuPy before its first matmul
