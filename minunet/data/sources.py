@@ -42,6 +42,7 @@ class DataOptions:
     num_classes: int | None = None  # folder only
     border_weights: bool = False  # folder / isbi2012
     limit: int | None = None  # pets test at native size: the first N images only
+    progress: bool = True  # progress bars while downloading and decoding
 
 
 def load_splits(opts: DataOptions, split: str = "train") -> tuple[Any, Any]:
@@ -64,7 +65,12 @@ def load_splits(opts: DataOptions, split: str = "train") -> tuple[Any, Any]:
     if opts.data == "pets":
         from minunet.data.pets import load_pets, pets_splits
 
-        fetch = dict(download=opts.download, verify=opts.verify, base_url=opts.base_url)
+        fetch = dict(
+            download=opts.download,
+            verify=opts.verify,
+            base_url=opts.base_url,
+            progress=opts.progress,
+        )
         if native_pets_test:  # full-resolution evaluation
             from minunet.data.pets import load_pets_native
 

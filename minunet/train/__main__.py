@@ -166,6 +166,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         mask_suffix=args.mask_suffix,
         ignore_index=args.ignore_index,
         num_classes=args.num_classes,
+        progress=args.progress,
         border_weights=args.border_weights,
     )
     keys = set(TrainConfig.__dataclass_fields__) - {"data"}
