@@ -7,6 +7,8 @@
 #
 # Every log lands in $OUT; the last lines printed are a short summary. Nothing here is
 # installed: the machine must already have cupy, torch, pytest, hypothesis, mpi4py.
+# The per-step limits add up to 540 s, so the whole script fits one 10-minute device call
+# (run it with timeout_s=600); a step that hits its limit is cut and the next one runs.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu-results}
@@ -24,15 +26,15 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep the log, n
     python -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
 } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
-step parity 300 python -m pytest -q -m gpu -p no:cacheprovider tests
-step layers 240 python benchmarks/layers.py --backend cupy
-step step_fp32 420 python benchmarks/step.py --backend cupy --grid
-step step_tf32 420 python benchmarks/step.py --backend cupy --grid --tf32
-step profile 240 python benchmarks/profile_gpu.py --base 64 --batch 32 --size 128
-step epoch 300 python -m minunet.train --backend cupy --data synthetic --train-size 3680 \
+step parity 150 python -m pytest -q -m gpu -p no:cacheprovider tests
+step layers 60 python benchmarks/layers.py --backend cupy
+step step_fp32 90 python benchmarks/step.py --backend cupy --grid
+step step_tf32 90 python benchmarks/step.py --backend cupy --grid --tf32
+step profile 45 python benchmarks/profile_gpu.py --base 64 --batch 32 --size 128
+step epoch 60 python -m minunet.train --backend cupy --data synthetic --train-size 3680 \
     --val-size 64 --image-size 128 --base-channels 64 --batch-size 32 --epochs 2 --no-progress \
     --out "$OUT/epoch-run"
-step nccl 180 mpiexec -n 1 python -m minunet.train --backend cupy --distributed --comm nccl \
+step nccl 45 mpiexec -n 1 python -m minunet.train --backend cupy --distributed --comm nccl \
     --data synthetic --train-size 64 --val-size 16 --image-size 64 --base-channels 16 \
     --epochs 1 --no-progress --out "$OUT/nccl-run"
 echo "== tails"
