@@ -545,3 +545,42 @@ def test_the_real_pets_sample(tmp_path, monkeypatch):
         assert set(np.unique(data.masks)) == {0, 1, 2}
         # Every image has some pet and some background.
         assert all((m == 0).any() and (m == 1).any() for m in data.masks)
+
+
+def test_train_command_runs_an_epoch_on_the_fixture(pets_data, tmp_path):
+    """``python -m minunet.train --data pets --data-dir FIXTURE``, as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    root = _copy_extracted(pets_data, tmp_path / "pets")
+    env = {**os.environ, "MINUNET_DATA": str(tmp_path / "cache"), "OPENBLAS_NUM_THREADS": "1"}
+    args = [
+        "--data",
+        "pets",
+        "--data-dir",
+        str(root),
+        "--no-download",
+        "--image-size",
+        "32",
+        "--base-channels",
+        "4",
+        "--depth",
+        "2",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", "minunet.train", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "epoch 1/1" in r.stdout and (tmp_path / "run" / "best.npz").exists()
