@@ -174,34 +174,17 @@ def train(
     augment = AugmentConfig(
         enabled=cfg.augment, flip=cfg.flip, scale=(cfg.scale_min, 1.0), jitter=cfg.jitter
     )
+    # The two loaders share one interface: native-size crops, or the resized split.
+    batching = dict(
+        augment=augment, seed=cfg.seed, mean=mean, std=std, rank=comm.rank, world_size=comm.size
+    )
     if cfg.crop:
         from minunet.data.folder import CropLoader
 
-        loader = CropLoader(
-            train_data,
-            xp,
-            cfg.batch_size,
-            crop=cfg.crop,
-            augment=augment,
-            seed=cfg.seed,
-            mean=mean,
-            std=std,
-            rank=comm.rank,
-            world_size=comm.size,
-        )
+        loader = CropLoader(train_data, xp, cfg.batch_size, crop=cfg.crop, **batching)
         ignore_index = loader.ignore_index
     else:
-        loader = DeviceLoader(
-            train_data,
-            xp,
-            cfg.batch_size,
-            augment=augment,
-            seed=cfg.seed,
-            mean=mean,
-            std=std,
-            rank=comm.rank,
-            world_size=comm.size,
-        )
+        loader = DeviceLoader(train_data, xp, cfg.batch_size, **batching)
     model = UNet(
         train_data.in_channels,
         num_classes,
