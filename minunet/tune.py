@@ -419,6 +419,17 @@ class EpochReporter:
 TrainFn = Callable[..., Any]
 
 
+class TrialInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a trial's training: train saved the run and returned
+    ``interrupted: True``. Raised as a KeyboardInterrupt so that Optuna marks the trial
+    failed and ends the search, as a Ctrl-C anywhere else would."""
+
+    def __init__(self, number: int, run_dir: Path) -> None:
+        super().__init__(f"trial {number} interrupted")
+        self.number = number
+        self.run_dir = run_dir
+
+
 class Objective:
     """One trial: suggest the flags, run train in ``OUT/trial_NNNN``, return the metric."""
 
@@ -445,7 +456,7 @@ class Objective:
 
         reporter = EpochReporter(trial, setup.metric)
         try:
-            self.train_fn(
+            result = self.train_fn(
                 cfg,
                 log=lambda msg: print(f"  [trial {trial.number}] {msg}", flush=True),
                 on_epoch=reporter,
@@ -454,12 +465,15 @@ class Objective:
             trial.set_user_attr("error", str(exc).split(";")[0])
             raise
         trial.set_user_attr("epochs", len(reporter.values))
+        if result.get("interrupted"):
+            # train returns quietly after a Ctrl-C (it saved the run) and says so in its
+            # result: counting the epochs instead would miss a Ctrl-C under --max-steps.
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            raise TrialInterrupted(trial.number, run_dir)
         if reporter.pruned_at is not None:
             trial.set_user_attr("pruned_at", reporter.pruned_at)
             raise optuna.TrialPruned(f"pruned after epoch {reporter.pruned_at}")
-        if len(reporter.values) < cfg.epochs and cfg.max_steps is None:
-            # train returns quietly after a Ctrl-C (it saved the run): end the search too.
-            raise KeyboardInterrupt
         if not reporter.values:
             trial.set_user_attr("error", "no epoch finished (--max-steps below one epoch?)")
             raise MinunetError(f"trial {trial.number}: no epoch finished; raise --max-steps")
@@ -513,6 +527,8 @@ def trial_table(study: Any, metric: str) -> str:
             last = t.intermediate_values.get(t.user_attrs.get("pruned_at"))
             value = f"({last:.4f})" if last is not None else "-"
             state = f"pruned@{t.user_attrs.get('pruned_at', '?')}"
+        elif t.user_attrs.get("interrupted"):
+            value, state = "-", "interrupted"  # failed by Ctrl-C, not by its flags
         else:
             value, state = "-", t.state.name.lower()
         mark = "*" if best is not None and t.number == best.number else ""
@@ -644,8 +660,16 @@ def main(argv: list[str] | None = None, *, train_fn: TrainFn = train) -> int:
             catch=(NonFiniteLoss,),  # a diverging lr is a result, not the end of the search
             callbacks=[_announce],
         )
-    except KeyboardInterrupt:
-        print("interrupted: the trial that was running is marked failed", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, TrialInterrupted):
+            print(
+                f"interrupted: trial {exc.number} stopped and is marked failed (its run is "
+                f"saved in {exc.run_dir}); the search ends here, run the same command to "
+                "continue it with new trials",
+                file=sys.stderr,
+            )
+        else:  # a second Ctrl-C, or one outside train: Optuna marks a running trial failed
+            print("interrupted: the trial that was running is marked failed", file=sys.stderr)
         summarize(study, setup)
         raise
     print(f"this worker finished in {time.perf_counter() - start:.0f} s")

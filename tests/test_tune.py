@@ -170,6 +170,34 @@ def test_pruning_and_failures_with_a_scripted_train(optuna, tmp_path, capsys):
     assert (tmp_path / "intermediate_values.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("interrupted", [True, False])
+def test_train_saying_interrupted_ends_the_search(optuna, tmp_path, capsys, interrupted):
+    """Tune trusts train's ``interrupted`` key, not the epoch count: under --max-steps an
+    interrupted run and a short finished run both stop after epoch 1 of 5."""
+
+    def fake(cfg, log=print, on_epoch=None):
+        on_epoch(1, {"epoch": 1, "val_miou": 0.5})
+        return {"miou": 0.5, "interrupted": interrupted}
+
+    argv = ["--out", str(tmp_path), "--trials", "3", "--epochs", "5", "--max-steps", "100",
+            "--lr", "1e-3,1e-2", "--no-prune"]  # fmt: skip
+    code = run_cli(lambda a: tune.main(a, train_fn=fake), argv)
+    out, err = capsys.readouterr()
+    trials = optuna.load_study(
+        study_name=tmp_path.name, storage=tune.open_storage(optuna, tune.parse_setup(argv))
+    ).trials
+    if not interrupted:
+        assert code == 0 and [t.state.name for t in trials] == ["COMPLETE"] * 3
+        return
+    assert code == 130  # the search stopped at the first trial
+    assert [t.state.name for t in trials] == ["FAIL"]
+    assert trials[0].user_attrs["interrupted"] is True
+    assert "interrupted: trial 0 stopped and is marked failed" in err
+    assert str(tmp_path / "trial_0000") in err
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isdigit()}
+    assert rows["0"][1:4] == ["interrupted", "-", "1"]
+
+
 def test_a_joining_worker_must_search_the_same_space(optuna, tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--trials", "1", "--epochs", "1"]
     assert tune.main([*argv, "--lr", "1e-3,1e-2"], train_fn=_scripted_train([])) == 0
