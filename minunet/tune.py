@@ -162,13 +162,24 @@ def parse_dimension(flag: str, text: str, action: argparse.Action) -> Dimension 
     return Dimension(flag, action.dest, text, "int" if integer else "float", low, high, log)
 
 
+def flag_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Every option string of ``parser`` (``--lr``, ``-h``, ...) mapped to its action.
+
+    The action's ``option_strings``, ``dest``, ``type``, ``choices`` and ``nargs`` are
+    public, documented attributes, but argparse has no public way to list a parser's
+    actions: ``add_argument`` returns each one and the parser keeps them in the private
+    list ``_actions``. This is the one place tune reads argparse's internals. The list
+    has had that name and meaning from argparse's first release through CPython 3.14 (and
+    tools such as argcomplete read it too); ``test_tune.py`` fails here first if it moves.
+    """
+    return {flag: action for action in parser._actions for flag in action.option_strings}
+
+
 def split_search_space(
     argv: Sequence[str], parser: argparse.ArgumentParser
 ) -> tuple[list[Dimension], list[str]]:
     """Take the searched flags out of ``argv``; the rest are train's fixed flags."""
-    # argparse keeps this table private, but it is the one place mapping a flag to its
-    # action (type, choices, dest), and it has been stable for a decade.
-    actions: dict[str, argparse.Action] = parser._option_string_actions
+    actions = flag_actions(parser)
     dims: list[Dimension] = []
     fixed: list[str] = []
     i = 0

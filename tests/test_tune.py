@@ -55,6 +55,13 @@ def test_ranges_lists_and_fixed_values():
     assert fixed == ["--epochs", "3"]
 
 
+def test_flag_actions_maps_every_option_string_of_train():
+    actions = tune.flag_actions(build_train_parser())
+    assert actions["--lr"].dest == "lr" and actions["--lr"].type is float
+    assert actions["-h"] is actions["--help"]
+    assert all(flag.startswith("-") for flag in actions)
+
+
 def test_float_flag_with_whole_bounds_is_a_float_range():
     (dim,), _ = _split("--dropout", "0:1")
     assert dim.kind == "float"
