@@ -1,13 +1,12 @@
 """Data-parallel training on two MPI ranks (CPU), against one process doing it by hand."""
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_cli import run_python
 
 from minunet.losses import SoftmaxCrossEntropy
 from minunet.model import UNet
@@ -20,17 +19,10 @@ if MPIEXEC is None:
         "no mpiexec found (pip install 'minunet[mpi]' brings MPICH's)", allow_module_level=True
     )
 WORKER = Path(__file__).with_name("mpi_worker.py")
-ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def mpirun(*args, timeout=180):
-    return subprocess.run(
-        [MPIEXEC, "-n", "2", sys.executable, *args],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=timeout,
-    )
+    return run_python(*args, launcher=[MPIEXEC, "-n", "2"], timeout=timeout)
 
 
 def reference_step(shards):

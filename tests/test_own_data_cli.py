@@ -1,14 +1,10 @@
 """Issue 8's bar as a user meets it: train on a folder with no flag beyond the data ones,
 then predict new images of another size and get masks in the user's own values."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
+from helpers_cli import run_python
 from PIL import Image
 
-ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
 SMALL = [
     "--image-size",
     "32",
@@ -22,12 +18,6 @@ SMALL = [
     "1",
     "--no-progress",
 ]
-
-
-def run(*args):
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=ENV, timeout=300
-    )
 
 
 def blobs(rng, h, w):
@@ -50,7 +40,7 @@ def test_grayscale_images_with_0_255_masks(tmp_path):
         Image.fromarray((disc * 255).astype(np.uint8)).save(
             tmp_path / "data" / "masks" / f"{i}.png"
         )
-    r = run(
+    r = run_python(
         "-m",
         "minunet.train",
         "--data",
@@ -65,7 +55,7 @@ def test_grayscale_images_with_0_255_masks(tmp_path):
     assert "found 2 classes: 0 -> 0, 255 -> 1" in r.stdout
     new, _ = blobs(rng, 70, 51)
     Image.fromarray(new).save(tmp_path / "new.tif")
-    r = run(
+    r = run_python(
         "-m",
         "minunet.predict",
         "--checkpoint",
@@ -94,7 +84,7 @@ def test_rgb_images_with_palette_masks(tmp_path):
             mask = Image.fromarray(labels, mode="P")
             mask.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
             mask.save(root / split / "masks" / f"{split}{i}.png")
-    r = run(
+    r = run_python(
         "-m",
         "minunet.train",
         "--data",
@@ -108,7 +98,7 @@ def test_rgb_images_with_palette_masks(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "found 2 classes" in r.stdout
     Image.fromarray(rng.integers(0, 255, (29, 61, 3), np.uint8)).save(tmp_path / "x.png")
-    r = run(
+    r = run_python(
         "-m",
         "minunet.predict",
         "--checkpoint",

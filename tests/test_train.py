@@ -2,15 +2,13 @@
 give one-line errors."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers_cli import run_python, start_python
 from PIL import Image
 
 from minunet.checkpoint import load_checkpoint
@@ -21,7 +19,6 @@ from minunet.optim import make_optimizer
 from minunet.train import TrainConfig, train
 from minunet.train.loop import NonFiniteLoss
 
-ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY = [
     "--data",
     "synthetic",
@@ -54,12 +51,6 @@ def tiny_config(out, **kw) -> TrainConfig:
         lr=3e-3,
     )
     return replace(cfg, **kw)
-
-
-def run(*args, **kw):
-    return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=ENV, timeout=300, **kw
-    )
 
 
 def test_a_tiny_batch_is_overfit():
@@ -130,9 +121,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
     args = ["-m", "minunet.train", *TINY, "--epochs", "50", "--out", str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = start_python(*args)
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -147,12 +136,12 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
 
 def test_cli_train_predict_evaluate(tmp_path):
     out = tmp_path / "run"
-    r = run("-m", "minunet.train", *TINY, "--epochs", "1", "--out", str(out))
+    r = run_python("-m", "minunet.train", *TINY, "--epochs", "1", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "val mIoU" in r.stdout
     image = tmp_path / "odd.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 45, 3), np.uint8)).save(image)
-    r = run(
+    r = run_python(
         "-m",
         "minunet.predict",
         "--checkpoint",
@@ -165,7 +154,7 @@ def test_cli_train_predict_evaluate(tmp_path):
     mask = np.asarray(Image.open(tmp_path / "pred" / "odd_mask.png"))
     assert mask.shape == (37, 45) and set(np.unique(mask)) <= {1, 2, 3}  # trimap values
     assert (tmp_path / "pred" / "odd_overlay.png").exists()
-    r = run(
+    r = run_python(
         "-m",
         "minunet.evaluate",
         "--checkpoint",
@@ -193,7 +182,7 @@ def test_cli_train_predict_evaluate(tmp_path):
     ],
 )
 def test_errors_are_one_line(args, message, tmp_path):
-    r = run(*args, cwd=tmp_path)
+    r = run_python(*args, cwd=tmp_path)
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
@@ -204,5 +193,5 @@ def test_predict_refuses_an_unreadable_image(tmp_path):
     train(tiny_config(out, epochs=1), log=lambda *_: None)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image at all")
-    r = run("-m", "minunet.predict", "--checkpoint", str(out / "best.npz"), str(bad))
+    r = run_python("-m", "minunet.predict", "--checkpoint", str(out / "best.npz"), str(bad))
     assert r.returncode == 2 and "cannot decode" in r.stderr and "Traceback" not in r.stderr

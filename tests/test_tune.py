@@ -8,12 +8,11 @@ a tiny synthetic config runs real training, with a second worker process joining
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers_cli import run_python
 
 from minunet import tune
 from minunet.cli import run_cli
@@ -237,11 +236,7 @@ def test_two_workers_share_one_study_with_real_training(optuna, tmp_path, capsys
         assert (out / f"{name}.png").stat().st_size > 0
 
     # A second worker with the same arguments, in its own process, joins the study.
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    done = subprocess.run(
-        [sys.executable, "-m", "minunet.tune", *argv],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+    done = run_python("-m", "minunet.tune", *argv, extra_env={"MPLBACKEND": "Agg"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "joined study 'search'" in done.stdout and "(4 trials so far)" in done.stdout
 
