@@ -131,3 +131,15 @@ def build_model(ckpt: Checkpoint, *, dtype: Any = np.float32, path: str = "check
             f"{path}: weights do not fit the architecture it names: {exc}"
         ) from None
     return model.eval()
+
+
+def load_model(path: str | os.PathLike, xp: Any = np) -> tuple[Checkpoint, Any]:
+    """Read the checkpoint at ``path`` and build its model on ``xp`` (NumPy or CuPy).
+
+    What a command that uses a trained model (predict, evaluate) does first. Returns
+    ``(checkpoint, model)``: the model float32 and in eval mode, its weights on ``xp``'s
+    device; the checkpoint for its metadata (mask values, normalisation, data options).
+    Anything wrong with the file raises one CheckpointError line naming ``path``.
+    """
+    ckpt = load_checkpoint(path)
+    return ckpt, build_model(ckpt, path=os.fspath(path)).to(xp)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from minunet.atomic import atomic_write
 from minunet.backend import BACKENDS, get_backend, to_device
-from minunet.checkpoint import build_model, load_checkpoint
+from minunet.checkpoint import load_model
 from minunet.cli import positive_int, run_cli
 from minunet.data.sources import SOURCES, DataOptions, load_splits
 from minunet.errors import MinunetError
@@ -53,8 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     xp = get_backend(args.backend)
-    ck = load_checkpoint(args.checkpoint)
-    model = build_model(ck, path=args.checkpoint).to(xp)
+    ck, model = load_model(args.checkpoint, xp)
     meta_data = ck.meta.get("data", {})
     train_cfg = ck.meta.get("config", {}).get("data", {})
     source = args.data or meta_data.get("source", "synthetic")

@@ -20,7 +20,7 @@ from PIL import Image
 
 from minunet.atomic import atomic_write
 from minunet.backend import BACKENDS, get_backend
-from minunet.checkpoint import build_model, load_checkpoint
+from minunet.checkpoint import load_model
 from minunet.cli import positive_int, run_cli
 from minunet.data.imageio import open_image
 from minunet.errors import MinunetError
@@ -66,8 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     xp = get_backend(args.backend)
-    ck = load_checkpoint(args.checkpoint)
-    model = build_model(ck, path=args.checkpoint).to(xp)
+    ck, model = load_model(args.checkpoint, xp)
     data = ck.meta.get("data", {})
     mean, std = ck.normalization
     values = np.asarray(data.get("mask_values") or range(model.num_classes))
