@@ -362,7 +362,7 @@ def _to_labels(raw: np.ndarray, values: list[int], ignore_index: int | None) -> 
 # --------------------------------------------------------------------------- cache
 
 
-def _cache_dir(root: Path) -> Path:
+def cache_folder(root: Path) -> Path:
     """``ROOT/.minunet-cache`` when writable, else ``$MINUNET_DATA`` or ``~/.cache/minunet``."""
     local = root / CACHE_DIR
     try:
@@ -375,7 +375,9 @@ def _cache_dir(root: Path) -> Path:
     return Path(fallback) / "folder-cache"
 
 
-def _fingerprint(items: list[Any]) -> str:
+def fingerprint(items: list[Any]) -> str:
+    """A short stable hash of JSON-able ``items``: a cache file's key, so changed inputs
+    (files' sizes and times, options) name a new file instead of reusing a stale one."""
     return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -463,9 +465,9 @@ def load_folder(
     if (root / CLASSES_FILE).is_file():
         listing.append(_stat(root / CLASSES_FILE, root))
     options = [CACHE_VERSION, layout, image_size, mask_suffix, ignore_index, num_classes]
-    cache_dir = _cache_dir(root) if cache else root / CACHE_DIR
-    prefix = f"folder-{_fingerprint([str(root.resolve())])}-"
-    key = _fingerprint([listing, options])
+    cache_dir = cache_folder(root) if cache else root / CACHE_DIR
+    prefix = f"folder-{fingerprint([str(root.resolve())])}-"
+    key = fingerprint([listing, options])
     cache_path = cache_dir / f"{prefix}{key}.npz"
 
     arrays = _load_cache(cache_path, ["mask_values", "class_names"]) if cache else None
@@ -490,7 +492,7 @@ def load_folder(
 
     split = np.array([p.split for p in pairs], dtype=np.int64)
     if layout == "holdout":
-        split = _holdout(count, val_fraction, seed)
+        split = holdout_split(count, val_fraction, seed)
     stored_ignore = IGNORE_LABEL if ignore_index is not None else None
     names = [p.name for p in pairs]
 
@@ -541,7 +543,7 @@ def border_weights_cached(
     names = [f"weight_{i}" for i in range(len(masks))]
     path = None
     if cache_stem is not None:
-        options = _fingerprint([CACHE_VERSION, foreground, float(w0), float(sigma)])
+        options = fingerprint([CACHE_VERSION, foreground, float(w0), float(sigma)])
         path = cache_stem.parent / f"{cache_stem.name}-w{options}.npz"
         cached = _load_cache(path, names)
         shapes_match = cached is not None and all(
@@ -556,7 +558,7 @@ def border_weights_cached(
     return weights
 
 
-def _holdout(count: int, val_fraction: float, seed: int) -> np.ndarray:
+def holdout_split(count: int, val_fraction: float, seed: int) -> np.ndarray:
     """0/1 split flags: a seeded random ``val_fraction`` of the samples (at least one) is 1."""
     split = np.zeros(count, dtype=np.int64)
     if val_fraction > 0 and count >= 2:

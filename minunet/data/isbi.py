@@ -26,10 +26,10 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from minunet.data.dataset import SegmentationData
 from minunet.data.folder import (
-    _cache_dir,
-    _fingerprint,
-    _holdout,
     border_weights_cached,
+    cache_folder,
+    fingerprint,
+    holdout_split,
     image_array,
 )
 from minunet.data.imageio import resize_image, resize_mask
@@ -118,10 +118,10 @@ def load_isbi2012(
     weights = None
     if border_weights:
         stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in (volume, labels)]
-        stem = _cache_dir(root) / f"isbi2012-{_fingerprint([stats, image_size])}"
+        stem = cache_folder(root) / f"isbi2012-{fingerprint([stats, image_size])}"
         weights = border_weights_cached(masks, 2, [1], w0, sigma, cache_stem=stem)
 
-    split = _holdout(len(images), val_fraction, seed)
+    split = holdout_split(len(images), val_fraction, seed)
 
     def stack(items: list[np.ndarray], index: np.ndarray) -> np.ndarray:
         # np.stack of nothing fails; an empty split keeps the per-sample shape.
