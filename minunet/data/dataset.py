@@ -8,6 +8,7 @@ ever see this form, so a new source is one new loader and nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,55 @@ PETS_CLASS_NAMES = ("pet", "background", "outline")
 
 
 @dataclass
-class SegmentationData:
+class _Split:
+    """What the two in-memory forms below share: the class metadata, its defaults, and
+    ``num_classes``. The fields are listed here once, in the order both constructors take
+    them; each form narrows the types of ``images``, ``masks`` and ``weights`` and checks
+    their shapes in ``_check_arrays``.
+    """
+
+    images: Any
+    masks: Any
+    class_names: list[str]
+    mask_values: list[int] = field(default_factory=list)
+    ignore_index: int | None = None
+    weights: Any = None
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._check_arrays()
+        # Defaults that depend on other fields, so a dataclass default cannot give them.
+        if not self.mask_values:
+            self.mask_values = list(range(len(self.class_names)))
+        if not self.names:
+            self.names = [str(i) for i in range(len(self.images))]
+
+    def _check_arrays(self) -> None:
+        """Raise ValueError unless images and masks have the form's shapes and dtypes."""
+        raise NotImplementedError
+
+    def _class_metadata(self) -> dict[str, Any]:
+        """The class metadata copied, for ``subset``: a subset never aliases its lists."""
+        return {
+            "class_names": list(self.class_names),
+            "mask_values": list(self.mask_values),
+            "ignore_index": self.ignore_index,
+        }
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+# The forms re-declare images, masks and weights only to narrow their types: a field
+# declared again in a dataclass subclass keeps its place in the constructor.
+
+
+@dataclass
+class SegmentationData(_Split):
     """Images and per-pixel class labels of one split, held on the host.
 
     images:       (N, H, W, C) uint8, C = 1 (grayscale) or 3 (RGB)
@@ -32,13 +81,9 @@ class SegmentationData:
 
     images: np.ndarray
     masks: np.ndarray
-    class_names: list[str]
-    mask_values: list[int] = field(default_factory=list)
-    ignore_index: int | None = None
     weights: np.ndarray | None = None
-    names: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
+    def _check_arrays(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
             raise ValueError(
                 f"images must be a (N, H, W, C) uint8 array, got {self.images.dtype} "
@@ -49,21 +94,10 @@ class SegmentationData:
                 f"masks must have shape {self.images.shape[:3]} (N, H, W) to match the "
                 f"images, got {self.masks.shape}"
             )
-        if not self.mask_values:
-            self.mask_values = list(range(len(self.class_names)))
-        if not self.names:
-            self.names = [str(i) for i in range(len(self.images))]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     @property
     def in_channels(self) -> int:
         return int(self.images.shape[3])
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
 
     def subset(self, index: np.ndarray | list[int]) -> SegmentationData:
         """The samples at ``index`` (a copy), keeping the class metadata."""
@@ -71,16 +105,14 @@ class SegmentationData:
         return SegmentationData(
             images=self.images[index],
             masks=self.masks[index],
-            class_names=list(self.class_names),
-            mask_values=list(self.mask_values),
-            ignore_index=self.ignore_index,
             weights=None if self.weights is None else self.weights[index],
             names=[self.names[i] for i in index],
+            **self._class_metadata(),
         )
 
 
 @dataclass
-class NativeSizeData:
+class NativeSizeData(_Split):
     """``SegmentationData`` at native resolution: one array per sample, sizes differ.
 
     images:  list of (H_i, W_i, C) uint8, C the same for all (1 or 3)
@@ -91,34 +123,19 @@ class NativeSizeData:
 
     images: list[np.ndarray]
     masks: list[np.ndarray]
-    class_names: list[str]
-    mask_values: list[int] = field(default_factory=list)
-    ignore_index: int | None = None
     weights: list[np.ndarray] | None = None
-    names: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
+    def _check_arrays(self) -> None:
         for image, mask in zip(self.images, self.masks, strict=True):
             if image.ndim != 3 or image.dtype != np.uint8 or mask.shape != image.shape[:2]:
                 raise ValueError(
                     f"expected (H, W, C) uint8 images with (H, W) masks, got {image.dtype} "
                     f"{image.shape} with {mask.shape}"
                 )
-        if not self.mask_values:
-            self.mask_values = list(range(len(self.class_names)))
-        if not self.names:
-            self.names = [str(i) for i in range(len(self.images))]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     @property
     def in_channels(self) -> int:
         return int(self.images[0].shape[2]) if self.images else 1
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def subset(self, index: np.ndarray | list[int]) -> NativeSizeData:
         """The samples at ``index`` (the arrays are shared, not copied)."""
@@ -126,9 +143,7 @@ class NativeSizeData:
         return NativeSizeData(
             images=[self.images[i] for i in index],
             masks=[self.masks[i] for i in index],
-            class_names=list(self.class_names),
-            mask_values=list(self.mask_values),
-            ignore_index=self.ignore_index,
             weights=None if self.weights is None else [self.weights[i] for i in index],
             names=[self.names[i] for i in index],
+            **self._class_metadata(),
         )
