@@ -69,13 +69,15 @@ _SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)
 
 KERNELS: list[Kernel] = []  # every kernel defined, for the compile tests
 
-# Tests set this to run kernels on NumPy arrays with a CPU compiler (tests/cuda_emulator.py).
+# Tests set this to run kernels on NumPy arrays with a CPU compiler (tests/cuda_emulator.py),
+# and with ``route_numpy`` also send the layers' NumPy arrays down the kernel paths.
 emulator: Callable[[Kernel, np.dtype, int, list[Any]], None] | None = None
+route_numpy = False
 
 
 def enabled_for(x: Any) -> bool:
     """True when ``x`` is a CuPy array and the hand-written kernels are switched on."""
-    return ENABLED and get_array_module(x) is not np
+    return ENABLED and (get_array_module(x) is not np or (route_numpy and emulator is not None))
 
 
 class Kernel:

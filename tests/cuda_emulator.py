@@ -107,13 +107,18 @@ def run_on_cpu(kernel: cuda.Kernel, dtype: np.dtype, work_items: int, args: list
 
 
 @contextmanager
-def emulate() -> Iterator[None]:
-    """Within the block, kernels called on NumPy arrays run on the CPU emulator."""
-    previous, cuda.emulator = cuda.emulator, run_on_cpu
+def emulate(route_numpy: bool = False) -> Iterator[None]:
+    """Within the block, kernels called on NumPy arrays run on the CPU emulator.
+
+    With ``route_numpy`` the layers also take their kernel paths for NumPy arrays, as
+    they do for CuPy arrays: a whole forward and backward then runs the GPU's arithmetic.
+    """
+    saved = cuda.emulator, cuda.route_numpy
+    cuda.emulator, cuda.route_numpy = run_on_cpu, route_numpy
     try:
         yield
     finally:
-        cuda.emulator = previous
+        cuda.emulator, cuda.route_numpy = saved
 
 
 def _find_nvrtc() -> str | None:

@@ -14,11 +14,13 @@ from cuda_emulator import CXX, NVRTC, emulate, nvrtc_compile
 from hypothesis import given
 from hypothesis import strategies as st
 
-import minunet.layers  # noqa: F401  (defines kernels: registers them in cuda.KERNELS)
-import minunet.losses  # noqa: F401
-import minunet.optim  # noqa: F401
-from minunet import cuda
+from minunet import cpu, cuda
+from minunet.gradcheck import check_layer
 from minunet.im2col import col2im, col2im_kernel, conv_output_size, im2col, im2col_kernel
+from minunet.layers import BatchNorm2d
+from minunet.losses import SoftmaxCrossEntropy
+from minunet.model import UNet
+from minunet.optim import Adam  # importing the modules above registers their kernels
 
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
 
@@ -74,3 +76,98 @@ def test_im2col_and_col2im_kernels_equal_the_numpy_reference(g):
     # Same copies, same additions in the same order: equal to the last bit.
     np.testing.assert_array_equal(got_cols, im2col(x, kh, kw, s, p, d))
     np.testing.assert_array_equal(got_x, col2im(cols, x.shape, kh, kw, s, p, d))
+
+
+def _batchnorm_run(layer, x, dout):
+    out = layer.forward(x)
+    for p in layer.parameters():
+        p.grad[...] = 0
+    dx = layer.backward(dout)
+    grads = {name: p.grad.copy() for name, p in layer.named_parameters()}
+    return out, dx, grads, {k: np.asarray(v).copy() for k, v in layer.buffers.items()}
+
+
+@needs_cxx
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 4),
+    h=st.integers(1, 5),
+    train=st.booleans(),
+    relu=st.booleans(),
+    sync=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_batchnorm_kernels_match_the_numpy_layer(n, c, h, train, relu, sync, dtype, seed):
+    """Forward, dx, dgamma, dbeta and the running statistics, through the four kernels.
+
+    The kernels sum in float64 with a per-channel shift, NumPy in the array's dtype around
+    the mean: float64 agrees to ~1e-12, float32 to float32 rounding.
+    """
+    if train and n * h * h < 2:
+        return
+    rng = np.random.default_rng(seed)
+    # A mean far from 0 (x ~ 5 + 2 N(0, 1)) tests the shifted sums of the statistics.
+    x = (rng.standard_normal((n, c, h, h)) * 2 + 5).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    results = []
+    for route in (False, True):  # the NumPy layer, then the same layer through the kernels
+        layer = BatchNorm2d(c, relu=relu, dtype=dtype)
+        layer.params["weight"].data[:] = gamma
+        layer.params["bias"].data[:] = beta
+        layer.buffers["running_var"][:] = 1.5
+        layer.train(train)
+        if sync:  # a one-rank "allreduce": the synchronised path's arithmetic, alone
+            layer.sync = lambda a: a.copy()
+        with emulate(route_numpy=route):
+            results.append(_batchnorm_run(layer, x, dout))
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
+    (out0, dx0, g0, b0), (out1, dx1, g1, b1) = results
+    np.testing.assert_allclose(out1, out0, **tol)
+    np.testing.assert_allclose(dx1, dx0, **tol)
+    for name in g0:
+        np.testing.assert_allclose(g1[name], g0[name], err_msg=name, **tol)
+    for name in b0:
+        np.testing.assert_allclose(b1[name], b0[name], err_msg=name, **tol)
+        assert b1[name].dtype == b0[name].dtype, name
+
+
+@needs_cxx
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_kernels_pass_a_gradient_check(relu):
+    rng = np.random.default_rng(3)
+    layer = BatchNorm2d(3, relu=relu, dtype=np.float64)
+    layer.params["weight"].data[:] = rng.standard_normal(3)
+    layer.params["bias"].data[:] = rng.standard_normal(3)
+    x = rng.standard_normal((2, 3, 4, 5)) * 2 + 1
+    with emulate(route_numpy=True):
+        errors = check_layer(layer, x, seed=3)
+    assert max(errors.values()) < 1e-6, errors
+
+
+@needs_cxx
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_a_unet_training_step_through_every_kernel_matches_numpy(batchnorm, monkeypatch):
+    """Loss, every gradient and the updated weights of one step, emulated kernels vs NumPy."""
+    monkeypatch.setattr(cpu, "ENABLED", False)  # the convolutions too go through im2col
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 16, 16))
+    target = rng.integers(0, 3, (2, 16, 16))
+    results = []
+    for route in (False, True):
+        net = UNet(3, 3, base_channels=4, depth=2, batchnorm=batchnorm, dtype=np.float64, seed=1)
+        opt = Adam(net.parameters(), lr=1e-2)
+        loss_fn = SoftmaxCrossEntropy(class_weights=[1.0, 2.0, 0.5])
+        with emulate(route_numpy=route):
+            loss = loss_fn.forward(net.forward(x, train=True), target)
+            net.backward(loss_fn.backward())
+            grads = [p.grad.copy() for p in net.parameters()]
+            opt.step()
+        results.append((float(loss), grads, [p.data.copy() for p in net.parameters()]))
+    (l0, g0, w0), (l1, g1, w1) = results
+    assert abs(l1 - l0) < 1e-12 * abs(l0)
+    for a, b in zip(g0, g1, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    for a, b in zip(w0, w1, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)

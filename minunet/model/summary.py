@@ -50,6 +50,8 @@ def _row(name, layer, in_shape, extra_in=None):
     if isinstance(layer, BatchNorm2d | ReLU | Dropout):
         numel = n * c * h * w
         flops = {"BatchNorm2d": 8 * numel, "ReLU": numel, "Dropout": numel}[kind]
+        if isinstance(layer, BatchNorm2d) and layer.relu:
+            flops += numel  # the ReLU it applies
         if isinstance(layer, Dropout) and layer.p == 0:
             return None
         return (name, kind, in_shape, _count(layer), flops, numel)

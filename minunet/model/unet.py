@@ -7,7 +7,8 @@ skip connections that hand each decoder level the encoder's map of the same size
                              │ MaxPool                 ▲
     ...                      └── ... bottleneck ───────┘
 
-A ConvBlock is two 3x3 convolutions, each followed by BatchNorm (optional) and ReLU.
+A ConvBlock is two 3x3 convolutions, each followed by BatchNorm (optional) and ReLU
+(with BatchNorm, one ``BatchNorm2d(relu=True)`` layer does both, saving an array).
 Channels double at each level down (base, 2*base, ..., 2**depth * base at the bottom)
 and halve on the way up. The head is a 1x1 convolution to one logit per class.
 
@@ -61,15 +62,18 @@ class ConvBlock(Layer):
         self.conv1 = Conv2d(
             in_channels, out_channels, 3, padding=padding, bias=bias, dtype=dtype, rng=rng
         )
+        # With BatchNorm, the ReLU is done by the BatchNorm layer in the same pass.
         if batchnorm:
-            self.bn1 = BatchNorm2d(out_channels, dtype=dtype)
-        self.relu1 = ReLU()
+            self.bn1 = BatchNorm2d(out_channels, relu=True, dtype=dtype)
+        else:
+            self.relu1 = ReLU()
         self.conv2 = Conv2d(
             out_channels, out_channels, 3, padding=padding, bias=bias, dtype=dtype, rng=rng
         )
         if batchnorm:
-            self.bn2 = BatchNorm2d(out_channels, dtype=dtype)
-        self.relu2 = ReLU()
+            self.bn2 = BatchNorm2d(out_channels, relu=True, dtype=dtype)
+        else:
+            self.relu2 = ReLU()
         self.sequence = list(self.children().values())  # in assignment order
 
     def forward(self, x: Any, keep_cache: bool = True) -> Any:
