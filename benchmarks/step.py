@@ -4,6 +4,7 @@
     python benchmarks/step.py --backend cupy             # CuPy vs torch CUDA, fp32 on both
     python benchmarks/step.py --backend cupy --grid      # base 32/64 x batch 8/32 x 128/256
     python benchmarks/step.py --backend cupy --tf32
+    python benchmarks/step.py --backend cupy --reference   # + minunet without its CUDA kernels
 
 One step = forward, softmax cross-entropy, backward, Adam update, on both sides, from
 the same weights (``minunet.interop.torch_unet`` builds the identical graph). On the CPU
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Device, compare, load_line, setup, table  # noqa: E402
 
-from minunet import cpu  # noqa: E402
+from minunet import cpu, cuda  # noqa: E402
 from minunet.layers import ConvTranspose2d  # noqa: E402
 from minunet.losses import SoftmaxCrossEntropy  # noqa: E402
 from minunet.model import UNet  # noqa: E402
@@ -51,7 +52,8 @@ def build(
     reference: bool = False,
 ) -> tuple[UNet, dict[str, Callable[[], None]]]:
     """The contenders: minunet, torch (NCHW), on the CPU torch channels-last, and with
-    ``reference`` minunet with its CPU fast paths switched off (the plain im2col path)."""
+    ``reference`` minunet with its fast paths switched off: on the CPU the plain im2col
+    path, on the GPU the generic CuPy code instead of the hand-written CUDA kernels."""
     from minunet.interop.torch_unet import TorchUNet, to_torch_state_dict
 
     xp, torch = dev.xp, dev.torch
@@ -82,6 +84,16 @@ def build(
                 cpu.ENABLED, ConvTranspose2d._patches_tile = True, tile
 
         contenders["minunet reference"] = plain
+    if reference and dev.backend == "cupy":
+
+        def generic() -> None:
+            cuda.ENABLED = False
+            try:
+                ours()
+            finally:
+                cuda.ENABLED = True
+
+        contenders["minunet no kernels"] = generic
     layouts = ["nchw"] if dev.backend == "cupy" else ["nchw", "channels_last"]
     for layout in layouts:
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -121,7 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         "--rounds", type=int, default=None, help="interleaved timings per side (CPU 5, GPU 3)"
     )
     parser.add_argument(
-        "--reference", action="store_true", help="also time minunet without its CPU fast paths"
+        "--reference",
+        action="store_true",
+        help="also time minunet without its fast paths (CPU) or CUDA kernels (GPU)",
     )
     args = parser.parse_args(argv)
     dev = setup(args.backend, args.tf32)
