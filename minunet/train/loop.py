@@ -139,8 +139,9 @@ def train(
     log: Any = print,
     on_epoch: Callable[[int, dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) training as ``cfg`` says. Returns the last epoch's metrics (with
-    ``interrupted: True`` when Ctrl-C stopped the run mid-epoch).
+    """Run (or resume) training as ``cfg`` says. Returns the last epoch's metrics, with
+    ``interrupted``: True when Ctrl-C was pressed during the run (it then stopped at the
+    next step, or after the validation it was in).
 
     ``on_epoch(epoch, record)`` is called after each epoch's validation with the
     metrics.jsonl record (1-based epoch); returning True stops the run there (the
@@ -402,7 +403,8 @@ def train(
                 break
     if main:
         _preview(model, val_data, xp, mean, std, out / "predictions.png", train_data.class_names)
-    return metrics
+    # A Ctrl-C during the last validation, or in an epoch the caller stopped, still counts.
+    return {**metrics, "interrupted": stop.requested}
 
 
 def validate(
