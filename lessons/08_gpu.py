@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from minunet.backend import BackendError, get_backend, gpu_available, to_device, to_numpy
+from minunet.cuda_emulator import CXX, emulate
+from minunet.im2col import COL2IM, IM2COL, col2im, col2im_kernel, im2col, im2col_kernel
 from minunet.losses import SoftmaxCrossEntropy
 from minunet.model import UNet
 
@@ -49,12 +51,17 @@ else:
 # - **matrix products** (`W2 @ cols` in Conv2d, the 2x2 transposed convolution) go to
 #   cuBLAS, NVIDIA's tuned matrix library: this is where the GPU's arithmetic
 #   throughput pays off, and where nearly all the FLOPs are;
-# - **im2col / col2im** are `kh*kw` strided slice copies / additions (lesson 01): each
-#   is one elementwise kernel over a whole `(N, C, Ho, Wo)` block; the additions of
-#   col2im never race, because each kernel handles one kernel offset and so touches
-#   each input pixel at most once;
-# - **BatchNorm, ReLU, softmax, max pooling** are elementwise kernels and reductions;
-#   they do little arithmetic per byte, so their speed is set by memory bandwidth.
+# - **everything else** (slices, `+=`, `xp.exp`, `.sum(axis=...)`) is one kernel per
+#   call. That is correct, but wasteful where one idea takes many calls: im2col is a
+#   padded copy plus `kh*kw` slice copies (10 launches for a 3x3 kernel), BatchNorm a dozen
+#   passes over memory. Those do little arithmetic per byte, so their speed is set by
+#   memory bandwidth and by how many passes they make.
+#
+# So minunet replaces the wasteful ones with short CUDA kernels of its own, each in the
+# module of its layer, beside the NumPy code it replaces: im2col and col2im (one launch
+# each), max-pool forward and backward, BatchNorm with its ReLU (four launches instead of
+# a dozen), softmax cross-entropy (one), and the optimiser update (one per parameter).
+# `MINUNET_CUDA_KERNELS=0` switches them off, to compare.
 #
 # CuPy 14 dropped its cuDNN bindings, so none of this calls cuDNN: every convolution is
 # minunet's own im2col + cuBLAS. Two costs do not exist on the CPU. Each kernel launch
@@ -97,6 +104,54 @@ if HAVE_GPU:
     print("every gradient agrees between NumPy and CuPy")
 else:
     print("CuPy:  skipped (no GPU here); on a GPU machine this cell compares every gradient.")
+
+# %% [markdown]
+# ## A CUDA kernel, read top to bottom
+#
+# Here is minunet's im2col kernel, exactly as the GPU compiles it. `T` is the element type
+# (`float` or `double`, set by a `typedef` in front). `for_each(e, total)` is a
+# *grid-stride loop*: the GPU starts a grid of threads, thread number `t` takes work
+# items `t`, `t + (threads in the grid)`, and so on, so any grid size covers every item.
+# One work item is one entry of the column matrix: the kernel turns the flat index `e`
+# back into `(n, c, i, j, oh, ow)` and copies the one input pixel that entry needs, or 0
+# where the patch hangs over the padding (no padded copy of the input is ever made).
+
+# %%
+print(IM2COL.text)
+
+# %% [markdown]
+# col2im goes the other way, and here the GPU asks for care. The obvious kernel, one
+# thread per column entry adding its value onto its input pixel, has many threads adding
+# to the same pixel at once (a 3x3 kernel's patches overlap), a *race*: the additions
+# must be atomic or some are lost. minunet's col2im is a **gather** instead: one thread
+# per *input* pixel finds the (at most `kh*kw`) column entries that copied it and adds
+# them up. Every thread writes one pixel of its own, so nothing races:
+
+# %%
+print(COL2IM.text)
+
+# %% [markdown]
+# ## Running a CUDA kernel without a GPU
+#
+# Every minunet kernel follows that rule: one thread computes one output and never talks
+# to another thread (no shared memory, no atomics). Such a kernel can also be run on the
+# CPU, one thread after another, and gives the GPU's answer. `minunet.cuda_emulator` does
+# just that: it compiles the kernel's source with the C++ compiler, with the CUDA built-ins
+# (`blockIdx`, `threadIdx`, ...) as ordinary variables, and calls it once per thread. The
+# test suite runs every kernel this way against the NumPy code on every CI run. Here, the
+# kernels against lesson 01's im2col and col2im:
+
+# %%
+xs = rng.standard_normal((2, 3, 6, 7))
+if CXX is None:
+    print("no C++ compiler here (g++ or c++): the emulator cannot run")
+else:
+    with emulate():
+        cols_kernel = im2col_kernel(xs, 3, 3, stride=2, padding=1)
+        back_kernel = col2im_kernel(cols_kernel, xs.shape, 3, 3, stride=2, padding=1)
+    np.testing.assert_array_equal(cols_kernel, im2col(xs, 3, 3, 2, 1))
+    np.testing.assert_array_equal(back_kernel, col2im(cols_kernel, xs.shape, 3, 3, 2, 1))
+    print("the CUDA im2col and col2im, run on the CPU, equal the NumPy ones to the last bit")
 
 # %% [markdown]
 # ## Timing a training step, honestly
@@ -162,6 +217,8 @@ else:
 # - `model.to(cp)` and `to_device(x, cp)`: the rest of the code is unchanged.
 # - On the GPU, matmuls go to cuBLAS; slices, elementwise maths and reductions become
 #   CUDA kernels; per-launch overhead and host reads are the new costs.
+# - Where one idea takes many array calls, a short kernel of our own does it in one pass.
+#   Written as a gather (one thread, one output), it never races, and it runs on a CPU too.
 # - Time GPU code only after synchronising, and after a warm-up.
 #
 # That is the whole course: from arrays to a trained U-Net, every backward pass derived

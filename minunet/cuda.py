@@ -17,7 +17,7 @@ are no atomics and no races, and no thread waits for another (no shared memory, 
 so any grid size computes the same result. That rule buys a second thing: the kernels can
 run **without a GPU**. Executed one thread after another on the CPU they give exactly the
 GPU's answer, so the tests compile each kernel's source with a C++ compiler and check it
-against NumPy on every CI run (``tests/cuda_emulator.py``), and compile it for the H100
+against NumPy on every CI run (``minunet/cuda_emulator.py``), and compile it for the H100
 (``compute_90``) with NVRTC, CUDA's own compiler, so a syntax error cannot wait for a GPU
 to show itself.
 
@@ -69,7 +69,7 @@ _SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)
 
 KERNELS: list[Kernel] = []  # every kernel defined, for the compile tests
 
-# Tests set this to run kernels on NumPy arrays with a CPU compiler (tests/cuda_emulator.py),
+# Tests set this to run kernels on NumPy arrays with a CPU compiler (minunet.cuda_emulator),
 # and with ``route_numpy`` also send the layers' NumPy arrays down the kernel paths.
 emulator: Callable[[Kernel, np.dtype, int, list[Any]], None] | None = None
 route_numpy = False
@@ -88,7 +88,8 @@ class Kernel:
         if match is None:
             raise ValueError('kernel source needs one extern "C" __global__ void name(...)')
         self.name = match.group(1)
-        self.source = PRELUDE + source
+        self.text = source.strip()  # the kernel as written (to read)
+        self.source = PRELUDE + source  # what is compiled
         # [(C type without const/restrict, is_pointer, parameter name)]
         self.params: list[tuple[str, bool, str]] = []
         for decl in match.group(2).split(","):

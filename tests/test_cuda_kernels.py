@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cuda_emulator import CXX, NVRTC, emulate, nvrtc_compile
 from hypothesis import given
 from hypothesis import strategies as st
 
 from minunet import cpu, cuda
+from minunet.cuda_emulator import CXX, NVRTC, emulate, nvrtc_compile
 from minunet.gradcheck import check_layer
 from minunet.im2col import col2im, col2im_kernel, conv_output_size, im2col, im2col_kernel
 from minunet.layers import BatchNorm2d

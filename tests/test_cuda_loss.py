@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cuda_emulator import CXX, emulate
 from hypothesis import given
 from hypothesis import strategies as st
 
 from minunet import cuda
 from minunet.backend import to_numpy
+from minunet.cuda_emulator import CXX, emulate
 from minunet.losses import SoftmaxCrossEntropy, softmax_cross_entropy_kernel
 
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")

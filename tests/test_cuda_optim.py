@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cuda_emulator import CXX, emulate
 
 from minunet import cuda
 from minunet.backend import get_backend, to_device, to_numpy
+from minunet.cuda_emulator import CXX, emulate
 from minunet.layers.base import Parameter
 from minunet.optim import SGD, Adam, AdamW, Optimizer
 

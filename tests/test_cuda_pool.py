@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cuda_emulator import CXX, emulate
 from hypothesis import given
 from hypothesis import strategies as st
 
 from minunet.backend import to_numpy
+from minunet.cuda_emulator import CXX, emulate
 from minunet.layers import MaxPool2d
 from minunet.layers.pool import maxpool_backward_kernel, maxpool_forward_kernel
 

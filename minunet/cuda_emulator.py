@@ -1,5 +1,7 @@
 """Run minunet's CUDA kernels without a GPU, and compile them with NVRTC.
 
+For the tests, and for anyone reading or writing a kernel on a machine without a GPU.
+
 ``emulate()`` installs a CPU stand-in for the GPU: each kernel's source is compiled with
 the system C++ compiler, the CUDA built-ins (blockIdx, threadIdx, ...) become ordinary
 variables, and a small driver calls the kernel once per thread of the grid, one after
@@ -53,7 +55,7 @@ _C_TYPES = {
 }
 _BLOCKS, _THREADS = 3, 32
 _libraries: dict[tuple[str, str], Any] = {}
-_build_dir = tempfile.mkdtemp(prefix="minunet-cuda-emulator-")
+_build_dir: str | None = None  # a temporary folder for the compiled kernels, made on first use
 
 
 def _driver(kernel: cuda.Kernel) -> str:
@@ -76,15 +78,22 @@ extern "C" void emulate_{kernel.name}(unsigned grid, unsigned block, {params}) {
 
 def _library(kernel: cuda.Kernel, ctype: str) -> Any:
     """Compile (once) the kernel with T = ctype into a shared library."""
+    global _build_dir
     key = (kernel.name, ctype)
     if key not in _libraries:
+        if CXX is None:
+            raise RuntimeError("the CUDA emulator needs a C++ compiler (g++ or c++) on PATH")
+        _build_dir = _build_dir or tempfile.mkdtemp(prefix="minunet-cuda-emulator-")
         code = f"{_SHIM}\n{kernel.code(ctype)}\n{_driver(kernel)}"
         digest = hashlib.sha1(code.encode()).hexdigest()[:16]
         path = os.path.join(_build_dir, f"{kernel.name}_{ctype}_{digest}.so")
         src = path[:-3] + ".cpp"
         with open(src, "w") as f:
             f.write(code)
-        cmd = [CXX, "-std=c++17", "-O1", "-fPIC", "-shared", "-Wall", "-Werror", src, "-o", path]
+        # -ffp-contract=off: no fused multiply-adds, so the results are NumPy's to the bit
+        # on every CPU (x86-64-v3 and ARM compilers would otherwise fuse a*b + c).
+        cmd = [CXX, "-std=c++17", "-O1", "-ffp-contract=off", "-fPIC", "-shared", "-Wall"]
+        cmd += ["-Werror", src, "-o", path]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{kernel.name} ({ctype}) does not compile:\n{done.stderr}")
@@ -136,13 +145,16 @@ NVRTC = _find_nvrtc()
 
 def nvrtc_compile(kernel: cuda.Kernel, ctype: str, arch: str = "compute_90") -> None:
     """Compile the kernel to PTX with NVRTC; raise with the compiler's log on an error."""
+    if NVRTC is None:
+        raise RuntimeError("NVRTC is not installed: pip install nvidia-cuda-nvrtc")
     lib = ctypes.CDLL(NVRTC)
     program = ctypes.c_void_p()
     source = kernel.code(ctype).encode()
     check = lib.nvrtcCreateProgram(
         ctypes.byref(program), source, f"{kernel.name}.cu".encode(), 0, None, None
     )
-    assert check == 0, f"nvrtcCreateProgram failed ({check})"
+    if check != 0:
+        raise RuntimeError(f"nvrtcCreateProgram failed with status {check}")
     options = [f"-arch={arch}".encode()]
     array = (ctypes.c_char_p * len(options))(*options)
     status = lib.nvrtcCompileProgram(program, len(options), array)
