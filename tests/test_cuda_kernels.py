@@ -8,6 +8,8 @@ comparisons on a real GPU.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -171,3 +173,42 @@ def test_a_unet_training_step_through_every_kernel_matches_numpy(batchnorm, monk
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
     for a, b in zip(w0, w1, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+
+
+def test_a_cupy_launch_compiles_once_per_dtype_and_passes_c_typed_arguments(monkeypatch):
+    """The path only a GPU takes, run against a stand-in for CuPy's RawKernel."""
+    log = []
+
+    class RawKernel:
+        def __init__(self, code, name):
+            log.append(("compile", name, code.splitlines()[0]))
+
+        def __call__(self, grid, block, args):
+            log.append(("launch", grid, block, [type(a).__name__ for a in args]))
+
+    class Flags:
+        c_contiguous = True
+
+    class FakeArray:  # looks like a CuPy array to get_array_module
+        __module__ = "cupy"
+
+        def __init__(self, dtype):
+            self.dtype, self.flags = np.dtype(dtype), Flags()
+
+    fake_cupy = type(sys)("cupy")
+    fake_cupy.RawKernel = RawKernel
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    kernel = cuda.Kernel(
+        'extern "C" __global__ void scale(const T* x, T* y, long long n, T a, int flag) {}'
+    )
+    try:
+        for dtype in (np.float32, np.float32, np.float64):
+            kernel(1000, dtype, FakeArray(dtype), FakeArray(dtype), 1000, 2.0, True)
+        with pytest.raises(TypeError, match="y must be a C-contiguous float64"):
+            kernel(10, np.float64, FakeArray(np.float64), FakeArray(np.float32), 10, 1.0, 0)
+    finally:
+        cuda.KERNELS.remove(kernel)
+    assert [entry[0] for entry in log] == ["compile", "launch", "launch", "compile", "launch"]
+    assert log[0][2] == "typedef float T;" and log[3][2] == "typedef double T;"
+    assert log[1][1:] == ((4,), (256,), ["FakeArray", "FakeArray", "int64", "float32", "int32"])
+    assert log[4][3][3] == "float64"
