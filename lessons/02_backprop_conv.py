@@ -394,6 +394,26 @@ print(", ".join(f"{k_}={v:.1e}" for k_, v in errors.items()))
 assert max(errors.values()) < 1e-6
 
 # %% [markdown]
+# The U-Net's blocks make one change to this chain: the ReLU is folded into the BatchNorm,
+# `BatchNorm2d(channels, relu=True)`. The arithmetic is the same (the ReLU's mask is
+# applied to `dout` before BatchNorm's backward), but one layer keeps one array where two
+# layers kept two (the separate ReLU holds its own output for its backward), and on the
+# GPU the pair is one pass over memory instead of two. The check: the fused layer computes
+# exactly what BatchNorm followed by ReLU computes, forward and backward.
+
+# %%
+x_block = rng.standard_normal((2, 3, size, size))
+d_block = rng.standard_normal(x_block.shape)
+gamma_beta = rng.standard_normal((2, 3))
+pair = Chain(BatchNorm2d(3, dtype=np.float64), ReLU())
+fused = BatchNorm2d(3, relu=True, dtype=np.float64)
+for layer in (pair.layers[0], fused):
+    layer.params["weight"].data[...], layer.params["bias"].data[...] = gamma_beta
+np.testing.assert_array_equal(fused.forward(x_block), pair.forward(x_block))
+np.testing.assert_array_equal(fused.backward(d_block), pair.backward(d_block))
+print("BatchNorm2d(relu=True) == BatchNorm2d then ReLU, forward and backward")
+
+# %% [markdown]
 # ## What to remember
 #
 # - Conv backward: `dW = sum_n dout[n] cols[n]^T`, `db = sum dout`,
@@ -401,7 +421,7 @@ assert max(errors.values()) < 1e-6
 # - col2im is the *adjoint* of im2col: it adds overlapping copies; the adjoint identity
 #   and a gradient check both test it.
 # - BatchNorm's `dx` removes the mean of the gradient and its component along `xhat`,
-#   then scales by `1/std`.
+#   then scales by `1/std`. The U-Net folds the ReLU after it into the same layer.
 # - A central-difference gradient check in float64 is the final judge.
 #
 # `numerical_gradient` is also available on its own, for any scalar function of an array:
