@@ -113,6 +113,27 @@ def build(
     return model, contenders
 
 
+def peak_gpu_mib(dev: Device, name: str, step: Callable[[], None]) -> float:
+    """GPU memory one training step needs, in MiB: what stays allocated (weights, optimiser
+    state) plus its largest transient. For minunet it is what CuPy's memory pool holds after
+    the step, having been emptied of unused blocks before it: the pool keeps every block
+    it allocated, so that is the step's high-water mark (and the reuse from step to step
+    that makes later steps allocation-free). For PyTorch, its own peak counter."""
+    if name.startswith("torch"):
+        dev.torch.cuda.synchronize()
+        dev.torch.cuda.empty_cache()
+        dev.torch.cuda.reset_peak_memory_stats()
+        step()
+        dev.torch.cuda.synchronize()
+        return dev.torch.cuda.max_memory_reserved() / 2**20
+    pool = dev.xp.get_default_memory_pool()
+    dev.sync()
+    pool.free_all_blocks()
+    step()
+    dev.sync()
+    return pool.total_bytes() / 2**20
+
+
 def free_device_memory(dev: Device) -> None:
     """Hand cached GPU blocks back between configs, so the next one starts from empty."""
     if dev.backend == "cupy":
@@ -159,12 +180,13 @@ def main(argv: list[str] | None = None) -> None:
             # CuPy's OutOfMemoryError is a MemoryError; torch's is a RuntimeError.
             if not (isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()):
                 raise
-            rows.append(["(out of memory)", f"b{base} n{batch} {size}px", "-", "-", "-", "-", "-"])
+            rows.append(["(out of memory)", f"b{base} n{batch} {size}px"] + ["-"] * 6)
             print(f"  b{base} n{batch} {size}px: out of memory ({exc})", file=sys.stderr)
             free_device_memory(dev)
             continue
-        for name in contenders:
+        for name, step in contenders.items():
             ms = t.median_ms(name)
+            memory = f"{peak_gpu_mib(dev, name, step):.0f}" if dev.backend == "cupy" else "-"
             rows.append(
                 [
                     name,
@@ -174,16 +196,20 @@ def main(argv: list[str] | None = None) -> None:
                     f"{flops / ms / 1e6:.0f}",
                     f"{t.ratio(name, 'torch'):.2f}",
                     f"{t.best_ratio(name, 'torch'):.2f}",
+                    memory,
                 ]
             )
         print(f"  b{base} n{batch} {size}px done", file=sys.stderr, flush=True)
         del model, contenders
         free_device_memory(dev)
     header = ["contender", "config", "ms/step", "images/s", "GFLOP/s", "ratio", "best ratio"]
+    header.append("GPU MiB")
     print(table(header, rows))
     print(
         "# best ratio: fastest round / torch's fastest round (least disturbed by other processes)"
     )
+    if dev.backend == "cupy":
+        print("# GPU MiB: memory held after one step, from empty caches (see peak_gpu_mib)")
     print(load_line())
 
 
