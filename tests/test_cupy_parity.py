@@ -23,6 +23,12 @@ def cupy():
     return cupy
 
 
+def one_rank_sync(layer):
+    """Synchronised BatchNorm's code path with a one-rank "allreduce" (a copy)."""
+    layer.sync = lambda a: a.copy()
+    return layer
+
+
 def compare(make_layer, inputs, dtype):
     """Run forward/backward of two copies of a layer, one per backend; compare everything."""
     cp = cupy()
@@ -77,6 +83,9 @@ def compare(make_layer, inputs, dtype):
         ("pool3", lambda d: MaxPool2d(3, 2), [(2, 3, 9, 7)]),
         ("relu", lambda d: ReLU(), [(2, 3, 4, 4)]),
         ("bn", lambda d: BatchNorm2d(3, dtype=d), [(4, 3, 5, 5)]),
+        ("bn_relu", lambda d: BatchNorm2d(3, relu=True, dtype=d), [(4, 3, 5, 5)]),
+        ("bn_relu_eval", lambda d: BatchNorm2d(3, relu=True, dtype=d).eval(), [(4, 3, 5, 5)]),
+        ("bn_sync", lambda d: one_rank_sync(BatchNorm2d(3, relu=True, dtype=d)), [(4, 3, 5, 5)]),
         ("concat", lambda d: Concat(), [(2, 3, 8, 8), (2, 2, 6, 6)]),
         ("dropout_eval", lambda d: Dropout(0.5).eval(), [(2, 3, 4, 4)]),
     ],
