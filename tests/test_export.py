@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_cli import run_python
 
 from minunet.checkpoint import load_checkpoint, save_checkpoint
 from minunet.model import UNet
@@ -213,7 +214,7 @@ def test_minunet_imports_neither_torch_nor_onnx_until_asked():
         "import sys, minunet.export, minunet.interop, minunet.checkpoint, minunet.model; "
         "print(sorted({'torch', 'onnx', 'onnxruntime'} & set(sys.modules)))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = run_python("-c", code)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
@@ -233,16 +234,10 @@ def test_onnx_export_names_a_missing_tensor():
 
 # -- the command line ------------------------------------------------------------------------
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "minunet.export", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    """``python -m minunet.export *args`` run in ``cwd``, this checkout first on the path."""
+    pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    return run_python(
+        "-m", "minunet.export", *args, cwd=cwd, extra_env={"PYTHONPATH": pythonpath}, timeout=120
     )
 
 

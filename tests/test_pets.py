@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_cli import run_python
 from PIL import Image
 
 from minunet.data import pets
@@ -549,12 +550,7 @@ def test_the_real_pets_sample(tmp_path, monkeypatch):
 
 def test_train_command_runs_an_epoch_on_the_fixture(pets_data, tmp_path):
     """``python -m minunet.train --data pets --data-dir FIXTURE``, as a user runs it."""
-    import os
-    import subprocess
-    import sys
-
     root = _copy_extracted(pets_data, tmp_path / "pets")
-    env = {**os.environ, "MINUNET_DATA": str(tmp_path / "cache"), "OPENBLAS_NUM_THREADS": "1"}
     args = [
         "--data",
         "pets",
@@ -575,12 +571,8 @@ def test_train_command_runs_an_epoch_on_the_fixture(pets_data, tmp_path):
         "--out",
         str(tmp_path / "run"),
     ]
-    r = subprocess.run(
-        [sys.executable, "-m", "minunet.train", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    r = run_python(
+        "-m", "minunet.train", *args, extra_env={"MINUNET_DATA": str(tmp_path / "cache")}
     )
     assert r.returncode == 0, r.stderr
     assert "epoch 1/1" in r.stdout and (tmp_path / "run" / "best.npz").exists()
