@@ -54,7 +54,7 @@ _C_TYPES = {
     np.float64: ctypes.c_double,
 }
 _BLOCKS, _THREADS = 3, 32
-_libraries: dict[tuple[str, str], Any] = {}
+_libraries: dict[tuple[str, str, str], Any] = {}
 _build_dir: str | None = None  # a temporary folder for the compiled kernels, made on first use
 
 
@@ -79,13 +79,13 @@ extern "C" void emulate_{kernel.name}(unsigned grid, unsigned block, {params}) {
 def _library(kernel: cuda.Kernel, ctype: str) -> Any:
     """Compile (once) the kernel with T = ctype into a shared library."""
     global _build_dir
-    key = (kernel.name, ctype)
+    code = f"{_SHIM}\n{kernel.code(ctype)}\n{_driver(kernel)}"
+    digest = hashlib.sha1(code.encode()).hexdigest()[:16]
+    key = (kernel.name, ctype, digest)  # by content: an edited kernel is compiled anew
     if key not in _libraries:
         if CXX is None:
             raise RuntimeError("the CUDA emulator needs a C++ compiler (g++ or c++) on PATH")
         _build_dir = _build_dir or tempfile.mkdtemp(prefix="minunet-cuda-emulator-")
-        code = f"{_SHIM}\n{kernel.code(ctype)}\n{_driver(kernel)}"
-        digest = hashlib.sha1(code.encode()).hexdigest()[:16]
         path = os.path.join(_build_dir, f"{kernel.name}_{ctype}_{digest}.so")
         src = path[:-3] + ".cpp"
         with open(src, "w") as f:
