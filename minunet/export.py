@@ -28,8 +28,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from minunet.atomic import atomic_write
-from minunet.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
+from minunet.checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint
 from minunet.errors import MinunetError
 
 # The keys of UNet.config (the constructor's architecture arguments), all required by
@@ -148,11 +150,10 @@ def _onnx_export() -> Any:
 
 # -- export ---------------------------------------------------------------------------------
 def _load(path: str) -> tuple[Checkpoint, Any]:
-    """A checkpoint and its model (float32, eval), every problem as one line."""
-    ckpt = load_checkpoint(path)
+    """A checkpoint and its model (float32, eval, on the host), every problem as one line."""
     try:
-        return ckpt, build_model(ckpt, path=path)
-    except ValueError as exc:  # UNet's own checks on the config
+        return load_model(path, xp=np)
+    except ValueError as exc:  # UNet's own checks (load_model words file problems itself)
         raise MinunetError(f"{path}: model configuration not accepted: {exc}") from None
 
 
