@@ -147,6 +147,84 @@ def train(
     metrics.jsonl record (1-based epoch); returning True stops the run there (the
     hyper-parameter search uses it to prune a trial).
     """
+    xp, comm = _start_backend(cfg)
+    main = comm.is_main  # rank 0 alone logs and writes files
+    if not main:
+        log = _silent
+    out = Path(cfg.out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed, xp)
+
+    data = _load_data(cfg, xp, comm)
+    model, opt, loss_fn = _build_model(cfg, data, xp, comm)
+    meta = _run_meta(cfg, data, model)
+    run = _Run(out, meta, main)
+    if cfg.resume:
+        run.resume(model, opt, log)
+    elif main:
+        atomic_write(out / "config.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    log(
+        f"training on {len(data.train)} images, validating on {len(data.val)}, "
+        f"{model.num_parameters():,} parameters, backend {backend_name(xp)}"
+        + (f", {comm.size} processes" if comm.size > 1 else "")
+    )
+
+    steps_per_epoch = len(data.loader)
+    metrics: dict[str, Any] = {}
+    with _StopFlag() as stop:
+        while run.epoch < cfg.epochs:
+            done = _train_epoch(cfg, run, model, opt, loss_fn, data.loader, comm, stop, xp)
+            if stop.requested or (
+                cfg.max_steps and run.step >= cfg.max_steps and done.batches < steps_per_epoch
+            ):
+                # Stopped inside the epoch: last.npz records the batch, so --resume
+                # continues from the next one. Never save a NaN model:
+                if done.first_bad is not None and int(done.first_bad) >= 0:
+                    raise NonFiniteLoss(f"the loss became non-finite at step {int(done.first_bad)}")
+                run.save_last(model, opt, done.batches)
+                log(f"stopped at step {run.step}; saved {run.last_path} (resume with --resume)")
+                return {**metrics, "interrupted": stop.requested}
+            # The loss is read back before the clock stops: on a GPU that read waits for the
+            # epoch's queued work, which the images/s should include.
+            train_loss = float(done.loss_sum) / max(1, done.n_steps)
+            seconds = time.perf_counter() - done.t0
+            metrics, _ = validate(
+                model,
+                data.val,
+                xp,
+                cfg,
+                data.mean,
+                data.std,
+                data.num_classes,
+                data.ignore_index,
+                list(data.train.class_names),
+                comm,
+            )
+            images_per_s = done.n_steps * cfg.batch_size / seconds
+            record = run.end_epoch(model, opt, metrics, train_loss, images_per_s, cfg.epochs, log)
+            if on_epoch is not None and on_epoch(run.epoch, record):
+                log(f"stopped after epoch {run.epoch} at the caller's request")
+                break
+            if cfg.max_steps and run.step >= cfg.max_steps:
+                break
+    if main:
+        _preview(
+            model,
+            data.val,
+            xp,
+            data.mean,
+            data.std,
+            out / "predictions.png",
+            data.train.class_names,
+        )
+    # A Ctrl-C during the last validation, or in an epoch the caller stopped, still counts.
+    return {**metrics, "interrupted": stop.requested}
+
+
+def _start_backend(cfg: TrainConfig) -> tuple[Any, Communicator]:
+    """The array module (NumPy or CuPy) and the communicator between the processes (a
+    one-process stand-in when the run was not launched with ``mpiexec``)."""
     if cfg.tf32:
         if cfg.backend != "cupy":
             raise MinunetError("--tf32 is a GPU setting: use it with --backend cupy")
@@ -157,14 +235,30 @@ def train(
     comm = make_communicator(
         cfg.distributed, cfg.comm if cfg.backend == "cupy" else "mpi", cfg.backend
     )
-    main = comm.is_main  # rank 0 alone logs and writes files
-    if not main:
-        log = _silent
-    out = Path(cfg.out)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed, xp)
+    return xp, comm
 
+
+@dataclass
+class _Data:
+    """The two splits, the loader of the training batches, and what the loss, the metrics
+    and the checkpoints need to know about the labels and the normalisation."""
+
+    train: Any
+    val: Any
+    loader: Any  # DeviceLoader or CropLoader: .epoch(e) yields (x, y, w) batches
+    num_classes: int
+    ignore_index: int | None
+    mean: Any
+    std: Any
+
+
+def _load_data(cfg: TrainConfig, xp: Any, comm: Communicator) -> _Data:
+    """Load the splits and build this rank's loader of (augmented) training batches.
+
+    With ``--crop`` the splits are loaded at their native sizes and the loader cuts random
+    N x N crops; without it they are loaded as ``cfg.data`` says (resized to its
+    ``image_size``) and batched whole.
+    """
     data_opts = cfg.data
     if cfg.crop:
         data_opts = DataOptions(**{**asdict(cfg.data), "image_size": None})
@@ -186,9 +280,20 @@ def train(
         ignore_index = loader.ignore_index
     else:
         loader = DeviceLoader(train_data, xp, cfg.batch_size, **batching)
+    return _Data(train_data, val_data, loader, num_classes, ignore_index, mean, std)
+
+
+def _build_model(
+    cfg: TrainConfig, data: _Data, xp: Any, comm: Communicator
+) -> tuple[UNet, Any, SoftmaxCrossEntropy]:
+    """The U-Net on the backend, its optimiser and the loss.
+
+    Every rank builds the model and then takes rank 0's weights, so the replicas start with
+    equal weights; the averaged gradients of every step then keep them equal.
+    """
     model = UNet(
-        train_data.in_channels,
-        num_classes,
+        data.train.in_channels,
+        data.num_classes,
         cfg.base_channels,
         cfg.depth,
         cfg.padding,
@@ -210,30 +315,60 @@ def train(
     if cfg.class_weights != "none":
         from minunet.data.folder import class_weights
 
-        weights = xp.asarray(class_weights(train_data, cfg.class_weights))
-    loss_fn = SoftmaxCrossEntropy(weights, ignore_index=ignore_index, check_targets=False)
+        weights = xp.asarray(class_weights(data.train, cfg.class_weights))
+    loss_fn = SoftmaxCrossEntropy(weights, ignore_index=data.ignore_index, check_targets=False)
+    return model, opt, loss_fn
 
-    steps_per_epoch = len(loader)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    meta = {
+
+def _run_meta(cfg: TrainConfig, data: _Data, model: UNet) -> dict[str, Any]:
+    """What config.json and every checkpoint carry besides the weights: how to rebuild the
+    model, how its inputs were prepared and what its classes are, and every setting."""
+    return {
         "model": model.config,
         "data": {
             "source": cfg.data.data,
-            "class_names": list(train_data.class_names),
-            "mask_values": [int(v) for v in train_data.mask_values],
-            "ignore_index": ignore_index,
-            "in_channels": train_data.in_channels,
+            "class_names": list(data.train.class_names),
+            "mask_values": [int(v) for v in data.train.mask_values],
+            "ignore_index": data.ignore_index,
+            "in_channels": data.train.in_channels,
             "image_size": cfg.data.image_size,
-            "normalization": {"mean": mean, "std": std},
+            "normalization": {"mean": data.mean, "std": data.std},
         },
         "config": json.loads(json.dumps(asdict(cfg))),
     }
 
-    # -- resume --------------------------------------------------------------------------
-    epoch, step, skip, best, history = 0, 0, 0, -1.0, []
-    last_path, best_path = out / "last.npz", out / "best.npz"
-    if cfg.resume:
+
+@dataclass
+class _Run:
+    """Where a run stands, and the files in ``out`` that record it.
+
+    ``epoch`` (epochs finished), ``step`` (optimiser steps taken), ``skip`` (batches of the
+    current epoch already trained on, after a mid-epoch resume), ``best`` (the best
+    validation mean IoU so far) and ``history`` (one record per finished epoch) are what
+    last.npz saves beside the model and the optimiser, so a resumed run continues exactly
+    where this one stopped. Only rank 0 (``main``) writes files.
+    """
+
+    out: Path
+    meta: dict[str, Any]
+    main: bool
+    epoch: int = 0
+    step: int = 0
+    skip: int = 0
+    best: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.npz"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.npz"
+
+    def resume(self, model: UNet, opt: Any, log: Any) -> None:
+        """Load the model, the optimiser and the position from last.npz (every rank)."""
+        last_path = self.last_path
         if not last_path.exists():
             raise CheckpointError(
                 f"--resume: no {last_path} to resume from; drop --resume to start a new run"
@@ -247,164 +382,201 @@ def train(
         model.load_state_dict(ck.model_state)
         opt.load_state_dict(ck.optim_state)
         state = ck.meta["train"]
-        epoch, step, skip = state["epoch"], state["step"], state["batch"]
-        best, history = state["best_miou"], state["history"]
-        log(f"resuming {last_path}: epoch {epoch + 1}, step {step}")
-    elif main:
-        atomic_write(out / "config.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        self.epoch, self.step, self.skip = state["epoch"], state["step"], state["batch"]
+        self.best, self.history = state["best_miou"], state["history"]
+        log(f"resuming {last_path}: epoch {self.epoch + 1}, step {self.step}")
 
-    def save_last(batch_in_epoch: int) -> None:
-        if not main:
+    def save_last(self, model: UNet, opt: Any, batch_in_epoch: int) -> None:
+        """last.npz: model, optimiser and position; ``batch_in_epoch`` batches of epoch
+        ``self.epoch`` are done (0 at the end of an epoch, which has already been counted)."""
+        if not self.main:
             return
         train_state = {
-            "epoch": epoch,
-            "step": step,
+            "epoch": self.epoch,
+            "step": self.step,
             "batch": batch_in_epoch,
-            "best_miou": best,
-            "history": history,
+            "best_miou": self.best,
+            "history": self.history,
         }
         save_checkpoint(
-            last_path, model.state_dict(), {**meta, "train": train_state}, opt.state_dict()
+            self.last_path,
+            model.state_dict(),
+            {**self.meta, "train": train_state},
+            opt.state_dict(),
         )
 
-    log(
-        f"training on {len(train_data)} images, validating on {len(val_data)}, "
-        f"{model.num_parameters():,} parameters, backend {backend_name(xp)}"
-        + (f", {comm.size} processes" if comm.size > 1 else "")
+    def end_epoch(
+        self,
+        model: UNet,
+        opt: Any,
+        metrics: dict[str, Any],
+        train_loss: float,
+        images_per_s: float,
+        epochs: int,
+        log: Any,
+    ) -> dict[str, Any]:
+        """Count a finished and validated epoch: add its record to the history, save
+        best.npz when the mean IoU improved and last.npz always, rewrite metrics.jsonl and
+        curves.png, and log one line. Returns the record (one line of metrics.jsonl)."""
+        self.epoch += 1
+        self.skip = 0  # the next epoch starts at its first batch
+        record = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": train_loss,
+            "val_miou": metrics["miou"],
+            "val_pixel_accuracy": metrics["pixel_accuracy"],
+            "val_iou": metrics["iou"],
+            "val_dice": metrics["dice"],
+            "images_per_s": images_per_s,
+            "lr": opt.lr,
+        }
+        self.history.append(record)
+        improved = metrics["miou"] > self.best
+        self.best = max(self.best, metrics["miou"])
+        if improved and self.main:
+            save_checkpoint(
+                self.best_path,
+                model.state_dict(),
+                {
+                    **self.meta,
+                    "train": {"epoch": self.epoch, "step": self.step, "val_miou": metrics["miou"]},
+                },
+            )
+        self.save_last(model, opt, 0)
+        if self.main:
+            lines = "".join(json.dumps(h) + "\n" for h in self.history)
+            atomic_write(self.out / "metrics.jsonl", lambda f, s=lines: f.write(s.encode()))
+            plot_curves(self.history, self.out / "curves.png")
+        log(
+            f"epoch {self.epoch}/{epochs}  loss {train_loss:.4f}  val mIoU {metrics['miou']:.4f}"
+            f"  pixel acc {metrics['pixel_accuracy']:.4f}  {images_per_s:.1f} img/s"
+            + ("  (best)" if improved else "")
+        )
+        return record
+
+
+@dataclass
+class _EpochSteps:
+    """What one pass over an epoch's training batches leaves for the end of the epoch."""
+
+    batches: int  # batches of the epoch gone through, the skipped ones included
+    n_steps: int  # optimiser steps taken in this pass
+    loss_sum: Any  # 0-d array on the device: the sum of their losses
+    first_bad: Any  # None (no step), or 0-d on the device: first non-finite step, else -1
+    t0: float  # time.perf_counter() when the pass began
+
+
+def _train_epoch(
+    cfg: TrainConfig,
+    run: _Run,
+    model: UNet,
+    opt: Any,
+    loss_fn: SoftmaxCrossEntropy,
+    loader: Any,
+    comm: Communicator,
+    stop: _StopFlag,
+    xp: Any,
+) -> _EpochSteps:
+    """Train on the batches of epoch ``run.epoch``, from batch ``run.skip`` on, counting the
+    steps in ``run.step``. Stops after the step in which Ctrl-C was pressed or the one that
+    reaches ``cfg.max_steps``.
+
+    The losses stay on the device. Once per ``cfg.log_every`` steps (and at the epoch's
+    last step) one number is read back: the first step whose loss was not finite, which
+    raises NonFiniteLoss before anything is saved; otherwise the progress bar shows the
+    mean loss.
+    """
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    model.train()
+    loss_sum = xp.zeros((), dtype=xp.float32)
+    first_bad = None
+    n_steps, t0 = 0, time.perf_counter()
+    bar = _progress(
+        steps_per_epoch, run.skip, cfg.progress and run.main, f"epoch {run.epoch + 1}/{cfg.epochs}"
     )
-    metrics: dict[str, Any] = {}
-    with _StopFlag() as stop:
-        while epoch < cfg.epochs:
-            model.train()
-            loss_sum = xp.zeros((), dtype=xp.float32)
-            first_bad = None
-            n_steps, t0 = 0, time.perf_counter()
-            bar = _progress(
-                steps_per_epoch, skip, cfg.progress and main, f"epoch {epoch + 1}/{cfg.epochs}"
-            )
-            for i, batch in enumerate(loader.epoch(epoch)):
-                if i < skip:  # resumed mid-epoch: same batches, skipped
-                    continue
-                x, y, w = batch
-                if cfg.elastic > 0:
-                    x, y, w = _elastic(x, y, w, cfg, epoch, i, xp)
-                opt.lr = learning_rate(
-                    step,
-                    total_steps,
-                    cfg.lr,
-                    cfg.schedule,
-                    warmup,
-                    cfg.step_size_epochs * steps_per_epoch,
-                    cfg.gamma,
+    for i, batch in enumerate(loader.epoch(run.epoch)):
+        if i < run.skip:  # resumed mid-epoch: same batches, skipped
+            continue
+        x, y, w = batch
+        if cfg.elastic > 0:
+            x, y, w = _elastic(x, y, w, cfg, run.epoch, i, xp)
+        opt.lr = learning_rate(
+            run.step,
+            total_steps,
+            cfg.lr,
+            cfg.schedule,
+            warmup,
+            cfg.step_size_epochs * steps_per_epoch,
+            cfg.gamma,
+        )
+        loss = _train_step(model, opt, loss_fn, x, y, w, cfg, comm, stop)
+        run.step += 1
+        n_steps += 1
+        loss_sum += loss
+        finite = xp.isfinite(loss)
+        if first_bad is None:
+            first_bad = xp.where(finite, -1, run.step)
+        else:
+            first_bad = xp.where((first_bad < 0) & ~finite, run.step, first_bad)
+        if n_steps % cfg.log_every == 0 or i + 1 == steps_per_epoch:
+            bad = int(first_bad)  # the one host read per log interval
+            if bad >= 0:
+                bar.close()
+                raise NonFiniteLoss(
+                    f"the loss became non-finite at step {bad}; stopped without "
+                    f"saving. {run.last_path.name} holds the last good state: lower "
+                    "--lr or add --clip-grad"
                 )
-                logits = model.forward(x)
-                if logits.shape[2:] != y.shape[1:]:  # a valid-padding net: labels of the centre
-                    rows, cols = centre_crop_box(y.shape[1:], logits.shape[2:])
-                    y = y[:, rows, cols]
-                    w = None if w is None else w[:, rows, cols]
-                loss = loss_fn.forward(logits, y, w)
-                model.zero_grad()
-                model.backward(loss_fn.backward(), input_grad=False)  # no use for dx
-                if comm.size > 1:
-                    # One allreduce averages every gradient; the stop flag rides along, so
-                    # all ranks stop after the same step.
-                    stops = comm.average_gradients(
-                        model.parameters(), extra=[float(stop.requested)]
-                    )
-                    stop.requested = float(stops[0]) > 0
-                if cfg.clip_grad:
-                    clip_grad_norm(model.parameters(), cfg.clip_grad)
-                opt.step()
-                step += 1
-                n_steps += 1
-                loss_sum += loss
-                finite = xp.isfinite(loss)
-                if first_bad is None:
-                    first_bad = xp.where(finite, -1, step)
-                else:
-                    first_bad = xp.where((first_bad < 0) & ~finite, step, first_bad)
-                if n_steps % cfg.log_every == 0 or i + 1 == steps_per_epoch:
-                    bad = int(first_bad)  # the one host read per log interval
-                    if bad >= 0:
-                        bar.close()
-                        raise NonFiniteLoss(
-                            f"the loss became non-finite at step {bad}; stopped without "
-                            f"saving. {last_path.name} holds the last good state: lower "
-                            "--lr or add --clip-grad"
-                        )
-                    rate = n_steps * cfg.batch_size / (time.perf_counter() - t0)
-                    bar.set_postfix(
-                        loss=f"{float(loss_sum) / n_steps:.4f}",
-                        lr=f"{opt.lr:.2e}",
-                        img_s=f"{rate:.1f}",
-                    )
-                bar.update(1)
-                if stop.requested or (cfg.max_steps and step >= cfg.max_steps):
-                    break
-            bar.close()
-            if stop.requested or (
-                cfg.max_steps and step >= cfg.max_steps and i + 1 < steps_per_epoch
-            ):
-                if first_bad is not None and int(first_bad) >= 0:  # never save a NaN model
-                    raise NonFiniteLoss(f"the loss became non-finite at step {int(first_bad)}")
-                save_last(i + 1)
-                log(f"stopped at step {step}; saved {last_path} (resume with --resume)")
-                return {**metrics, "interrupted": stop.requested}
-            skip = 0
-            train_loss = float(loss_sum) / max(1, n_steps)
-            seconds = time.perf_counter() - t0
-            metrics, conf = validate(
-                model,
-                val_data,
-                xp,
-                cfg,
-                mean,
-                std,
-                num_classes,
-                ignore_index,
-                list(train_data.class_names),
-                comm,
+            rate = n_steps * cfg.batch_size / (time.perf_counter() - t0)
+            bar.set_postfix(
+                loss=f"{float(loss_sum) / n_steps:.4f}",
+                lr=f"{opt.lr:.2e}",
+                img_s=f"{rate:.1f}",
             )
-            epoch += 1
-            record = {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": train_loss,
-                "val_miou": metrics["miou"],
-                "val_pixel_accuracy": metrics["pixel_accuracy"],
-                "val_iou": metrics["iou"],
-                "val_dice": metrics["dice"],
-                "images_per_s": n_steps * cfg.batch_size / seconds,
-                "lr": opt.lr,
-            }
-            history.append(record)
-            improved = metrics["miou"] > best
-            best = max(best, metrics["miou"])
-            if improved and main:
-                save_checkpoint(
-                    best_path,
-                    model.state_dict(),
-                    {**meta, "train": {"epoch": epoch, "step": step, "val_miou": metrics["miou"]}},
-                )
-            save_last(0)
-            if main:
-                lines = "".join(json.dumps(h) + "\n" for h in history)
-                atomic_write(out / "metrics.jsonl", lambda f, s=lines: f.write(s.encode()))
-                plot_curves(history, out / "curves.png")
-            log(
-                f"epoch {epoch}/{cfg.epochs}  loss {train_loss:.4f}  val mIoU {metrics['miou']:.4f}"
-                f"  pixel acc {metrics['pixel_accuracy']:.4f}  {record['images_per_s']:.1f} img/s"
-                + ("  (best)" if improved else "")
-            )
-            if on_epoch is not None and on_epoch(epoch, record):
-                log(f"stopped after epoch {epoch} at the caller's request")
-                break
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-    if main:
-        _preview(model, val_data, xp, mean, std, out / "predictions.png", train_data.class_names)
-    # A Ctrl-C during the last validation, or in an epoch the caller stopped, still counts.
-    return {**metrics, "interrupted": stop.requested}
+        bar.update(1)
+        if stop.requested or (cfg.max_steps and run.step >= cfg.max_steps):
+            break
+    bar.close()
+    return _EpochSteps(i + 1, n_steps, loss_sum, first_bad, t0)
+
+
+def _train_step(
+    model: UNet,
+    opt: Any,
+    loss_fn: SoftmaxCrossEntropy,
+    x: Any,
+    y: Any,
+    w: Any,
+    cfg: TrainConfig,
+    comm: Communicator,
+    stop: _StopFlag,
+) -> Any:
+    """One optimiser step on one batch (x: (B, C, H, W), y and w: (B, H, W)), at the
+    learning rate already in ``opt.lr``. Returns the loss, a 0-d array still on the device.
+
+    With several ranks the gradients are averaged before the step, and the stop flag is
+    combined over the ranks on the way.
+    """
+    logits = model.forward(x)
+    if logits.shape[2:] != y.shape[1:]:  # a valid-padding net: labels of the centre
+        rows, cols = centre_crop_box(y.shape[1:], logits.shape[2:])
+        y = y[:, rows, cols]
+        w = None if w is None else w[:, rows, cols]
+    loss = loss_fn.forward(logits, y, w)
+    model.zero_grad()
+    model.backward(loss_fn.backward(), input_grad=False)  # no use for dx
+    if comm.size > 1:
+        # One allreduce averages every gradient; the stop flag rides along, so
+        # all ranks stop after the same step.
+        stops = comm.average_gradients(model.parameters(), extra=[float(stop.requested)])
+        stop.requested = float(stops[0]) > 0
+    if cfg.clip_grad:
+        clip_grad_norm(model.parameters(), cfg.clip_grad)
+    opt.step()
+    return loss
 
 
 def validate(
