@@ -67,6 +67,17 @@ def _fits(model: UNet, size: int) -> bool:
     return True
 
 
+def accepts_as_batch(model: UNet, images: Any) -> bool:
+    """True when ``images`` is one (N, H, W, C) array the model takes as it is: a
+    same-padding net and sides that are multiples of 2**depth. Anything else (a list of
+    sizes, a valid-padding net) goes one image at a time through ``predict_logits``."""
+    return (
+        isinstance(images, np.ndarray)
+        and model.padding == "same"
+        and all(s % 2**model.depth == 0 for s in images.shape[1:3])
+    )
+
+
 def predict_classes(
     model: UNet, images: Any, xp: ModuleType, mean: Any, std: Any, batch_size: int = 8
 ) -> list[np.ndarray]:
@@ -76,11 +87,7 @@ def predict_classes(
     anything else is predicted one image at a time at native size.
     """
     model.eval()
-    if (
-        isinstance(images, np.ndarray)
-        and model.padding == "same"
-        and all(s % 2**model.depth == 0 for s in images.shape[1:3])
-    ):
+    if accepts_as_batch(model, images):
         out = []
         for lo in range(0, len(images), batch_size):
             x = normalize(to_device(images[lo : lo + batch_size], xp), mean, std)

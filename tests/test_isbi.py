@@ -79,3 +79,26 @@ def test_page_counts_differ(tmp_path):
     write_stack(tmp_path / "train-labels.tif", labels[:3])
     with pytest.raises(DataError, match="6 pages .* 3 of"):
         load_isbi2012(tmp_path, log=None)
+
+
+def test_valid_padding_trains_on_crops_and_validates_whole_slices(tmp_path):
+    """The paper's setting: a valid-padding net trained on crops, scored on whole slices
+    (24 px, which the net cannot take as they are: validation tiles them)."""
+    from minunet.data.sources import DataOptions
+    from minunet.train import TrainConfig, train
+
+    fake_isbi(tmp_path)
+    cfg = TrainConfig(
+        data=DataOptions(data="isbi2012", data_dir=str(tmp_path), val_fraction=0.34),
+        crop=44,
+        padding="valid",
+        depth=2,
+        base_channels=4,
+        epochs=1,
+        batch_size=2,
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
+    metrics = train(cfg, log=lambda *_: None)
+    assert 0.0 <= metrics["miou"] <= 1.0
+    assert (tmp_path / "run" / "best.npz").is_file()

@@ -39,7 +39,7 @@ from minunet.data.loader import DEFAULT_MEAN, DEFAULT_STD, DeviceLoader
 from minunet.data.sources import DataOptions, load_splits
 from minunet.distributed import Communicator, make_communicator
 from minunet.errors import CheckpointError, MinunetError
-from minunet.inference import predict_classes
+from minunet.inference import accepts_as_batch, predict_classes
 from minunet.layers.concat import centre_crop_box
 from minunet.losses import SoftmaxCrossEntropy
 from minunet.metrics import confusion_matrix, metrics_from_confusion
@@ -598,7 +598,7 @@ def validate(
     comm = comm or Communicator()
     model.eval()
     conf = xp.zeros((num_classes, num_classes), dtype=xp.int64)
-    if isinstance(data.images, np.ndarray):
+    if accepts_as_batch(model, data.images):
         loader = DeviceLoader.for_eval(
             data, xp, cfg.batch_size, mean=mean, std=std, rank=comm.rank, world_size=comm.size
         )
@@ -606,7 +606,7 @@ def validate(
             if len(x):  # with several ranks, a rank's share of the last batch can be empty
                 pred = model.infer(x).argmax(axis=1)
                 conf += confusion_matrix(pred, y, num_classes, ignore_index)
-    else:  # native sizes (crop training): one image at a time, at full resolution
+    else:  # crop training: one image at a time at native size (tiled for a valid net)
         mine = list(range(comm.rank, len(data.images), comm.size))
         preds = predict_classes(model, [data.images[i] for i in mine], xp, mean, std)
         for pred, i in zip(preds, mine, strict=True):
