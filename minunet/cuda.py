@@ -24,10 +24,10 @@ to show itself.
 A kernel's source is written once for an element type ``T`` and compiled for each dtype
 it meets, behind a ``typedef float T;`` or ``typedef double T;`` (a typedef, not
 ``-DT=float``: a macro named T would also rewrite the template parameters of CUDA's own
-headers). Its argument list is read from the source, so
-a call passes plain Python numbers and arrays: ints become the declared ``int`` or
-``long long``, floats become ``T``, and an array whose dtype does not match the declared
-pointer type is a TypeError instead of a silent misread of memory.
+headers). Other dtypes (float16) take the generic path. The argument list is read from
+the source, so a call passes plain Python numbers and arrays: ints become the declared
+``int`` or ``long long``, floats become ``T``, and an array whose dtype does not match the
+declared pointer type is a TypeError instead of a silent misread of memory.
 """
 
 from __future__ import annotations
@@ -76,8 +76,11 @@ route_numpy = False
 
 
 def enabled_for(x: Any) -> bool:
-    """True when ``x`` is a CuPy array and the hand-written kernels are switched on."""
-    return ENABLED and (get_array_module(x) is not np or (route_numpy and emulator is not None))
+    """True when the hand-written kernels are switched on and ``x`` is a float32 or
+    float64 CuPy array (or, under the emulator with ``route_numpy``, NumPy array)."""
+    if not ENABLED or getattr(getattr(x, "dtype", None), "type", None) not in C_TYPES:
+        return False
+    return get_array_module(x) is not np or (route_numpy and emulator is not None)
 
 
 class Kernel:
