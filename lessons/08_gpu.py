@@ -223,3 +223,6 @@ else:
 #
 # That is the whole course: from arrays to a trained U-Net, every backward pass derived
 # and checked against the library that trains it.
+#
+# Next (optional): [lesson 09](09_fast_numpy.ipynb) goes back to the CPU and shows how
+# minunet's convolutions are made fast there, without changing their maths.

@@ -1,0 +1,529 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 09 (optional): a fast convolution for a small CPU
+#
+# Lesson 01 turned a convolution into im2col and one matrix product. That code is
+# correct, short, and what minunet runs on the GPU. On NumPy, though, `Conv2d` usually
+# takes a different road, `minunet/cpu.py`, which computes exactly the same sums in a
+# different order and memory layout. Nothing in this lesson changes the maths; it is
+# about *where the numbers sit in memory* and *which core moves them*.
+#
+# The plan:
+#
+# 1. why the textbook im2col convolution is slow on a small CPU;
+# 2. **channels-last** columns that copy only the horizontal kernel taps, derived in a
+#    dozen lines of NumPy and checked against `im2col` and `Conv2d`;
+# 3. **blocks of image rows** spread over **two threads**, and minunet's
+#    `cpu.conv2d_forward` / `cpu.conv2d_backward` checked against the im2col path;
+# 4. the input gradient as a convolution with the **flipped kernel**;
+# 5. a small timing on this machine.
+#
+# Notation as in lesson 01: `x (N, C, H, W)`, weight `W (K, C, kh, kw)`, bias `b (K,)`,
+# output `(N, K, Ho, Wo)`, `P = Ho * Wo`. Everything here is stride 1, the only stride
+# the U-Net's 3x3 convolutions use.
+
+# %%
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from minunet import cpu
+from minunet.im2col import col2im, im2col
+from minunet.layers import Conv2d
+
+SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
+rng = np.random.default_rng(0)
+print(f"fast path switched on: {cpu.ENABLED} (MINUNET_FAST_CPU=0 switches it off)")
+print(f"worker threads: {cpu.num_threads()} (MINUNET_THREADS, else the usable cores)")
+
+# %% [markdown]
+# ## 1. Why im2col is slow on a small CPU
+#
+# A CPU does arithmetic far faster than it can fetch numbers from main memory. It keeps
+# recently used data in small, fast **caches** (L1, L2, L3); a computation is fast when
+# the data it works on stays there. Take a realistic layer, the first block of a base-32
+# U-Net on a batch of 8 images of 128x128 (the layer the benchmarks time), and compare
+# the sizes of its input, of its im2col column matrix, and of this machine's caches.
+
+
+# %%
+def cache_sizes():
+    """{"L1": bytes, "L2": bytes, "L3": bytes} of the data caches of CPU 0, read from
+    Linux's /sys; empty where that is not readable (macOS, Windows, some containers)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    sizes = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            kind = (index / "type").read_text().strip()
+            level = (index / "level").read_text().strip()
+            size = (index / "size").read_text().strip()  # e.g. "1024K"
+        except OSError:
+            continue
+        if kind != "Instruction":
+            sizes[f"L{level}"] = int(size[:-1]) * units.get(size[-1], 1)
+    return sizes
+
+
+MiB = 2**20
+n, c, k, side, kh, kw = 8, 32, 32, 128, 3, 3
+itemsize = np.dtype(np.float32).itemsize
+input_bytes = n * c * side * side * itemsize
+cols_bytes = n * (c * kh * kw) * (side * side) * itemsize  # (N, C*kh*kw, P), padding 1
+
+# The same ratio on a real (tiny) im2col: every input value is copied kh*kw times.
+x_tiny = np.zeros((1, 4, 10, 10), np.float32)
+assert im2col(x_tiny, kh, kw, 1, 1).nbytes == kh * kw * x_tiny.nbytes
+
+print(f"layer: x ({n}, {c}, {side}, {side}) float32, 3x3 kernel, padding 1, {k} outputs")
+print(f"  input          {input_bytes / MiB:6.0f} MiB")
+print(f"  im2col columns {cols_bytes / MiB:6.0f} MiB  ({cols_bytes // input_bytes}x the input)")
+caches = cache_sizes()
+for name, size in caches.items():
+    shown = f"{size / MiB:.0f} MiB" if size >= MiB else f"{size / 2**10:.0f} KiB"
+    print(f"  {name} cache of this CPU: {shown}")
+if not caches:
+    print("  (this system does not say how large its caches are)")
+
+# %% [markdown]
+# The columns are many times larger than even the last-level cache. So im2col writes
+# them out to main memory, and the matrix product then reads them all back: both run at
+# the speed of memory, not of arithmetic. Two more costs come on top:
+#
+# - **The copies run on one core.** NumPy's slice copies (`cols[...] = x_pad[...]`) are
+#   single-threaded; only the matrix product, handed to OpenBLAS, uses every core. On a
+#   2-core machine the copying part of the work gets half the machine.
+# - **The columns are kept for the backward pass.** `Conv2d`'s im2col path stores `cols`
+#   until `backward` (lesson 02 needs them for `dW`), so a network holds one such
+#   matrix per convolution from its forward pass until its backward pass.
+#
+# On a GPU, memory is fast and thousands of threads do the copying, so none of this
+# hurts much. On a small CPU it does, and `minunet/cpu.py` attacks each point in turn.
+#
+# ## 2. Channels-last columns: copy only the horizontal taps
+#
+# Store one image as `(H, W, C)` ("channels last", NHWC in lesson 00) instead of
+# `(C, H, W)`. Two things then happen.
+#
+# **A kernel row is one contiguous run.** For output pixel `(oh, ow)`, kernel row `a`
+# reads the `kw` neighbouring pixels `x_pad[oh + a, ow : ow + kw, :]`, all channels of
+# each. In channels-last layout those `kw * C` numbers lie next to each other in memory,
+# so copying them is copying one run, not `kw * C` scattered values.
+#
+# **The vertical taps are free.** Build the columns for the horizontal taps only, for
+# *every* padded input row `r` (not just the output rows):
+#
+# $$\text{hcols}[r \cdot W_o + w] = x_{\text{pad}}[r,\; w : w + k_w,\; :]
+#   \quad\text{(flattened to } k_w C \text{ values)},$$
+#
+# a matrix of shape `(Hp * Wo, kw*C)`. Kernel row `a` at output `(oh, ow)` needs row
+# `(oh + a) * Wo + ow` of it. As `(oh, ow)` runs through the output in order, that is
+# rows `a*Wo` to `a*Wo + P - 1`: one contiguous slice of `hcols`, a *view*, no copy at
+# all. With `W_a` the weights of kernel row `a` laid out as a `(kw*C, K)` matrix (rows
+# in the same `(b, c)` order as the columns), the convolution is `kh` products summed:
+#
+# $$\text{out}_{(P, K)} = \sum_{a=0}^{k_h - 1} \text{hcols}[a W_o : a W_o + P]\; W_a
+#   + b, \qquad W_a[(b, c), k] = W[k, c, a, b].$$
+#
+# The columns now hold each input value about `kw` times instead of `kh * kw` times:
+# 3x less copying for a 3x3 kernel. Here it is for one image.
+
+
+# %%
+def conv_channels_last(x, weight, bias, padding):
+    """Stride-1 convolution of one image, channels last. x (C, H, W) -> (K, Ho, Wo)."""
+    k, c, kh, kw = weight.shape
+    xl = np.pad(x.transpose(1, 2, 0), ((padding, padding), (padding, padding), (0, 0)))
+    hp, wp = xl.shape[:2]  # xl: the padded image, (Hp, Wp, C)
+    ho, wo = hp - kh + 1, wp - kw + 1
+    # Horizontal taps only: hcols[r*Wo + w] = xl[r, w : w + kw, :], kw*C values per row.
+    hcols = np.stack([xl[:, b : b + wo] for b in range(kw)], axis=2).reshape(hp * wo, kw * c)
+    # W_a for each kernel row a: (kw*C, K), rows ordered (b, c) like the columns.
+    wmats = weight.transpose(2, 3, 1, 0).reshape(kh, kw * c, k)
+    p = ho * wo
+    out = sum(hcols[a * wo : a * wo + p] @ wmats[a] for a in range(kh)) + bias  # (P, K)
+    return out.T.reshape(k, ho, wo)  # back to channels first
+
+
+# %% [markdown]
+# Checked against lesson 01's im2col product, and against minunet's `Conv2d` with the
+# same weights, for several kernel sizes and paddings, in float64 so that only
+# rounding (around 1e-14) can differ. Each line also says which road `Conv2d` took
+# (its `_cache` records it) and how many numbers each kind of column matrix holds.
+
+# %%
+c_in, c_out, h, w = 9, 5, 7, 10
+for ksize, padding in [(3, 1), (3, 0), (5, 2), (2, 1), (1, 0)]:
+    x = rng.standard_normal((c_in, h, w))
+    weight = rng.standard_normal((c_out, c_in, ksize, ksize))
+    bias = rng.standard_normal(c_out)
+    mine = conv_channels_last(x, weight, bias, padding)
+
+    cols = im2col(x[None], ksize, ksize, 1, padding)[0]  # (C*k*k, P), lesson 01
+    reference = (weight.reshape(c_out, -1) @ cols + bias[:, None]).reshape(mine.shape)
+    np.testing.assert_allclose(mine, reference, rtol=1e-10, atol=1e-10)
+
+    conv = Conv2d(c_in, c_out, ksize, padding=padding, dtype=np.float64)
+    conv.params["weight"].data[...] = weight
+    conv.params["bias"].data[...] = bias
+    np.testing.assert_allclose(mine, conv.forward(x[None])[0], rtol=1e-10, atol=1e-10)
+
+    hp, wo = h + 2 * padding, w + 2 * padding - ksize + 1
+    print(
+        f"k={ksize} p={padding}: out {mine.shape}, == im2col and Conv2d"
+        f" ({conv._cache[0]} path); columns: im2col {cols.size},"
+        f" horizontal taps only {hp * wo * ksize * c_in}"
+    )
+
+# %% [markdown]
+# ## 3. Blocks of image rows, and two threads
+#
+# Channels-last columns for the whole batch would still be far larger than the caches
+# (a third of the im2col figure above). So `cpu.py` never builds them for the whole
+# batch. It cuts each image's output into **blocks of whole output rows**; for one block
+# it copies the few input rows that block sees into a small channels-last slab, builds
+# the slab's horizontal-tap columns, runs the `kh` products, writes the result into the
+# NCHW output, and moves on to the next block *reusing the same buffers*, which stay
+# warm in the cache.
+#
+# How many rows per block? Enough for about `cpu.BLOCK_BYTES` of columns, since every
+# block costs some twenty NumPy calls of fixed overhead (the module docstring reports
+# blocks of 128 KB running 4x slower than 2 MB ones on its 2-core test machine). But at
+# least `cpu.MIN_BLOCK_PIXELS` output pixels, because a matrix product with very few
+# rows does not reach OpenBLAS's full speed. Then the rows are shared out evenly, so
+# that 8 rows become two blocks of 4 rather than 7 and 1. Here is that rule worked out
+# for the layer of section 1 and compared with the library's own block list.
+
+# %%
+print(
+    f"cpu.BLOCK_BYTES = {cpu.BLOCK_BYTES / MiB:g} MiB, cpu.MIN_BLOCK_PIXELS = {cpu.MIN_BLOCK_PIXELS}"
+)
+ho = wo = side  # padding 1 keeps the size
+row_bytes = wo * kw * c * itemsize  # the columns of one output row: Wo pixels, kw*C values
+rows = max(1, cpu.BLOCK_BYTES // row_bytes, -(-cpu.MIN_BLOCK_PIXELS // wo))  # -(-a//b): ceil
+rows = min(ho, rows)
+blocks_per_image = -(-ho // rows)
+rows = -(-ho // blocks_per_image)  # the same number of blocks, of (nearly) equal size
+blocks = [(i, r, min(r + rows, ho)) for i in range(n) for r in range(0, ho, rows)]
+assert blocks == cpu._row_blocks(n, ho, wo, row_bytes)  # the library's (internal) rule
+
+block_cols = (rows + kh - 1) * wo * kw * c * itemsize  # a block also sees kh-1 extra rows
+print(f"{rows} output rows per block, {blocks_per_image} blocks per image, {len(blocks)} in all")
+print(f"columns of one block: {block_cols / MiB:.2f} MiB (im2col: {cols_bytes / MiB:.0f} MiB)")
+
+# %% [markdown]
+# A block's columns are a MiB or two: small enough to stay in the caches while they
+# are used, where the whole batch's im2col columns went out to main memory and back.
+#
+# **Two threads.** Python threads normally take turns (the GIL), but NumPy lets go of
+# the GIL while it copies arrays and while OpenBLAS multiplies matrices, so two threads
+# that spend their time in those calls really do run on two cores at once.
+# `cpu.parallel(fn, items)` splits the block list into one contiguous chunk per thread,
+# hands all chunks but the first to a small thread pool, and runs the first chunk in the
+# calling thread. Meanwhile it holds OpenBLAS to one thread (through threadpoolctl,
+# where it is installed), so that the two workers do not each start two BLAS threads
+# and fight over two cores. The module docstring reports a forward 1.56-1.59x faster
+# on 2 threads than on 1 on its 2-core machine: the products scale, the memory-bound
+# copies hardly do. Which blocks each worker gets:
+
+# %%
+chunks = {}
+
+
+def record(worker, chunk):
+    chunks[worker] = (chunk[0], chunk[-1], len(chunk))
+
+
+cpu.parallel(record, blocks)
+for worker, (first, last, count) in sorted(chunks.items()):
+    print(f"worker {worker}: {count} blocks, from {first} to {last}  (image, first row, end row)")
+
+# %% [markdown]
+# The backward pass is cut the same way. The weight gradient of kernel row `a` is a sum
+# over blocks of `dout_block (K, P) @ hcols_block[a*Wo : a*Wo + P]`; each worker adds
+# its blocks into a partial sum of its own, so no two threads ever write to the same
+# array, and the partial sums are added at the end. The columns are rebuilt block by
+# block instead of being kept from the forward pass: the fast `Conv2d` keeps only its
+# input `x` for `backward`, not 9x that.
+#
+# Now the check. The im2col path computes the forward and lesson 02's three gradients
+# (`dW = sum_n dout[n] @ cols[n]^T`, `db`, `dx = col2im(W2^T dout)`); the fast path must
+# give the same numbers. Blocks and threads only change the *order* of the work, so the
+# answer must not depend on them: we run it with the library's block size and with one
+# output row per block, on 1 and on 3 threads (more threads than cores is allowed, only
+# slower). The context manager below sets `cpu`'s block size and `MINUNET_THREADS` for
+# one check and puts them back afterwards.
+
+
+# %%
+@contextmanager
+def fast_path_settings(block_bytes, min_block_pixels, threads):
+    """Temporarily set the block size and the number of threads of minunet.cpu."""
+    saved = cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS, os.environ.get("MINUNET_THREADS")
+    cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS = block_bytes, min_block_pixels
+    os.environ["MINUNET_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS = saved[:2]
+        if saved[2] is None:
+            del os.environ["MINUNET_THREADS"]
+        else:
+            os.environ["MINUNET_THREADS"] = saved[2]
+
+
+nb, cb, kb, hb, wb = (2, 8, 6, 9, 11) if SMALL else (3, 16, 12, 24, 20)
+x = rng.standard_normal((nb, cb, hb, wb))
+weight = rng.standard_normal((kb, cb, 3, 3))
+bias = rng.standard_normal(kb)
+dout = rng.standard_normal((nb, kb, hb, wb))  # padding 1: the output is as large as x
+
+# The reference: im2col, one product per image, and lesson 02's backward.
+cols = im2col(x, 3, 3, 1, 1)  # (N, C*9, P)
+w2 = weight.reshape(kb, -1)  # (K, C*9)
+d = dout.reshape(nb, kb, -1)  # (N, K, P)
+out_ref = (w2 @ cols + bias[:, None]).reshape(dout.shape)
+dw_ref = np.einsum("nkp,nrp->kr", d, cols).reshape(weight.shape)
+db_ref = d.sum(axis=(0, 2))
+dx_ref = col2im(w2.T @ d, x.shape, 3, 3, 1, 1)
+
+for block_bytes, min_pixels, threads in [
+    (cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS, 1),
+    (1, 1, 1),  # one output row per block
+    (1, 1, 3),
+]:
+    with fast_path_settings(block_bytes, min_pixels, threads):
+        out = cpu.conv2d_forward(x, weight, bias, padding=1)
+        dx, dw, db = cpu.conv2d_backward(x, weight, dout, padding=1, need_bias=True)
+        used = cpu._row_blocks(nb, hb, wb, wb * 3 * cb * x.itemsize)
+    for got, want in [(out, out_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref)]:
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    rows_per_block = used[0][2] - used[0][1]
+    print(
+        f"{len(used):3d} blocks of {rows_per_block:2d} rows, {threads} thread(s):"
+        " out, dx, dW, db == the im2col path (float64, 1e-10)"
+    )
+
+# %% [markdown]
+# ## 4. The input gradient is a convolution with the flipped kernel
+#
+# Lesson 02 computed `dx` with col2im: every column entry is *added* back onto the input
+# pixel it was copied from. That is a scatter: neighbouring patches overlap, so two
+# blocks handled by two threads would add into the same pixels at once (a race). For
+# stride 1 there is a better way to see `dx`.
+#
+# Write the forward with the padded input: $\text{out}[k, y, z] = \sum_{c,i,j}
+# W[k,c,i,j]\, x_{\text{pad}}[c, y+i, z+j]$. Input pixel $(u, v)$ of $x_{\text{pad}}$
+# is read by output $(u-i, v-j)$ through tap $(i, j)$, so
+#
+# $$dx_{\text{pad}}[c, u, v] = \sum_{k,i,j} W[k,c,i,j]\; \text{dout}[k,\, u-i,\, v-j],$$
+#
+# with `dout` taken as zero outside its `Ho x Wo`. Count the taps backwards,
+# $i = k_h-1-i'$ and $j = k_w-1-j'$, and pad `dout` with $k_h-1$ zeros on every side:
+#
+# $$dx_{\text{pad}}[c, u, v] = \sum_{k,i',j'} V[c,k,i',j']\;
+#   \text{dout}_{\text{pad}}[k,\, u+i',\, v+j'], \qquad
+#   V[c,k,i',j'] = W[k,c,k_h-1-i',k_w-1-j'].$$
+#
+# That is an ordinary stride-1 convolution (lesson 01's formula) of the padded `dout`
+# with the kernel `V`: `W` **flipped** in both spatial axes, with its **two channel axes
+# swapped** (it maps `K` channels back to `C`). Finally `dx` is `dx_pad` without its
+# border of width `p`; dropping `p` of the `kh-1` padding rows gives the same thing, so
+#
+# $$dx = \operatorname{conv}\big(\text{dout},\; V,\; \text{padding} = k - 1 - p\big).$$
+#
+# Three consequences:
+#
+# - it is a **gather**: each `dx` pixel is computed by its own dot products, so blocks
+#   and threads never write the same pixel;
+# - it **reuses the fast forward**: `cpu.conv2d_backward` calls `cpu.conv2d_forward` on
+#   `dout` with `weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)`;
+# - it needs `p <= k - 1` (a padding cannot be negative) and stride 1 (with stride `s`,
+#   `dout` would first need `s - 1` zeros between its pixels). These are two of the
+#   conditions under which `Conv2d` takes the fast path.
+#
+# The check, with the library's own pieces: a `Conv2d` from `K` to `C` channels with
+# padding `k-1-p`, loaded with the flipped kernel, must turn `dout` into exactly the
+# input gradient that `Conv2d.backward` of the original layer returns, and into lesson
+# 02's col2im formula. Our channels-last function from section 2 must agree as well.
+
+# %%
+for ksize, padding in [(3, 1), (3, 0), (5, 2), (5, 0), (2, 1), (1, 0)]:
+    conv = Conv2d(cb, kb, ksize, padding=padding, bias=False, dtype=np.float64, rng=rng)
+    out = conv.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = conv.backward(dout)
+
+    weight = conv.params["weight"].data
+    flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # V: (C, K, k, k)
+    backwards = Conv2d(kb, cb, ksize, padding=ksize - 1 - padding, bias=False, dtype=np.float64)
+    backwards.params["weight"].data[...] = flipped
+    np.testing.assert_allclose(backwards.forward(dout), dx, rtol=1e-10, atol=1e-10)
+
+    cols = im2col(x, ksize, ksize, 1, padding)
+    dcols = weight.reshape(kb, -1).T @ dout.reshape(nb, kb, -1)
+    dx_col2im = col2im(dcols, x.shape, ksize, ksize, 1, padding)
+    np.testing.assert_allclose(dx, dx_col2im, rtol=1e-10, atol=1e-10)
+
+    no_bias = np.zeros(cb)
+    for i in range(nb):
+        mine = conv_channels_last(dout[i], flipped, no_bias, ksize - 1 - padding)
+        np.testing.assert_allclose(mine, dx[i], rtol=1e-10, atol=1e-10)
+    print(
+        f"k={ksize} p={padding}: conv(dout, flipped kernel, padding {ksize - 1 - padding})"
+        " == Conv2d.backward == col2im == channels-last by hand"
+    )
+
+# %% [markdown]
+# ## When `Conv2d` takes the fast path
+#
+# `cpu.fast_conv_ok` decides, from the input and the layer's geometry: NumPy float32 or
+# float64, stride 1, dilation 1, padding at most `k - 1` (section 4), and at least
+# `cpu.MIN_CHANNELS` input channels. The last one is about memory again: with the 3
+# channels of an RGB image, the channels-last runs are 3 numbers long, too short to
+# pay off: the comment beside `MIN_CHANNELS` in `cpu.py` reports the NCHW im2col path
+# 2.4-2.9x faster there. So the U-Net's very first convolution keeps the im2col path; every other one
+# takes the fast path. Anything else (CuPy arrays, strides, float16) goes through im2col.
+
+# %%
+print(f"cpu.MIN_CHANNELS = {cpu.MIN_CHANNELS}")
+x32 = np.zeros((1, 32, 16, 16), np.float32)
+cases = [
+    ("32 channels, 3x3, stride 1, padding 1", x32, 1, 1, 1, 3, True),
+    ("RGB input: 3 channels", x32[:, :3], 1, 1, 1, 3, False),
+    ("stride 2", x32, 2, 1, 1, 3, False),
+    ("dilation 2", x32, 1, 2, 1, 3, False),
+    ("padding 3 > k - 1", x32, 1, 1, 3, 3, False),
+    ("float16", x32.astype(np.float16), 1, 1, 1, 3, False),
+]
+for name, xx, stride, dilation, padding, ksize, expected in cases:
+    ok = cpu.fast_conv_ok(xx, stride, dilation, padding, ksize)
+    assert ok == (expected and cpu.ENABLED), name
+    print(f"{name:40s} -> {'fast path' if ok else 'im2col path'}")
+
+# %% [markdown]
+# ## 5. Timing, on this machine
+#
+# The same layer run three ways, forward and backward: with the fast paths switched
+# off (the im2col path), and with the fast path on one thread and on all of them. One
+# more row times `im2col` alone, the copying part of the im2col forward. Each figure is
+# the median of a few calls after one warm-up call.
+#
+# The one-thread rows hold OpenBLAS to one thread, as `cpu.parallel` does inside each
+# of its workers, so that they compare ways of computing on one core. Left to itself,
+# OpenBLAS splits every product over all the cores, and when another program is using
+# one of them, each product waits for it at the end: the docstring of
+# `cpu.batched_matmul` reports layers running about 10x slower that way on a busy
+# 2-core machine.
+#
+# These times belong to this machine at this moment, so the cell prints the load
+# average (how many programs wanted a core, on average, over the last 1, 5 and 15
+# minutes) before and after. With another program holding a core, the second thread
+# has little to run on. In small mode the layer is tiny and the times mean little:
+# there the fixed cost of each NumPy call outweighs the work, and the fast path's extra
+# calls per block can make it the slower one. `benchmarks/RESULTS.md` has the careful
+# measurements, interleaved with PyTorch on the same machine.
+
+
+# %%
+@contextmanager
+def fast_paths(enabled):
+    """Switch minunet's CPU fast paths on or off for a while (what MINUNET_FAST_CPU sets)."""
+    saved = cpu.ENABLED
+    cpu.ENABLED = enabled
+    try:
+        yield
+    finally:
+        cpu.ENABLED = saved
+
+
+def median_ms(fn, calls):
+    """Median wall time of fn() in milliseconds, after one untimed warm-up call."""
+    fn()  # allocates the buffers, starts the thread pool
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+tn, tc, tside = (1, 8, 16) if SMALL else (n, c, side)
+calls = 2 if SMALL else 5
+xt = rng.standard_normal((tn, tc, tside, tside), dtype=np.float32)
+layer = Conv2d(tc, tc, 3, padding=1)
+dt = rng.standard_normal((tn, tc, tside, tside), dtype=np.float32)
+
+
+def step():
+    layer.forward(xt)
+    layer.backward(dt)
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages, where the system reports them."""
+    if not hasattr(os, "getloadavg"):  # Windows
+        return "not reported here"
+    return "(1/5/15 min) " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+one_blas_thread = cpu._single_threaded_blas  # the (internal) helper cpu.parallel uses
+threads = cpu.num_threads()
+print(f"Conv2d 3x3 {tc}->{tc}, x ({tn}, {tc}, {tside}, {tside}) float32, median of {calls} calls")
+print(f"load average {load_average()}")
+timings = []  # (what, forward only or forward + backward, ms)
+with fast_paths(False), one_blas_thread():
+    timings.append(("im2col path, 1 thread", "fwd + bwd", median_ms(step, calls)))
+    copies_ms = median_ms(lambda: im2col(xt, 3, 3, 1, 1), calls)
+    timings.append(("  of which im2col alone", "fwd", copies_ms))
+with fast_paths(True), one_blas_thread():
+    with fast_path_settings(cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS, 1):
+        timings.append(("fast path, 1 thread", "fwd + bwd", median_ms(step, calls)))
+if threads > 1:
+    with fast_paths(True):
+        timings.append((f"fast path, {threads} threads", "fwd + bwd", median_ms(step, calls)))
+for name, what, ms in timings:
+    print(f"  {name:28s} {what:9s} {ms:8.2f} ms")
+print(f"load average {load_average()}")
+
+# %% [markdown]
+# What was measured carefully, for this very layer (3x3, 32 to 32 channels, input
+# 8x32x128x128, forward and backward, float32), in the quiet-machine run of
+# `benchmarks/RESULTS.md` (2026-11-28, a 2-core AMD EPYC, nothing else running):
+# minunet 61.3 ms against PyTorch's 44.7 ms, 1.44x PyTorch's time; with the fast paths
+# switched off minunet took 3.53x PyTorch's time, so the fast path made this layer about
+# 2.5x faster. The gain shrinks as the channels grow and the images shrink (the same
+# table: 64 channels at 64x64, 2.68x down to 1.39x; 256 channels at 16x16, 1.67x down
+# to 1.31x), because there the products dominate and the copies matter less. Times on
+# your machine will differ; compare ratios measured on one machine, never absolute
+# times across machines.
+#
+# ## What to remember
+#
+# - The fast path computes the same sums as im2col, in a different order; it is checked
+#   against the im2col path to 1e-10 in float64, whatever the block size and thread
+#   count.
+# - On a small CPU a convolution's cost is moving memory, not arithmetic: im2col's
+#   columns are 9x the input, far beyond the caches, and NumPy copies them on one core.
+# - Channels last, the `kw*C` values of one kernel row are one contiguous run, and each
+#   kernel row `a` is a free slice `hcols[a*Wo : a*Wo + P]`: copy each value `kw` times
+#   instead of `kh*kw`, then sum `kh` products.
+# - Work in blocks of output rows with a couple of MiB of columns each, reusing the
+#   buffers; split the blocks over threads, each with single-threaded BLAS (NumPy releases
+#   the GIL in copies and products); keep per-thread partial sums instead of shared writes.
+# - For stride 1, `dx` is the convolution of `dout` (padding `k-1-p`) with the kernel
+#   flipped and its channel axes swapped: a gather, safe to split, and the same fast code.
+# - `MINUNET_FAST_CPU=0` switches the fast paths off; `MINUNET_THREADS` sets the threads.
+#
+# Back to [the reading order](README.md).
