@@ -322,9 +322,14 @@ def test_cli_errors_are_one_line(tmp_path, checkpoint, capsys):
     (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 not really a zip")
     other = to_torch_state_dict(UNet(**CONFIGS["same-bn"]).state_dict())
     torch.save(other, tmp_path / "o.pt")
+    model = UNet(**CONFIGS["same-bn"])
+    bad = {"model": {**model.config, "padding": "bogus"}}  # UNet itself refuses this
+    save_checkpoint(tmp_path / "bad.npz", model.state_dict(), bad)
     os.chdir(tmp_path)
     c = str(ckpt)
     cases = [
+        (["--checkpoint", "bad.npz", "--to", "torch", "m.pt"],
+         ["bad.npz", "model configuration not accepted", "padding"]),
         (["--checkpoint", c, "--to", "onnx"], ["expected 2 arguments"]),
         (["--checkpoint", c, "--to", "torch", "m.pt", "--out", "x.npz"], ["--out belongs"]),
         (["--checkpoint", c, "--to", "torch", c], ["refusing to overwrite"]),
