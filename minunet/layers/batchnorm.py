@@ -27,12 +27,16 @@ rank normalises with the statistics of the *global* batch, and the backward sums
 process computes on the whole batch. The parameter gradients stay local; the optimiser's
 gradient averaging combines them like every other gradient.
 
-On the GPU, BatchNorm written with array operations is a dozen passes over memory, and
-CuPy's reductions over the axes (0, 2, 3) of an NCHW array are slow (they are not
-contiguous). Four kernels at the end of this file do it in four passes: the per-channel
-sums of x, then xhat and out in one pass; in the backward, the per-channel sums of dout
-and dout * xhat, then dx. The sums are per-thread partial sums in float64 (each thread
-strides over one channel), added up by a contiguous reduction afterwards.
+On the GPU, BatchNorm written with array operations is a dozen passes over memory and
+some twenty tiny launches on (C,)-sized arrays per call, and CuPy's reductions over the
+axes (0, 2, 3) of an NCHW array are slow (they are not contiguous). The kernels at the end
+of this file do a training forward in three launches: per-channel partial sums of x
+(each thread strides over one channel, summing in float64), then one thread per channel
+that adds up its partial sums and finishes the statistics (mean, rstd, the running
+averages), then xhat and out in one pass. The backward is the same shape: partial sums of
+dout and dout * xhat, one thread per channel for dbeta, dgamma and the factors of dx, then
+dx. (Synchronised BatchNorm adds up the partial sums with array operations instead, since
+the allreduce has to come between.)
 """
 
 from __future__ import annotations
@@ -75,12 +79,13 @@ class BatchNorm2d(Layer):
     def forward(self, x: Any) -> Any:
         gamma = self.params["weight"].data
         check_input(x, "BatchNorm2d", self.num_features, gamma.dtype)
+        if cuda.enabled_for(x):
+            return self._forward_kernels(x)
         xp = get_array_module(x)
         if self.training:
             m = x.shape[0] * x.shape[2] * x.shape[3]
-            if cuda.enabled_for(x):
-                mean, var, m = self._kernel_statistics(x, m)
-            elif self.sync is None:
+            if self.sync is None:
+                self._check_count(x, m)
                 mean = x.mean(axis=(0, 2, 3))
                 # x - mean is needed anyway for xhat; its squares are summed in place by
                 # einsum (no temporary), where x.var would recompute it and square it.
@@ -88,30 +93,16 @@ class BatchNorm2d(Layer):
                 var = xp.einsum("nchw,nchw->c", xc, xc) / m
             else:
                 mean, var, m = self._global_statistics(x, m)
-            if self.sync is None and m < 2:
-                raise ValueError(
-                    "BatchNorm2d in training needs more than one value per channel "
-                    f"(N*H*W > 1), got input shape {tuple(x.shape)}"
-                )
-            mom = self.momentum
-            self.buffers["running_mean"] = (1 - mom) * self.buffers["running_mean"] + mom * mean
-            unbiased = var * (m / (m - 1))
-            self.buffers["running_var"] = (1 - mom) * self.buffers["running_var"] + mom * unbiased
-            self.buffers["num_batches_tracked"] = self.buffers["num_batches_tracked"] + 1
+            self._update_running(mean, var, m)
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         rstd = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)  # (C,)
-        beta = self.params["bias"].data
-        if cuda.enabled_for(x):
-            xhat, out = batchnorm_forward_kernel(x, mean, rstd, gamma, beta, self.relu)
-            self._cache = (xhat, rstd, self.training, m if self.training else None, None)
-            return out
         # Every full-size pass costs a trip through memory (on the CPU, on one core), so
         # each is done in place where a fresh array is not needed: 4 passes, 2 arrays.
         xhat = xc if self.training and self.sync is None else x - mean[:, None, None]
         xhat *= rstd[:, None, None]  # (N, C, H, W)
         out = xhat * gamma[:, None, None]
-        out += beta[:, None, None]
+        out += self.params["bias"].data[:, None, None]
         if self.relu:
             xp.maximum(out, 0, out=out)
         # The ReLU's backward needs to know where out > 0: out itself is kept for that.
@@ -120,10 +111,10 @@ class BatchNorm2d(Layer):
         return out
 
     def backward(self, dout: Any) -> Any:
+        if cuda.enabled_for(dout):
+            return self._backward_kernels(dout)
         xhat, rstd, training, m, relu_out = self._cache
         gamma = self.params["weight"]
-        if cuda.enabled_for(dout):
-            return self._kernel_backward(dout)
         xp = get_array_module(dout)
         if self.relu:
             dout = dout * (relu_out > 0)  # the ReLU's backward, before the BatchNorm's
@@ -142,6 +133,24 @@ class BatchNorm2d(Layer):
         dx -= (dbeta / m).astype(dout.dtype)[:, None, None]
         dx *= scale
         return dx
+
+    @staticmethod
+    def _check_count(x: Any, m: int) -> None:
+        if m < 2:
+            raise ValueError(
+                "BatchNorm2d in training needs more than one value per channel "
+                f"(N*H*W > 1), got input shape {tuple(x.shape)}"
+            )
+
+    def _update_running(self, mean: Any, var: Any, m: Any) -> None:
+        """PyTorch's running averages, of the mean and of the unbiased variance."""
+        mom = self.momentum
+        self.buffers["running_mean"] = (1 - mom) * self.buffers["running_mean"] + mom * mean
+        unbiased = var * (m / (m - 1))
+        self.buffers["running_var"] = (1 - mom) * self.buffers["running_var"] + mom * unbiased
+        # asarray: NumPy's 0-d array + 1 is a scalar, and the counter stays an array
+        count = self.buffers["num_batches_tracked"]
+        self.buffers["num_batches_tracked"] = get_array_module(count).asarray(count + 1)
 
     def _global_statistics(self, x: Any, m: int) -> tuple[Any, Any, Any]:
         """Mean and biased variance per channel over every rank's batch, and their count."""
@@ -169,55 +178,57 @@ class BatchNorm2d(Layer):
 
     # --- The GPU path: the kernels below ---------------------------------------------
 
-    def _kernel_statistics(self, x: Any, m: int) -> tuple[Any, Any, Any]:
-        """Per-channel mean and biased variance (dtype of x), and the count, via kernels."""
+    def _forward_kernels(self, x: Any) -> Any:
+        """``forward`` for CuPy arrays: the same formulas, in the kernels below."""
         xp = get_array_module(x)
-        shift, sums, squares = channel_sums_kernel(x)  # float64: sum of (x - shift), of ^2
-        if self.sync is None:
-            mean = shift + sums / m
-            var = xp.maximum(squares / m - (sums / m) ** 2, 0)
-            return mean.astype(x.dtype), var.astype(x.dtype), m
-        # Synchronised: the raw sums, as _global_statistics sends them.
-        local = xp.stack(
-            [
-                xp.full(self.num_features, m, dtype=xp.float64),
-                m * shift + sums,
-                squares + 2 * shift * sums + m * shift * shift,
-            ]
-        )
-        return self._from_global_sums(self.sync(local), x.dtype)
-
-    def _kernel_backward(self, dout: Any) -> Any:
-        """The backward of the GPU path (same formulas as ``backward``)."""
-        xhat, rstd, training, m, _ = self._cache
-        xp = get_array_module(dout)
-        gamma, beta = self.params["weight"], self.params["bias"]
-        dbeta, dgamma = batchnorm_backward_sums_kernel(dout, xhat, gamma.data, beta.data, self.relu)
-        beta.grad += dbeta.astype(dout.dtype)
-        gamma.grad += dgamma.astype(dout.dtype)
-        scale = gamma.data * rstd
-        if not training:  # a fixed affine map (and a ReLU): dx = dout * [out > 0] * scale
-            zero = xp.zeros_like(scale)
-            return batchnorm_backward_dx_kernel(
-                dout, xhat, gamma.data, beta.data, scale, zero, zero, self.relu
+        gamma, beta = self.params["weight"].data, self.params["bias"].data
+        m = x.shape[0] * x.shape[2] * x.shape[3]
+        if not self.training:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+            rstd = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)
+        elif self.sync is None:
+            self._check_count(x, m)
+            mean, rstd = batchnorm_statistics_kernel(x, self.buffers, self.eps, self.momentum)
+        else:  # the raw global sums, as _global_statistics makes them
+            shift, sums, squares = channel_partial_sums_kernel(x)
+            sums, squares = sums.sum(axis=1), squares.sum(axis=1)
+            local = xp.stack(
+                [
+                    xp.full(self.num_features, m, dtype=xp.float64),
+                    m * shift + sums,
+                    squares + 2 * shift * sums + m * shift * shift,
+                ]
             )
-        if self.sync is not None:
+            mean, var, m = self._from_global_sums(self.sync(local), x.dtype)
+            self._update_running(mean, var, m)
+            rstd = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)
+        xhat, out = batchnorm_forward_kernel(x, mean, rstd, gamma, beta, self.relu)
+        self._cache = (xhat, rstd, self.training, m if self.training else None, None)
+        return out
+
+    def _backward_kernels(self, dout: Any) -> Any:
+        """``backward`` for CuPy arrays: the same formulas, in the kernels below."""
+        xhat, rstd, training, m, _ = self._cache
+        gamma, beta = self.params["weight"], self.params["bias"]
+        relu = self.relu
+        if self.sync is None or not training:
+            scale, mean_g, mean_gx = batchnorm_gradients_kernel(
+                dout, xhat, gamma, beta, rstd, relu, training
+            )
+        else:  # the parameter gradients are local, dx's sums global
+            xp = get_array_module(dout)
+            partial = batchnorm_partial_sums_kernel(dout, xhat, gamma.data, beta.data, relu)
+            dbeta, dgamma = partial[0].sum(axis=1), partial[1].sum(axis=1)
+            beta.grad += dbeta.astype(dout.dtype)
+            gamma.grad += dgamma.astype(dout.dtype)
             dbeta, dgamma = self.sync(xp.stack([dbeta, dgamma]))
-        # dx = scale * (dout - dbeta/m - xhat * dgamma/m), per channel
-        return batchnorm_backward_dx_kernel(
-            dout,
-            xhat,
-            gamma.data,
-            beta.data,
-            scale,
-            (dbeta / m).astype(dout.dtype),
-            (dgamma / m).astype(dout.dtype),
-            self.relu,
-        )
+            scale = gamma.data * rstd
+            mean_g, mean_gx = (dbeta / m).astype(dout.dtype), (dgamma / m).astype(dout.dtype)
+        return batchnorm_dx_kernel(dout, xhat, gamma.data, beta.data, scale, mean_g, mean_gx, relu)
 
 
-# Threads per channel in the sums kernels: each adds up m / SUM_THREADS values, and the
-# (C, SUM_THREADS) partial sums are then reduced along their contiguous last axis.
+# Threads per channel in the partial-sum kernels: each adds up m / SUM_THREADS values, and
+# one thread per channel then adds up its SUM_THREADS partial sums.
 SUM_THREADS = 1024
 
 CHANNEL_SUMS = cuda.Kernel(
@@ -246,6 +257,37 @@ extern "C" __global__ void channel_sums(const T* __restrict__ x, double* __restr
 """
 )
 
+BATCHNORM_STATISTICS = cuda.Kernel(
+    r"""
+// One thread per channel c: adds up the S partial sums of channel_sums, then
+//   mean = shift + a/m,  var = b/m - (a/m)^2 (biased),  rstd = 1/sqrt(var + eps)
+// and PyTorch's running averages (of the unbiased variance, var * m/(m-1)), in place.
+// Thread 0 also counts the batch.
+extern "C" __global__ void batchnorm_statistics(
+        const double* __restrict__ shift, const double* __restrict__ sums,
+        const double* __restrict__ squares, T* __restrict__ mean, T* __restrict__ rstd,
+        T* __restrict__ running_mean, T* __restrict__ running_var,
+        long long* __restrict__ batches, int C, int S, long long m, double eps,
+        double momentum) {
+    for_each(c, C) {
+        double a = 0, b = 0;
+        for (int s = 0; s < S; ++s) {
+            a += sums[c * S + s];
+            b += squares[c * S + s];
+        }
+        double mu = a / m;
+        double var = b / m - mu * mu;
+        if (var < 0) var = 0;  // rounding, when every value is the same
+        mean[c] = (T)(shift[c] + mu);
+        rstd[c] = (T)(1 / sqrt(var + eps));
+        running_mean[c] = (T)((1 - momentum) * running_mean[c] + momentum * (shift[c] + mu));
+        running_var[c] = (T)((1 - momentum) * running_var[c] + momentum * var * m / (m - 1));
+        if (c == 0) *batches += 1;
+    }
+}
+"""
+)
+
 BATCHNORM_FORWARD = cuda.Kernel(
     r"""
 // One thread per value e of x (N, C, HW): xhat = (x - mean) * rstd and
@@ -267,12 +309,12 @@ extern "C" __global__ void batchnorm_forward(const T* __restrict__ x, const T* _
 """
 )
 
-BATCHNORM_BACKWARD_SUMS = cuda.Kernel(
+BATCHNORM_PARTIAL_SUMS = cuda.Kernel(
     r"""
 // Work item t = c*S + s, as in channel_sums: with g = dout, or dout where out > 0 when
 // relu is set (out is recomputed from xhat: gamma * xhat + beta), it adds up g and
 // g * xhat over its share of channel c, in double. Their totals are dbeta and dgamma.
-extern "C" __global__ void batchnorm_backward_sums(
+extern "C" __global__ void batchnorm_partial_sums(
         const T* __restrict__ dout, const T* __restrict__ xhat, const T* __restrict__ gamma,
         const T* __restrict__ beta, double* __restrict__ dbeta, double* __restrict__ dgamma,
         int C, long long HW, long long m, int S, int relu) {
@@ -293,12 +335,37 @@ extern "C" __global__ void batchnorm_backward_sums(
 """
 )
 
-BATCHNORM_BACKWARD_DX = cuda.Kernel(
+BATCHNORM_GRADIENTS = cuda.Kernel(
     r"""
-// One thread per value e: g as in batchnorm_backward_sums, then
-// dx = scale * (g - mean_g - xhat * mean_gx) with the per-channel scale = gamma * rstd,
-// mean_g = dbeta / m and mean_gx = dgamma / m (both 0 in eval mode).
-extern "C" __global__ void batchnorm_backward_dx(
+// One thread per channel c: adds up the S partial sums into dbeta and dgamma, adds them to
+// the parameters' gradients, and writes the per-channel factors of dx:
+//   scale = gamma * rstd,  mean_g = dbeta / m,  mean_gx = dgamma / m  (both 0 in eval mode).
+extern "C" __global__ void batchnorm_gradients(
+        const double* __restrict__ dbeta_parts, const double* __restrict__ dgamma_parts,
+        const T* __restrict__ gamma, const T* __restrict__ rstd, T* __restrict__ gamma_grad,
+        T* __restrict__ beta_grad, T* __restrict__ scale, T* __restrict__ mean_g,
+        T* __restrict__ mean_gx, int C, int S, long long m, int training) {
+    for_each(c, C) {
+        double db = 0, dg = 0;
+        for (int s = 0; s < S; ++s) {
+            db += dbeta_parts[c * S + s];
+            dg += dgamma_parts[c * S + s];
+        }
+        beta_grad[c] += (T)db;
+        gamma_grad[c] += (T)dg;
+        scale[c] = gamma[c] * rstd[c];
+        mean_g[c] = training ? (T)(db / m) : (T)0;
+        mean_gx[c] = training ? (T)(dg / m) : (T)0;
+    }
+}
+"""
+)
+
+BATCHNORM_DX = cuda.Kernel(
+    r"""
+// One thread per value e: g as in batchnorm_partial_sums, then
+// dx = scale * (g - mean_g - xhat * mean_gx) with the per-channel factors above.
+extern "C" __global__ void batchnorm_dx(
         const T* __restrict__ dout, const T* __restrict__ xhat, const T* __restrict__ gamma,
         const T* __restrict__ beta, const T* __restrict__ scale, const T* __restrict__ mean_g,
         const T* __restrict__ mean_gx, T* __restrict__ dx, long long total, int C,
@@ -318,9 +385,9 @@ def _sum_threads(m: int) -> int:
     return max(1, min(SUM_THREADS, m))
 
 
-def channel_sums_kernel(x: Any) -> tuple[Any, Any, Any]:
-    """x (N, C, H, W) -> float64 (C,) arrays: shift (x[0, c, 0, 0]), sum of x - shift, and
-    sum of (x - shift)^2 over (N, H, W)."""
+def channel_partial_sums_kernel(x: Any) -> tuple[Any, Any, Any]:
+    """x (N, C, H, W) -> float64 shift (C,) = x[0, :, 0, 0], and the partial sums (C, S) of
+    x - shift and of (x - shift)^2 over (N, H, W): their totals are ``.sum(axis=1)``."""
     xp = get_array_module(x)
     n, c, h, w = x.shape
     m, s = n * h * w, _sum_threads(n * h * w)
@@ -329,7 +396,24 @@ def channel_sums_kernel(x: Any) -> tuple[Any, Any, Any]:
     sums = xp.empty((c, s), dtype=xp.float64)
     squares = xp.empty((c, s), dtype=xp.float64)
     CHANNEL_SUMS(c * s, x.dtype, x, shift, sums, squares, c, h * w, m, s)
-    return shift, sums.sum(axis=1), squares.sum(axis=1)
+    return shift, sums, squares
+
+
+def batchnorm_statistics_kernel(
+    x: Any, buffers: dict[str, Any], eps: float, momentum: float
+) -> tuple[Any, Any]:
+    """Training statistics of x (N, C, H, W): returns (mean, rstd), (C,) in x's dtype, and
+    updates ``buffers`` (running_mean, running_var, num_batches_tracked) in place."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    shift, sums, squares = channel_partial_sums_kernel(x)
+    mean, rstd = xp.empty(c, dtype=x.dtype), xp.empty(c, dtype=x.dtype)
+    BATCHNORM_STATISTICS(
+        c, x.dtype, shift, sums, squares, mean, rstd, buffers["running_mean"],
+        buffers["running_var"], buffers["num_batches_tracked"], c, sums.shape[1], n * h * w,
+        eps, momentum,
+    )  # fmt: skip
+    return mean, rstd
 
 
 def batchnorm_forward_kernel(
@@ -346,23 +430,40 @@ def batchnorm_forward_kernel(
     return xhat, out
 
 
-def batchnorm_backward_sums_kernel(
+def batchnorm_partial_sums_kernel(
     dout: Any, xhat: Any, gamma: Any, beta: Any, relu: bool
 ) -> tuple[Any, Any]:
-    """-> float64 (C,) dbeta = sum g and dgamma = sum g * xhat, g = dout (masked by the ReLU)."""
+    """Partial sums (C, S), float64, of g and g * xhat (g = dout, masked by the ReLU): their
+    totals ``.sum(axis=1)`` are dbeta and dgamma."""
     xp = get_array_module(dout)
     n, c, h, w = dout.shape
     m, s = n * h * w, _sum_threads(n * h * w)
     dout = xp.ascontiguousarray(dout)
     dbeta = xp.empty((c, s), dtype=xp.float64)
     dgamma = xp.empty((c, s), dtype=xp.float64)
-    BATCHNORM_BACKWARD_SUMS(
+    BATCHNORM_PARTIAL_SUMS(
         c * s, dout.dtype, dout, xhat, gamma, beta, dbeta, dgamma, c, h * w, m, s, int(relu)
     )
-    return dbeta.sum(axis=1), dgamma.sum(axis=1)
+    return dbeta, dgamma
 
 
-def batchnorm_backward_dx_kernel(
+def batchnorm_gradients_kernel(
+    dout: Any, xhat: Any, gamma: Any, beta: Any, rstd: Any, relu: bool, training: bool
+) -> tuple[Any, Any, Any]:
+    """Adds dgamma and dbeta to the Parameters ``gamma`` and ``beta``; returns dx's
+    per-channel factors (scale, mean_g, mean_gx), (C,) in dout's dtype."""
+    xp = get_array_module(dout)
+    n, c, h, w = dout.shape
+    dbeta, dgamma = batchnorm_partial_sums_kernel(dout, xhat, gamma.data, beta.data, relu)
+    scale, mean_g, mean_gx = (xp.empty(c, dtype=dout.dtype) for _ in range(3))
+    BATCHNORM_GRADIENTS(
+        c, dout.dtype, dbeta, dgamma, gamma.data, rstd, gamma.grad, beta.grad, scale, mean_g,
+        mean_gx, c, dbeta.shape[1], n * h * w, int(training),
+    )  # fmt: skip
+    return scale, mean_g, mean_gx
+
+
+def batchnorm_dx_kernel(
     dout: Any,
     xhat: Any,
     gamma: Any,
@@ -377,20 +478,8 @@ def batchnorm_backward_dx_kernel(
     n, c, h, w = dout.shape
     dout = xp.ascontiguousarray(dout)
     dx = xp.empty_like(dout)
-    BATCHNORM_BACKWARD_DX(
-        dx.size,
-        dout.dtype,
-        dout,
-        xhat,
-        gamma,
-        beta,
-        scale,
-        mean_g,
-        mean_gx,
-        dx,
-        dx.size,
-        c,
-        h * w,
-        int(relu),
-    )
+    BATCHNORM_DX(
+        dx.size, dout.dtype, dout, xhat, gamma, beta, scale, mean_g, mean_gx, dx, dx.size,
+        c, h * w, int(relu),
+    )  # fmt: skip
     return dx
