@@ -59,8 +59,9 @@ else:
 #
 # So minunet replaces the wasteful ones with short CUDA kernels of its own, each in the
 # module of its layer, beside the NumPy code it replaces: im2col and col2im (one launch
-# each), max-pool forward and backward, BatchNorm with its ReLU (four launches instead of
-# a dozen), softmax cross-entropy (one), and the optimiser update (one per parameter).
+# each), max-pool forward and backward, BatchNorm with its ReLU (three launches each way,
+# where the array code takes a dozen full passes and some twenty tiny launches), softmax
+# cross-entropy (one), and the optimiser update (one per parameter).
 # `MINUNET_CUDA_KERNELS=0` switches them off, to compare.
 #
 # CuPy 14 dropped its cuDNN bindings, so none of this calls cuDNN: every convolution is
