@@ -424,11 +424,14 @@ print("BatchNorm2d(relu=True) == BatchNorm2d then ReLU, forward and backward")
 #   then scales by `1/std`. The U-Net folds the ReLU after it into the same layer.
 # - A central-difference gradient check in float64 is the final judge.
 #
-# `numerical_gradient` is also available on its own, for any scalar function of an array:
+# `numerical_gradient` is also available on its own, for any scalar function of an array.
+# Its error is absolute, not relative: rounding in f(a + eps) - f(a - eps) is about
+# 1e-16 * |f| / eps, ~1e-10 here, so an entry of a near 0 needs the `atol`.
 
 # %%
 a = rng.standard_normal((3, 3))
-np.testing.assert_allclose(numerical_gradient(lambda: float(np.sum(a**3)), a), 3 * a**2, rtol=1e-6)
+numeric = numerical_gradient(lambda: float(np.sum(a**3)), a)
+np.testing.assert_allclose(numeric, 3 * a**2, rtol=1e-6, atol=1e-8)
 print("d/da sum(a^3) = 3 a^2: OK")
 
 # %% [markdown]
