@@ -55,6 +55,12 @@ class Device:
         else:
             parts.append(f"CPU {cpu_model()}, {os.cpu_count()} logical cores")
             parts.append(f"{self.threads} threads each side")
+            try:  # minunet's worker threads hold BLAS to one thread with it: say if missing
+                import threadpoolctl
+
+                parts.append(f"threadpoolctl {threadpoolctl.__version__}")
+            except ImportError:
+                parts.append("NO threadpoolctl (minunet's BLAS threads unmanaged)")
         return ", ".join(parts)
 
 

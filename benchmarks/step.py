@@ -53,7 +53,9 @@ def build(
 ) -> tuple[UNet, dict[str, Callable[[], None]]]:
     """The contenders: minunet, torch (NCHW), on the CPU torch channels-last, and with
     ``reference`` minunet with its fast paths switched off: on the CPU the plain im2col
-    path, on the GPU the generic CuPy code instead of the hand-written CUDA kernels."""
+    path (and the fast path with OpenBLAS left to thread itself inside minunet's worker
+    threads, as without threadpoolctl), on the GPU the generic CuPy code instead of the
+    hand-written CUDA kernels."""
     from minunet.interop.torch_unet import TorchUNet, to_torch_state_dict
 
     xp, torch = dev.xp, dev.torch
@@ -84,6 +86,15 @@ def build(
                 cpu.ENABLED, ConvTranspose2d._patches_tile = True, tile
 
         contenders["minunet reference"] = plain
+
+        def unmanaged() -> None:
+            saved, cpu._blas = cpu._blas, False  # as if threadpoolctl were not installed
+            try:
+                ours()
+            finally:
+                cpu._blas = saved
+
+        contenders["minunet, BLAS unmanaged"] = unmanaged
     if reference and dev.backend == "cupy":
 
         def generic() -> None:
