@@ -95,8 +95,8 @@ def _single_threaded_blas() -> Any:
 
     Uses threadpoolctl (a dependency of minunet). Should it be missing, the workers still
     run and BLAS oversubscribes the cores: correct, but slower (a whole training step on
-    the 2-core test machine: 1.47 s with it, 1.97 s without; a single convolution alone
-    hardly notices).
+    the 2-core test machine: 1.45 s with it, 1.96 s without, ``benchmarks/step.py
+    --reference``; a single convolution alone hardly notices).
     """
     global _blas
     if _blas is None:
