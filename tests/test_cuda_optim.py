@@ -3,7 +3,7 @@ NumPy optimisers they replace.
 
 Without a GPU: each optimiser runs twice on the same parameters and gradients, once as
 NumPy code and once down its CuPy branch, with the kernels executed on NumPy arrays by the
-CPU emulator (``cuda_emulator``). ``kernel_path`` makes ``cuda.enabled_for`` say yes so
+CPU emulator (``minunet.cuda_emulator``). ``kernel_path`` makes ``cuda.enabled_for`` say yes so
 that ``_update`` takes that branch, and counts the launches so that a test cannot pass by
 quietly running the NumPy code twice. With a GPU (``@pytest.mark.gpu``, skipped elsewhere):
 the same comparison between a CuPy optimiser and a NumPy one.

@@ -1,6 +1,6 @@
 """MaxPool2d's CUDA kernels against the NumPy layer they replace.
 
-On the CPU emulator (``cuda_emulator``) the kernel wrappers run on NumPy arrays and must
+On the CPU emulator (``minunet.cuda_emulator``) the kernel wrappers run on NumPy arrays and must
 give exactly the NumPy layer's output, argmax and gradient: the same comparisons, the
 same tie rule (the first maximum in row-major window order wins) and the same additions
 in the same order. Inputs are small integers, so most windows hold ties. The ``gpu``
