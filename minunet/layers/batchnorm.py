@@ -96,7 +96,7 @@ class BatchNorm2d(Layer):
             self._update_running(mean, var, m)
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-        rstd = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)  # (C,)
+        rstd = self._rstd(var, x.dtype)  # (C,)
         # Every full-size pass costs a trip through memory (on the CPU, on one core), so
         # each is done in place where a fresh array is not needed: 4 passes, 2 arrays.
         xhat = xc if self.training and self.sync is None else x - mean[:, None, None]
@@ -134,6 +134,10 @@ class BatchNorm2d(Layer):
         dx *= scale
         return dx
 
+    def _rstd(self, var: Any, dtype: Any) -> Any:
+        """1 / sqrt(var + eps), (C,) in ``dtype``."""
+        return (1.0 / get_array_module(var).sqrt(var + self.eps)).astype(dtype, copy=False)
+
     @staticmethod
     def _check_count(x: Any, m: int) -> None:
         if m < 2:
@@ -157,13 +161,15 @@ class BatchNorm2d(Layer):
         xp = get_array_module(x)
         # float64 sums: var = E[x^2] - mean^2 loses digits when |mean| >> std, as many as
         # float32 has (with a mean of 5 and a std of 2, float32 sums kept about 4 digits of it).
-        local = xp.stack(
-            [
-                xp.full(self.num_features, m, dtype=xp.float64),
-                x.sum(axis=(0, 2, 3), dtype=xp.float64),
-                xp.square(x, dtype=xp.float64).sum(axis=(0, 2, 3)),
-            ]
-        )
+        if cuda.enabled_for(x):  # the kernel's sums of x - shift, turned into sums of x
+            shift, sums, squares = channel_partial_sums_kernel(x)
+            sums, squares = sums.sum(axis=1), squares.sum(axis=1)
+            total, square_total = m * shift + sums, squares + 2 * shift * sums + m * shift**2
+        else:
+            total = x.sum(axis=(0, 2, 3), dtype=xp.float64)
+            square_total = xp.square(x, dtype=xp.float64).sum(axis=(0, 2, 3))
+        count = xp.full(self.num_features, m, dtype=xp.float64)
+        local = xp.stack([count, total, square_total])
         return self._from_global_sums(self.sync(local), x.dtype)
 
     @staticmethod
@@ -180,28 +186,18 @@ class BatchNorm2d(Layer):
 
     def _forward_kernels(self, x: Any) -> Any:
         """``forward`` for CuPy arrays: the same formulas, in the kernels below."""
-        xp = get_array_module(x)
         gamma, beta = self.params["weight"].data, self.params["bias"].data
         m = x.shape[0] * x.shape[2] * x.shape[3]
         if not self.training:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-            rstd = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)
+            rstd = self._rstd(var, x.dtype)
         elif self.sync is None:
             self._check_count(x, m)
             mean, rstd = batchnorm_statistics_kernel(x, self.buffers, self.eps, self.momentum)
-        else:  # the raw global sums, as _global_statistics makes them
-            shift, sums, squares = channel_partial_sums_kernel(x)
-            sums, squares = sums.sum(axis=1), squares.sum(axis=1)
-            local = xp.stack(
-                [
-                    xp.full(self.num_features, m, dtype=xp.float64),
-                    m * shift + sums,
-                    squares + 2 * shift * sums + m * shift * shift,
-                ]
-            )
-            mean, var, m = self._from_global_sums(self.sync(local), x.dtype)
+        else:
+            mean, var, m = self._global_statistics(x, m)
             self._update_running(mean, var, m)
-            rstd = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)
+            rstd = self._rstd(var, x.dtype)
         xhat, out = batchnorm_forward_kernel(x, mean, rstd, gamma, beta, self.relu)
         self._cache = (xhat, rstd, self.training, m if self.training else None, None)
         return out
