@@ -53,13 +53,9 @@ class SoftmaxCrossEntropy:
                 f"{tuple(logits.shape)} and {tuple(target.shape)}"
             )
         k = logits.shape[1]
+        if self.check_targets:
+            self._check_labels(target, k)
         if cuda.enabled_for(logits):
-            if self.check_targets:  # the same check as below, before the kernel reads labels
-                bad = (target < 0) | (target >= k)
-                if self.ignore_index is not None:
-                    bad &= target != self.ignore_index
-                if bool(bad.any()):
-                    raise self._label_error(k)
             loss, grad, total = softmax_cross_entropy_kernel(
                 logits, target, self.class_weights, self.ignore_index, pixel_weights
             )
@@ -76,8 +72,6 @@ class SoftmaxCrossEntropy:
         if self.ignore_index is not None:
             valid = target != self.ignore_index
         safe_target = xp.where(valid, target, 0).astype(xp.int64)  # any class; weight 0
-        if self.check_targets and bool(((safe_target < 0) | (safe_target >= k)).any()):
-            raise self._label_error(k)
 
         weights = valid.astype(logits.dtype)  # (N, H, W)
         if self.class_weights is not None:
@@ -94,11 +88,17 @@ class SoftmaxCrossEntropy:
 
     __call__ = forward
 
-    def _label_error(self, k: int) -> ValueError:
-        return ValueError(
-            f"SoftmaxCrossEntropy: target values must lie in [0, {k}) or "
-            f"equal ignore_index ({self.ignore_index})"
-        )
+    def _check_labels(self, target: Any, k: int) -> None:
+        """Raise unless every label lies in [0, k) or equals ignore_index (this reads one
+        flag back from the device, which is why the training loop turns it off)."""
+        bad = (target < 0) | (target >= k)
+        if self.ignore_index is not None:
+            bad &= target != self.ignore_index
+        if bool(bad.any()):
+            raise ValueError(
+                f"SoftmaxCrossEntropy: target values must lie in [0, {k}) or "
+                f"equal ignore_index ({self.ignore_index})"
+            )
 
     def backward(self) -> Any:
         """dL/dlogits, (N, K, H, W)."""
