@@ -19,6 +19,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,36 +76,29 @@ def build(
         opt.step()
 
     contenders = {"minunet": ours}
+
+    def with_settings(changes: list[tuple[Any, str, Any]]) -> Callable[[], None]:
+        """``ours`` run with each (object, attribute, value) set, and restored after."""
+
+        def run() -> None:
+            saved = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
+            for obj, name, value in changes:
+                setattr(obj, name, value)
+            try:
+                ours()
+            finally:
+                for obj, name, value in saved:
+                    setattr(obj, name, value)
+
+        return run
+
     if reference and dev.backend == "numpy":
-
-        def plain() -> None:
-            tile = ConvTranspose2d._patches_tile
-            cpu.ENABLED, ConvTranspose2d._patches_tile = False, lambda self: False
-            try:
-                ours()
-            finally:
-                cpu.ENABLED, ConvTranspose2d._patches_tile = True, tile
-
-        contenders["minunet reference"] = plain
-
-        def unmanaged() -> None:
-            saved, cpu._blas = cpu._blas, False  # as if threadpoolctl were not installed
-            try:
-                ours()
-            finally:
-                cpu._blas = saved
-
-        contenders["minunet, BLAS unmanaged"] = unmanaged
+        plain = [(cpu, "ENABLED", False), (ConvTranspose2d, "_patches_tile", lambda self: False)]
+        contenders["minunet reference"] = with_settings(plain)
+        # as if threadpoolctl were not installed
+        contenders["minunet, BLAS unmanaged"] = with_settings([(cpu, "_blas", False)])
     if reference and dev.backend == "cupy":
-
-        def generic() -> None:
-            cuda.ENABLED = False
-            try:
-                ours()
-            finally:
-                cuda.ENABLED = True
-
-        contenders["minunet no kernels"] = generic
+        contenders["minunet no kernels"] = with_settings([(cuda, "ENABLED", False)])
     layouts = ["nchw"] if dev.backend == "cupy" else ["nchw", "channels_last"]
     for layout in layouts:
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
