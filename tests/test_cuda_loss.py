@@ -108,14 +108,13 @@ def test_kernel_is_stable_for_huge_logits(dtype):
 def test_the_layer_kernel_path_on_the_emulator():
     """SoftmaxCrossEntropy's own kernel branch (label check, cache, backward) on NumPy.
 
-    ``cuda.enabled_for`` is True only for CuPy arrays; here it is made True for every
-    array, so the layer sends NumPy arrays to the emulated kernel as it would CuPy ones.
+    ``emulate(route_numpy=True)`` makes the layer send NumPy arrays to the emulated
+    kernel as it would CuPy ones.
     """
     logits, target, cw, pw = make_case(1, 2, 4, 5, 6, np.float64, 3.0, True, True, 255, 0.3)
     want_loss, want_grad = reference(logits, target, cw, 255, pw)
     layer = SoftmaxCrossEntropy(cw, ignore_index=255)
-    with emulate(), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cuda, "enabled_for", lambda x: True)
+    with emulate(route_numpy=True):
         loss = layer.forward(logits, target, pw)
         assert layer._cache[0] == "kernel"
         dlogits = layer.backward()

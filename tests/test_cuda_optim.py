@@ -3,9 +3,9 @@ NumPy optimisers they replace.
 
 Without a GPU: each optimiser runs twice on the same parameters and gradients, once as
 NumPy code and once down its CuPy branch, with the kernels executed on NumPy arrays by the
-CPU emulator (``minunet.cuda_emulator``). ``kernel_path`` makes ``cuda.enabled_for`` say yes so
-that ``_update`` takes that branch, and counts the launches so that a test cannot pass by
-quietly running the NumPy code twice. With a GPU (``@pytest.mark.gpu``, skipped elsewhere):
+CPU emulator (``minunet.cuda_emulator``). ``kernel_path`` routes NumPy arrays down the
+kernel branches as CuPy arrays go (``emulate(route_numpy=True)``), and counts the
+launches so that a test cannot pass by quietly running the NumPy code twice. With a GPU (``@pytest.mark.gpu``, skipped elsewhere):
 the same comparison between a CuPy optimiser and a NumPy one.
 """
 
@@ -87,7 +87,7 @@ def kernel_path() -> Iterator[list[str]]:
     """Within the block, optimisers on NumPy arrays take their CuPy branch: the kernels run
     on the CPU emulator. Yields the list of kernel launches, by kernel name."""
     launches: list[str] = []
-    with emulate(), pytest.MonkeyPatch.context() as patch:
+    with emulate(route_numpy=True), pytest.MonkeyPatch.context() as patch:
         run_on_cpu = cuda.emulator
         assert run_on_cpu is not None
 
@@ -96,7 +96,6 @@ def kernel_path() -> Iterator[list[str]]:
             run_on_cpu(kernel, *args)
 
         patch.setattr(cuda, "emulator", counting_emulator)
-        patch.setattr(cuda, "enabled_for", lambda x: True)
         yield launches
 
 
