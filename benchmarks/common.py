@@ -115,7 +115,7 @@ def setup(backend: str, tf32: bool) -> Device:
     import numpy as np
     import torch
 
-    from minunet.cpu import num_threads
+    from minunet.accel.cpu import num_threads
 
     threads = num_threads()
     torch.set_num_threads(threads)

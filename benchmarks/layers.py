@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Device, compare, load_line, setup, table  # noqa: E402
 
-from minunet import cpu  # noqa: E402
-from minunet.layers import BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, ReLU  # noqa: E402
-from minunet.losses import SoftmaxCrossEntropy  # noqa: E402
+from minunet.accel import cpu  # noqa: E402
+from minunet.nn import BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, ReLU  # noqa: E402
+from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 
 
 def cases(batch: int) -> list[tuple[str, str, tuple[int, ...]]]:

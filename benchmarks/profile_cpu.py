@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import load_line, table  # noqa: E402
 
-from minunet.layers import Layer  # noqa: E402
-from minunet.losses import SoftmaxCrossEntropy  # noqa: E402
 from minunet.model import UNet  # noqa: E402
-from minunet.optim import Adam  # noqa: E402
+from minunet.nn import Layer  # noqa: E402
+from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
+from minunet.nn.optim import Adam  # noqa: E402
 
 
 def leaves(layer: Layer, prefix: str = "") -> list[tuple[str, Layer]]:

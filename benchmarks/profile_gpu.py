@@ -153,10 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cp = load_cupy(args.tf32)
 
-    from minunet.losses import SoftmaxCrossEntropy
     from minunet.model import UNet
     from minunet.model.summary import trace
-    from minunet.optim import Adam
+    from minunet.nn.losses import SoftmaxCrossEntropy
+    from minunet.nn.optim import Adam
 
     peak_flops, peak_bw = measure_peaks(cp)
     cp.get_default_memory_pool().free_all_blocks()

@@ -7,7 +7,7 @@
     python benchmarks/step.py --backend cupy --reference   # + minunet without its CUDA kernels
 
 One step = forward, softmax cross-entropy, backward, Adam update, on both sides, from
-the same weights (``minunet.interop.torch_unet`` builds the identical graph). On the CPU
+the same weights (``minunet.io.interop.torch_unet`` builds the identical graph). On the CPU
 PyTorch is also timed in channels-last memory format, its faster layout there, for
 reference. GFLOP/s counts the forward FLOPs of ``minunet.model.summary.trace`` times 3
 (the backward of a convolution costs two forwards: input and weight gradients).
@@ -28,12 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Device, compare, load_line, setup, table  # noqa: E402
 
-from minunet import cpu, cuda  # noqa: E402
-from minunet.layers import ConvTranspose2d  # noqa: E402
-from minunet.losses import SoftmaxCrossEntropy  # noqa: E402
+from minunet.accel import cpu  # noqa: E402
+from minunet.accel.cuda import kernel as cuda  # noqa: E402
 from minunet.model import UNet  # noqa: E402
 from minunet.model.summary import trace  # noqa: E402
-from minunet.optim import Adam  # noqa: E402
+from minunet.nn import ConvTranspose2d  # noqa: E402
+from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
+from minunet.nn.optim import Adam  # noqa: E402
 
 GRID = [(b, n, s) for b in (32, 64) for n in (8, 32) for s in (128, 256)]
 
@@ -57,7 +58,7 @@ def build(
     path (and the fast path with OpenBLAS left to thread itself inside minunet's worker
     threads, as without threadpoolctl), on the GPU the generic CuPy code instead of the
     hand-written CUDA kernels."""
-    from minunet.interop.torch_unet import TorchUNet, to_torch_state_dict
+    from minunet.io.interop.torch_unet import TorchUNet, to_torch_state_dict
 
     xp, torch = dev.xp, dev.torch
     rng = np.random.default_rng(0)

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from minunet.checkpoint import save_checkpoint
+from minunet.io.checkpoint import save_checkpoint
 from minunet.model import UNet
 
 # Runs the predict command, then prints this process's own peak memory (KiB) on stderr.
 CHILD = """
 import resource, sys
-from minunet.predict import main
+from minunet.infer.predict import main
 main(sys.argv[1:])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
 """

@@ -21,14 +21,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from minunet.backend import get_backend, to_numpy  # noqa: E402
+from minunet.core.backend import get_backend, to_numpy  # noqa: E402
 from minunet.data.augment import AugmentConfig  # noqa: E402
 from minunet.data.loader import DeviceLoader  # noqa: E402
 from minunet.data.synthetic import synthetic_splits  # noqa: E402
-from minunet.losses import SoftmaxCrossEntropy  # noqa: E402
-from minunet.metrics import confusion_matrix, metrics_from_confusion  # noqa: E402
 from minunet.model import UNet  # noqa: E402
-from minunet.optim import Adam  # noqa: E402
+from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
+from minunet.nn.metrics import confusion_matrix, metrics_from_confusion  # noqa: E402
+from minunet.nn.optim import Adam  # noqa: E402
 
 
 def run_minunet(model, train, val, args, xp):
@@ -122,7 +122,7 @@ def main() -> None:
 
     import torch
 
-    from minunet.interop.torch_unet import TorchUNet, to_torch_state_dict
+    from minunet.io.interop.torch_unet import TorchUNet, to_torch_state_dict
 
     xp = get_backend(args.backend)
     torch.set_num_threads(max(1, torch.get_num_threads()))

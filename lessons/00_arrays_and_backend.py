@@ -29,7 +29,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minunet.backend import get_array_module, get_backend, gpu_available, to_device, to_numpy
+from minunet.core.backend import get_array_module, get_backend, gpu_available, to_device, to_numpy
 from minunet.data.loader import DEFAULT_MEAN, DEFAULT_STD, normalize
 from minunet.data.synthetic import make_toy_pets
 

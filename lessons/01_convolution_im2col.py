@@ -30,10 +30,10 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
+from minunet.core.im2col import conv_output_size, im2col
 from minunet.data.loader import normalize
 from minunet.data.synthetic import make_toy_pets
-from minunet.im2col import conv_output_size, im2col
-from minunet.layers import Conv2d
+from minunet.nn import Conv2d
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
 plt.rcParams["figure.dpi"] = 72
@@ -201,7 +201,7 @@ for stride, padding in [(1, 0), (1, 1), (2, 1), (2, 0)]:
         conv_output_size(7, 3, stride, padding) * conv_output_size(6, 3, stride, padding)
         == (reference.shape[2])
     )
-print("loop im2col == offset im2col == minunet.im2col.im2col, for 4 (stride, padding): OK")
+print("loop im2col == offset im2col == minunet.core.im2col.im2col, for 4 (stride, padding): OK")
 
 # %% [markdown]
 # ## The layer: minunet's `Conv2d`

@@ -32,9 +32,9 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minunet.gradcheck import check_layer, max_relative_error, numerical_gradient
-from minunet.im2col import col2im, im2col
-from minunet.layers import BatchNorm2d, Conv2d, ReLU
+from minunet.core.gradcheck import check_layer, max_relative_error, numerical_gradient
+from minunet.core.im2col import col2im, im2col
+from minunet.nn import BatchNorm2d, Conv2d, ReLU
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
 plt.rcParams["figure.dpi"] = 72
@@ -107,7 +107,7 @@ for stride, padding in [(1, 1), (1, 0), (2, 1)]:
         col2im_loops(dcols, x_shape, 3, 3, stride, padding),
         atol=1e-12,
     )
-print("minunet.im2col.col2im == the loop col2im: OK")
+print("minunet.core.im2col.col2im == the loop col2im: OK")
 
 # %% [markdown]
 # ### The adjoint identity
@@ -192,7 +192,7 @@ print("Conv2d.backward: dW, db and dx equal the hand-derived formulas")
 # good to about 1e-9 relative, so a correct backward agrees to ~1e-8 and a wrong one
 # is off by orders of magnitude more.
 #
-# Which loss? Any scalar works. The trick used by `minunet.gradcheck`: pick a fixed
+# Which loss? Any scalar works. The trick used by `minunet.core.gradcheck`: pick a fixed
 # random array `R` shaped like the output and let `L = sum(out * R)`. Then
 # `dL/d(out) = R` exactly, so `backward(R)` must give the numerical gradient of `L`.
 # Here it is written out once for the input of the convolution.
@@ -225,7 +225,7 @@ print(f"conv dx: max relative error {err:.2e}")
 assert err < 1e-7
 
 # %% [markdown]
-# `minunet.gradcheck.check_layer` does the same for every input and every parameter
+# `minunet.core.gradcheck.check_layer` does the same for every input and every parameter
 # (it is the loop above, wrapped). Strided, unpadded, 1x1 and dilated convolutions all
 # pass:
 

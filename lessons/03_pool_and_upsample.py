@@ -28,8 +28,8 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minunet.gradcheck import check_layer
-from minunet.layers import Conv2d, ConvTranspose2d, MaxPool2d
+from minunet.core.gradcheck import check_layer
+from minunet.nn import Conv2d, ConvTranspose2d, MaxPool2d
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
 plt.rcParams["figure.dpi"] = 72

@@ -32,9 +32,9 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minunet.layers import Concat
 from minunet.model import UNet
 from minunet.model.summary import trace
+from minunet.nn import Concat
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
 plt.rcParams["figure.dpi"] = 72
@@ -125,7 +125,7 @@ for name, side in valid_unet_sides(572):
 # %% [markdown]
 # 572 in, **388 out**: the output covers only the centre of the input tile. The paper
 # predicts a large image tile by tile, feeding each tile with 92 pixels of context on
-# every side ("overlap-tile", `minunet.tiling`). Only some input sizes work: every
+# every side ("overlap-tile", `minunet.infer.tiling`). Only some input sizes work: every
 # pooled map must have an even side.
 #
 # minunet's `UNet(padding="valid")` is that network. With 1 input channel and 2 classes

@@ -23,10 +23,10 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
+from minunet.core.gradcheck import max_relative_error, numerical_gradient
 from minunet.data.synthetic import make_toy_pets
-from minunet.gradcheck import max_relative_error, numerical_gradient
-from minunet.losses import SoftmaxCrossEntropy
-from minunet.metrics import confusion_matrix, format_metrics, metrics_from_confusion
+from minunet.nn.losses import SoftmaxCrossEntropy
+from minunet.nn.metrics import confusion_matrix, format_metrics, metrics_from_confusion
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
 plt.rcParams["figure.dpi"] = 72

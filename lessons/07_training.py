@@ -27,14 +27,14 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minunet.backend import seed_everything
+from minunet.core.backend import seed_everything
 from minunet.data.augment import AugmentConfig
 from minunet.data.loader import DeviceLoader
 from minunet.data.synthetic import synthetic_splits
-from minunet.losses import SoftmaxCrossEntropy
-from minunet.metrics import confusion_matrix, format_metrics, metrics_from_confusion
 from minunet.model import UNet
-from minunet.optim import make_optimizer
+from minunet.nn.losses import SoftmaxCrossEntropy
+from minunet.nn.metrics import confusion_matrix, format_metrics, metrics_from_confusion
+from minunet.nn.optim import make_optimizer
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
 plt.rcParams["figure.dpi"] = 64

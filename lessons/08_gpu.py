@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from minunet.backend import BackendError, get_backend, gpu_available, to_device, to_numpy
-from minunet.cuda_emulator import CXX, emulate
-from minunet.im2col import COL2IM, IM2COL, col2im, col2im_kernel, im2col, im2col_kernel
-from minunet.losses import SoftmaxCrossEntropy
+from minunet.accel.cuda.emulator import CXX, emulate
+from minunet.core.backend import BackendError, get_backend, gpu_available, to_device, to_numpy
+from minunet.core.im2col import COL2IM, IM2COL, col2im, col2im_kernel, im2col, im2col_kernel
 from minunet.model import UNet
+from minunet.nn.losses import SoftmaxCrossEntropy
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
 HAVE_GPU = gpu_available()
@@ -136,7 +136,7 @@ print(COL2IM.text)
 #
 # Every minunet kernel follows that rule: one thread computes one output and never talks
 # to another thread (no shared memory, no atomics). Such a kernel can also be run on the
-# CPU, one thread after another, and gives the GPU's answer. `minunet.cuda_emulator` does
+# CPU, one thread after another, and gives the GPU's answer. `minunet.accel.cuda.emulator` does
 # just that: it compiles the kernel's source with the C++ compiler, with the CUDA built-ins
 # (`blockIdx`, `threadIdx`, ...) as ordinary variables, and calls it once per thread. The
 # test suite runs every kernel this way against the NumPy code on every CI run. Here, the

@@ -13,7 +13,7 @@
 #
 # Lesson 01 turned a convolution into im2col and one matrix product. That code is
 # correct, short, and what minunet runs on the GPU. On NumPy, though, `Conv2d` usually
-# takes a different road, `minunet/cpu.py`, which computes exactly the same sums in a
+# takes a different road, `minunet/accel/cpu.py`, which computes exactly the same sums in a
 # different order and memory layout. Nothing in this lesson changes the maths; it is
 # about *where the numbers sit in memory* and *which core moves them*.
 #
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minunet import cpu
-from minunet.im2col import col2im, im2col
-from minunet.layers import Conv2d
+from minunet.accel import cpu
+from minunet.core.im2col import col2im, im2col
+from minunet.nn import Conv2d
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
 rng = np.random.default_rng(0)
@@ -109,7 +109,7 @@ if not caches:
 #   matrix per convolution from its forward pass until its backward pass.
 #
 # On a GPU, memory is fast and thousands of threads do the copying, so none of this
-# hurts much. On a small CPU it does, and `minunet/cpu.py` attacks each point in turn.
+# hurts much. On a small CPU it does, and `minunet/accel/cpu.py` attacks each point in turn.
 #
 # ## 2. Channels-last columns: copy only the horizontal taps
 #
@@ -269,7 +269,7 @@ for worker, (first, last, count) in sorted(chunks.items()):
 # %%
 @contextmanager
 def fast_path_settings(block_bytes, min_block_pixels, threads):
-    """Temporarily set the block size and the number of threads of minunet.cpu."""
+    """Temporarily set the block size and the number of threads of minunet.accel.cpu."""
     saved = cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS, os.environ.get("MINUNET_THREADS")
     cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS = block_bytes, min_block_pixels
     os.environ["MINUNET_THREADS"] = str(threads)

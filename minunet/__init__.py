@@ -6,9 +6,9 @@ The commands: ``python -m minunet.train``, ``.predict``, ``.evaluate``, ``.expor
 ``.tune`` (each with ``--help``).
 """
 
-from minunet.backend import get_array_module, get_backend
-from minunet.losses import SoftmaxCrossEntropy
+from minunet.core.backend import get_array_module, get_backend
 from minunet.model import UNet
+from minunet.nn.losses import SoftmaxCrossEntropy
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from minunet.backend import BackendError
+from minunet.core.backend import BackendError
 from minunet.errors import MinunetError
 
 

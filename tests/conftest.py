@@ -19,7 +19,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked ``gpu`` when CuPy cannot run, with the reason printed."""
-    from minunet.backend import gpu_available
+    from minunet.core.backend import gpu_available
 
     if gpu_available():
         return

@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 
-from minunet.distributed import make_communicator
 from minunet.errors import MinunetError
-from minunet.losses import SoftmaxCrossEntropy
 from minunet.model import UNet
-from minunet.optim import SGD
+from minunet.nn.losses import SoftmaxCrossEntropy
+from minunet.nn.optim import SGD
+from minunet.train.distributed import make_communicator
 
 
 def batch():

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minunet.backend import gpu_available
+from minunet.core.backend import gpu_available
 from minunet.data.augment import (
     AugmentConfig,
     apply_augment,

@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from minunet.backend import (
+from minunet.core.backend import (
     BackendError,
     get_array_module,
     get_backend,

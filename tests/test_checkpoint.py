@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from minunet import atomic
-from minunet.checkpoint import build_model, load_checkpoint, save_checkpoint
 from minunet.errors import CheckpointError
+from minunet.io.checkpoint import build_model, load_checkpoint, save_checkpoint
 from minunet.model import UNet
 
 

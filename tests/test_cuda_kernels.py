@@ -1,7 +1,7 @@
 """The hand-written CUDA kernels, checked without a GPU.
 
 Each kernel is compiled twice on every run: by the C++ compiler, to execute it thread by
-thread on NumPy arrays against the NumPy code it replaces (``minunet.cuda_emulator``),
+thread on NumPy arrays against the NumPy code it replaces (``minunet.accel.cuda.emulator``),
 and by NVRTC for compute_90, CUDA's own compiler. ``test_cupy_parity.py`` and the
 ``gpu``-marked tests of ``test_cuda_*.py`` run the same comparisons on a real GPU.
 """
@@ -15,10 +15,11 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from minunet import cpu, cuda
-from minunet.cuda_emulator import CXX, NVRTC, emulate, nvrtc_compile
-from minunet.gradcheck import check_layer
-from minunet.im2col import (
+from minunet.accel import cpu
+from minunet.accel.cuda import kernel as cuda
+from minunet.accel.cuda.emulator import CXX, NVRTC, emulate, nvrtc_compile
+from minunet.core.gradcheck import check_layer
+from minunet.core.im2col import (
     IM2COL,
     col2im,
     col2im_kernel,
@@ -26,10 +27,10 @@ from minunet.im2col import (
     im2col,
     im2col_kernel,
 )
-from minunet.layers import BatchNorm2d
-from minunet.losses import SoftmaxCrossEntropy
 from minunet.model import UNet
-from minunet.optim import Adam  # importing the modules above registers their kernels
+from minunet.nn import BatchNorm2d
+from minunet.nn.losses import SoftmaxCrossEntropy
+from minunet.nn.optim import Adam  # importing the modules above registers their kernels
 
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
 

@@ -1,6 +1,6 @@
 """The fused softmax cross-entropy kernel against the NumPy SoftmaxCrossEntropy.
 
-The kernel (``minunet.losses.SOFTMAX_CROSS_ENTROPY``) runs here on the CPU emulator
+The kernel (``minunet.nn.losses.SOFTMAX_CROSS_ENTROPY``) runs here on the CPU emulator
 (``cuda_emulator.emulate``) on NumPy arrays; NVRTC compiles it for the GPU in
 ``test_cuda_kernels.py``, which finds every kernel by itself. The tests marked ``gpu`` run
 the same comparison on CuPy arrays, and are skipped on a machine without one.
@@ -22,10 +22,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minunet import cuda
-from minunet.backend import to_numpy
-from minunet.cuda_emulator import CXX, emulate
-from minunet.losses import SoftmaxCrossEntropy, softmax_cross_entropy_kernel
+from minunet.accel.cuda import kernel as cuda
+from minunet.accel.cuda.emulator import CXX, emulate
+from minunet.core.backend import to_numpy
+from minunet.nn.losses import SoftmaxCrossEntropy, softmax_cross_entropy_kernel
 
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
 RTOL = {np.float64: 1e-12, np.float32: 1e-5}

@@ -1,9 +1,9 @@
-"""The optimiser kernels (``SGD_UPDATE``, ``ADAM_UPDATE`` in minunet/optim.py) against the
+"""The optimiser kernels (``SGD_UPDATE``, ``ADAM_UPDATE`` in minunet/nn/optim.py) against the
 NumPy optimisers they replace.
 
 Without a GPU: each optimiser runs twice on the same parameters and gradients, once as
 NumPy code and once down its CuPy branch, with the kernels executed on NumPy arrays by the
-CPU emulator (``minunet.cuda_emulator``). ``kernel_path`` routes NumPy arrays down the
+CPU emulator (``minunet.accel.cuda.emulator``). ``kernel_path`` routes NumPy arrays down the
 kernel branches as CuPy arrays go (``emulate(route_numpy=True)``), and counts the
 launches so that a test cannot pass by quietly running the NumPy code twice. With a GPU (``@pytest.mark.gpu``, skipped elsewhere):
 the same comparison between a CuPy optimiser and a NumPy one.
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from minunet import cuda
-from minunet.backend import get_backend, to_device, to_numpy
-from minunet.cuda_emulator import CXX, emulate
-from minunet.layers.base import Parameter
-from minunet.optim import SGD, Adam, AdamW, Optimizer
+from minunet.accel.cuda import kernel as cuda
+from minunet.accel.cuda.emulator import CXX, emulate
+from minunet.core.backend import get_backend, to_device, to_numpy
+from minunet.nn.base import Parameter
+from minunet.nn.optim import SGD, Adam, AdamW, Optimizer
 
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
 

@@ -1,6 +1,6 @@
 """MaxPool2d's CUDA kernels against the NumPy layer they replace.
 
-On the CPU emulator (``minunet.cuda_emulator``) the kernel wrappers run on NumPy arrays and must
+On the CPU emulator (``minunet.accel.cuda.emulator``) the kernel wrappers run on NumPy arrays and must
 give exactly the NumPy layer's output, argmax and gradient: the same comparisons, the
 same tie rule (the first maximum in row-major window order wins) and the same additions
 in the same order. Inputs are small integers, so most windows hold ties. The ``gpu``
@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minunet.backend import to_numpy
-from minunet.cuda_emulator import CXX, emulate
-from minunet.layers import MaxPool2d
-from minunet.layers.pool import maxpool_backward_kernel, maxpool_forward_kernel
+from minunet.accel.cuda.emulator import CXX, emulate
+from minunet.core.backend import to_numpy
+from minunet.nn import MaxPool2d
+from minunet.nn.pool import maxpool_backward_kernel, maxpool_forward_kernel
 
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
 

@@ -8,10 +8,10 @@ U-Net training step.
 import numpy as np
 import pytest
 
-from minunet.backend import to_numpy
-from minunet.layers import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, MaxPool2d, ReLU
-from minunet.losses import SoftmaxCrossEntropy
+from minunet.core.backend import to_numpy
 from minunet.model import UNet
+from minunet.nn import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, MaxPool2d, ReLU
+from minunet.nn.losses import SoftmaxCrossEntropy
 
 pytestmark = pytest.mark.gpu
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}

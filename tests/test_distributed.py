@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from helpers_cli import run_python
 
-from minunet.losses import SoftmaxCrossEntropy
 from minunet.model import UNet
-from minunet.optim import SGD
+from minunet.nn.losses import SoftmaxCrossEntropy
+from minunet.nn.optim import SGD
 
 pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install 'minunet[mpi]')")
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")

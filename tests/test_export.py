@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from helpers_cli import run_python
 
-from minunet.checkpoint import load_checkpoint, save_checkpoint
+from minunet.io.checkpoint import load_checkpoint, save_checkpoint
 from minunet.model import UNet
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
@@ -28,13 +28,13 @@ ort = pytest.importorskip(
     "onnxruntime", reason="onnxruntime is not installed (pip install 'minunet[export]')"
 )
 
-from minunet import export as cli  # noqa: E402
-from minunet.interop.onnx_export import (  # noqa: E402
+from minunet.io import export as cli  # noqa: E402
+from minunet.io.interop.onnx_export import (  # noqa: E402
     unet_to_onnx,
     valid_input_side,
     valid_shrink,
 )
-from minunet.interop.torch_unet import (  # noqa: E402
+from minunet.io.interop.torch_unet import (  # noqa: E402
     TorchUNet,
     from_torch_state_dict,
     to_torch_state_dict,
@@ -211,7 +211,7 @@ def test_onnx_matches_minunet_on_two_sizes_and_two_batch_sizes(key):
 
 def test_minunet_imports_neither_torch_nor_onnx_until_asked():
     code = (
-        "import sys, minunet.export, minunet.interop, minunet.checkpoint, minunet.model; "
+        "import sys, minunet.io.export, minunet.io.interop, minunet.io.checkpoint, minunet.model; "
         "print(sorted({'torch', 'onnx', 'onnxruntime'} & set(sys.modules)))"
     )
     done = run_python("-c", code)

@@ -1,6 +1,6 @@
 """The CPU fast paths against the plain reference paths they replace, on the same inputs.
 
-``minunet.cpu`` computes stride-1 convolutions channels-last, in row blocks, over threads;
+``minunet.accel.cpu`` computes stride-1 convolutions channels-last, in row blocks, over threads;
 ConvTranspose2d with kernel == stride skips col2im; MaxPool2d 2x2 is a tournament. Each
 must agree with the reference path (which tests/test_torch_parity.py checks against
 PyTorch) or with a brute-force loop, for every geometry it accepts.
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minunet import cpu
-from minunet.layers import Conv2d, ConvTranspose2d, MaxPool2d
+from minunet.accel import cpu
+from minunet.nn import Conv2d, ConvTranspose2d, MaxPool2d
 
 
 def conv_both_ways(layer, x, dout, monkeypatch):

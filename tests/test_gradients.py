@@ -1,7 +1,7 @@
 """Every layer's backward against central differences, in float64, on drawn shapes.
 
 Each test draws the batch, channels, spatial size, kernel, stride and padding, builds the
-layer in float64 and asks ``minunet.gradcheck`` for the worst relative error of the input
+layer in float64 and asks ``minunet.core.gradcheck`` for the worst relative error of the input
 and parameter gradients. Central differences in float64 are good to ~1e-9 here, so
 1e-6 is tight: a wrong term in a backward formula shows up as O(1).
 """
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from minunet.gradcheck import check_layer, max_relative_error, numerical_gradient
-from minunet.layers import (
+from minunet.core.gradcheck import check_layer, max_relative_error, numerical_gradient
+from minunet.nn import (
     BatchNorm2d,
     Concat,
     Conv2d,
@@ -21,7 +21,7 @@ from minunet.layers import (
     MaxPool2d,
     ReLU,
 )
-from minunet.losses import SoftmaxCrossEntropy
+from minunet.nn.losses import SoftmaxCrossEntropy
 
 TOL = 1e-6
 seeds = st.integers(0, 2**31)

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minunet.im2col import col2im, conv_output_size, im2col
+from minunet.core.im2col import col2im, conv_output_size, im2col
 
 
 @st.composite

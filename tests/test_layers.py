@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minunet.layers import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, MaxPool2d
+from minunet.nn import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, MaxPool2d
 
 
 def conv_loops(x, w, b, s, p):

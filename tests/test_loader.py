@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from minunet.backend import gpu_available
+from minunet.core.backend import gpu_available
 from minunet.data.augment import AugmentConfig
 from minunet.data.dataset import SegmentationData
 from minunet.data.loader import DeviceLoader, normalize

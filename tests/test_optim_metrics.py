@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from minunet.layers import Parameter
-from minunet.metrics import confusion_matrix, metrics_from_confusion
-from minunet.optim import SGD, Adam, AdamW, clip_grad_norm, learning_rate, make_optimizer
+from minunet.nn import Parameter
+from minunet.nn.metrics import confusion_matrix, metrics_from_confusion
+from minunet.nn.optim import SGD, Adam, AdamW, clip_grad_norm, learning_rate, make_optimizer
 
 torch = pytest.importorskip("torch", reason="PyTorch (the reference) is not installed")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minunet.tiling import predict_tiled, valid_output_size
+from minunet.infer.tiling import predict_tiled, valid_output_size
 
 RNG = np.random.default_rng(0)
 CHANNELS, HIDDEN, CLASSES = 2, 4, 3

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from minunet.layers import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, MaxPool2d, ReLU
-from minunet.losses import SoftmaxCrossEntropy
+from minunet.nn import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, MaxPool2d, ReLU
+from minunet.nn.losses import SoftmaxCrossEntropy
 
 torch = pytest.importorskip("torch", reason="PyTorch (the reference) is not installed")
 F = torch.nn.functional

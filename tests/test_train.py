@@ -11,11 +11,11 @@ import pytest
 from helpers_cli import run_python, start_python
 from PIL import Image
 
-from minunet.checkpoint import load_checkpoint
 from minunet.data.sources import DataOptions
-from minunet.losses import SoftmaxCrossEntropy
+from minunet.io.checkpoint import load_checkpoint
 from minunet.model import UNet
-from minunet.optim import make_optimizer
+from minunet.nn.losses import SoftmaxCrossEntropy
+from minunet.nn.optim import make_optimizer
 from minunet.train import TrainConfig, train
 from minunet.train.loop import NonFiniteLoss
 

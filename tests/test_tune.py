@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from helpers_cli import run_python
 
-from minunet import tune
 from minunet.cli import run_cli
+from minunet.train import tune
 from minunet.train.__main__ import build_parser as build_train_parser
 from minunet.train.loop import NonFiniteLoss
 

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from minunet.core.gradcheck import max_relative_error, numerical_gradient
 from minunet.errors import MinunetError
-from minunet.gradcheck import max_relative_error, numerical_gradient
-from minunet.losses import SoftmaxCrossEntropy
 from minunet.model import UNet
 from minunet.model.summary import trace
+from minunet.nn.losses import SoftmaxCrossEntropy
 
 
 def test_paper_configuration():

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from minunet.backend import get_array_module
+from minunet.core.backend import get_array_module
 
 # ITU-R BT.601 luma weights, the usual "grey" of an RGB image.
 LUMA = (0.299, 0.587, 0.114)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from minunet.backend import get_array_module
+from minunet.core.backend import get_array_module
 from minunet.data.augment import sample_bilinear, sample_nearest
 
 DEFAULT_SIGMA = 10.0  # pixels, the paper's standard deviation of the grid displacements

@@ -63,11 +63,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from minunet.atomic import save_npz_atomic
 from minunet.data.dataset import NativeSizeData, SegmentationData
 from minunet.data.imageio import open_image, resize_image, resize_mask
 from minunet.data.weightmap import IGNORE_LABEL, border_weight_map
 from minunet.errors import DataError
+from minunet.io.atomic import save_npz_atomic
 
 IMAGES, MASKS = "images", "masks"
 CLASSES_FILE = "classes.json"

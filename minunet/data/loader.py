@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from minunet.backend import get_array_module, to_device
+from minunet.core.backend import get_array_module, to_device
 from minunet.data.augment import AugmentConfig, apply_augment, draw_augment_params
 from minunet.data.dataset import SegmentationData
 from minunet.errors import DataError, MinunetError

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minunet.atomic import save_npz_atomic
 from minunet.data.dataset import PETS_CLASS_NAMES, NativeSizeData, SegmentationData
 from minunet.data.download import download as download_file
 from minunet.data.download import extract_tar, verify_sha256
 from minunet.data.imageio import open_image, read_rgb, resize_image, resize_mask
 from minunet.errors import DataError
+from minunet.io.atomic import save_npz_atomic
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Computed from the shape formulas alone (no forward pass), so the paper's 572x572
 network is summarised instantly. FLOPs count a multiply-add as two; "activations" is
 what the forward keeps for the backward (the output, plus the im2col columns a
 convolution caches, which for a 3x3 convolution are 9x its input). That is the plain
-im2col path, the GPU's; the CPU fast path (``minunet.cpu``) rebuilds the columns in the
+im2col path, the GPU's; the CPU fast path (``minunet.accel.cpu``) rebuilds the columns in the
 backward instead of keeping them, so on NumPy the figure is an upper bound.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from minunet.layers import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, MaxPool2d, ReLU
+from minunet.nn import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, MaxPool2d, ReLU
 
 if TYPE_CHECKING:
     from minunet.model.unet import UNet

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from minunet.errors import MinunetError
-from minunet.layers import (
+from minunet.nn import (
     BatchNorm2d,
     Concat,
     Conv2d,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minunet.backend import BACKENDS
 from minunet.cli import positive_int, run_cli
+from minunet.core.backend import BACKENDS
 from minunet.data.sources import SOURCES, DataOptions
-from minunet.optim import OPTIMIZERS, SCHEDULES
+from minunet.nn.optim import OPTIMIZERS, SCHEDULES
 from minunet.train.loop import TrainConfig, train
 
 EXAMPLES = """examples:

@@ -31,21 +31,21 @@ from typing import Any
 
 import numpy as np
 
-from minunet.atomic import atomic_write
-from minunet.backend import backend_name, get_backend, seed_everything, to_numpy
-from minunet.checkpoint import load_checkpoint, save_checkpoint
+from minunet.core.backend import backend_name, get_backend, seed_everything, to_numpy
 from minunet.data.augment import AugmentConfig
 from minunet.data.loader import DEFAULT_MEAN, DEFAULT_STD, DeviceLoader
 from minunet.data.sources import DataOptions, load_splits
-from minunet.distributed import Communicator, make_communicator
 from minunet.errors import CheckpointError, MinunetError
-from minunet.inference import accepts_as_batch, predict_classes
-from minunet.layers.concat import centre_crop_box
-from minunet.losses import SoftmaxCrossEntropy
-from minunet.metrics import confusion_matrix, metrics_from_confusion
+from minunet.infer.inference import accepts_as_batch, predict_classes
+from minunet.io.atomic import atomic_write
+from minunet.io.checkpoint import load_checkpoint, save_checkpoint
 from minunet.model import UNet
-from minunet.optim import clip_grad_norm, learning_rate, make_optimizer
-from minunet.plots import plot_curves, plot_predictions
+from minunet.nn.concat import centre_crop_box
+from minunet.nn.losses import SoftmaxCrossEntropy
+from minunet.nn.metrics import confusion_matrix, metrics_from_confusion
+from minunet.nn.optim import clip_grad_norm, learning_rate, make_optimizer
+from minunet.train.distributed import Communicator, make_communicator
+from minunet.train.plots import plot_curves, plot_predictions
 
 PREVIEW_SAMPLES = 4  # validation images shown in predictions.png
 
@@ -624,7 +624,7 @@ def _silent(*args: Any, **kwargs: Any) -> None:
 
 def _batchnorms(model: UNet) -> list[Any]:
     """Every BatchNorm2d in the model, depth first."""
-    from minunet.layers import BatchNorm2d
+    from minunet.nn import BatchNorm2d
 
     found = []
 

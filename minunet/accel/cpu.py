@@ -1,0 +1,324 @@
+"""CPU fast paths: a small thread pool and a cache-blocked convolution for NumPy.
+
+Why this module exists. NumPy runs every elementwise operation on one core and hands a
+matrix product to OpenBLAS, whose speed depends on the product's shape. A convolution
+written as "im2col of the whole batch, then one big product" (``minunet.core.im2col``) is
+correct and simple, but on a small CPU it loses twice: the column matrix (9x the input)
+does not fit in any cache, so building it runs at memory speed, and the copies that build
+it use a single core. This module does the same arithmetic in a different order:
+
+* **Channels last.** A patch's values for one kernel offset are the C channels of one
+  pixel, which sit next to each other in an (H, W, C) image, so columns are copied as
+  runs of C floats instead of scattered ones, and the products are (pixels, .) @ (., K).
+* **Only the horizontal taps are copied.** In a channels-last block of image rows, moving
+  the kernel down one row is moving a whole image row further in memory. So the columns
+  hold the kw horizontal taps of every row the block sees (kw*C values per pixel), and
+  each vertical tap a is a contiguous slice of them: kh products of (P, kw*C) @ (kw*C, K)
+  summed, instead of one (P, kh*kw*C) product. 3x less copying for a 3x3 kernel
+  (measured 0.82x the time of full im2col at 32 channels, 0.94x at 256).
+* **Blocks of image rows.** Each block's columns (a few MB) are built, multiplied and
+  dropped; the next block reuses the buffers. Blocks are large because each one costs
+  some twenty NumPy calls, and the two threads wait on each other's GIL between calls:
+  at 32 channels on the 2-core test machine, 128 KB blocks ran 4x slower than 2 MB ones
+  (and 4-8 MB no faster).
+* **One block per thread, single-threaded BLAS.** Two Python threads each build and
+  multiply their own blocks (NumPy releases the GIL inside copies and matrix products);
+  OpenBLAS is held to one thread meanwhile so that the two workers do not fight over the
+  cores. Measured here: a forward runs 1.56-1.59x faster on 2 threads than on 1; the
+  products scale, the copies (memory-bound) hardly do.
+* **The backward reuses the forward.** For stride 1, the input gradient of a convolution
+  is a convolution of the (padded) output gradient with the kernel flipped and its two
+  channel axes swapped: a gather, so blocks never write to the same pixel. The weight
+  gradient rebuilds each block's columns instead of keeping them all in memory.
+
+The layers call these only for NumPy float arrays with stride 1, dilation 1 and at least
+MIN_CHANNELS input channels; anything else goes through the plain im2col path, which stays the reference the tests compare
+against (``tests/test_fast_paths.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+
+# Set MINUNET_FAST_CPU=0 to run every layer through the plain reference path instead.
+ENABLED = os.environ.get("MINUNET_FAST_CPU", "1") != "0"
+
+# Channels-last copies move runs of C values: with the 3 channels of an RGB input those
+# runs are too short, and the NCHW reference (runs of a whole image row) was 2.4-2.9x faster.
+MIN_CHANNELS = 8
+
+# Bytes of columns built per block (see the module docstring: fewer, larger blocks won).
+BLOCK_BYTES = 2 << 20
+# ... but at least this many output pixels per block: a product with fewer rows than this
+# runs at ~70% of OpenBLAS's single-core speed (measured for the U-Net's 8x8, 512-channel
+# layers: 32 rows 66 GFLOP/s, 64 rows 77, 256 rows 93).
+MIN_BLOCK_PIXELS = 128
+
+
+def num_threads() -> int:
+    """Worker threads for the fast paths: ``MINUNET_THREADS`` or the usable cores."""
+    env = os.environ.get("MINUNET_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+_blas: Any = None  # threadpoolctl's controller, found once, or False where it is missing
+
+
+def _get_pool(threads: int) -> ThreadPoolExecutor:
+    """The shared pool, grown if more workers are asked for (the caller is one more)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < threads - 1:
+            _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="minunet")
+            _pool_size = threads - 1
+        return _pool
+
+
+def _single_threaded_blas() -> Any:
+    """A context that holds OpenBLAS (or MKL) to one thread, or does nothing.
+
+    Uses threadpoolctl (a dependency of minunet). Should it be missing, the workers still
+    run and BLAS oversubscribes the cores: correct, but slower (a whole training step on
+    the 2-core test machine: 1.45 s with it, 1.96 s without, ``benchmarks/step.py
+    --reference``; a single convolution alone hardly notices).
+    """
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _blas = ThreadpoolController()
+        except ImportError:
+            _blas = False
+    if _blas is False:
+        return nullcontext()
+    return _blas.limit(limits=1, user_api="blas")
+
+
+def parallel(fn: Callable[[int, Sequence[Any]], None], items: Sequence[Any]) -> None:
+    """Split ``items`` into one contiguous chunk per thread and run ``fn(worker, chunk)``.
+
+    The calling thread takes chunk 0 itself. Chunks (not single items) go to the pool, so
+    the pool's overhead is paid once per thread, not once per block. ``worker`` (0, 1, ...)
+    lets ``fn`` keep results of its own (partial sums) without locks.
+    """
+    if num_threads() == 1:
+        # One worker asked for (MINUNET_THREADS=1, or one core): the blocks' products are
+        # small, and OpenBLAS splitting each over its own threads is what the pool avoids
+        # (with another program busy on the second core, a 32-channel 128x128 convolution
+        # ran 2.7x slower that way here, and 40x in one lesson build).
+        with _single_threaded_blas():
+            fn(0, items)
+        return
+    threads = min(num_threads(), len(items))
+    if threads <= 1:  # a single item: BLAS may use the cores for it
+        fn(0, items)
+        return
+    bounds = [len(items) * t // threads for t in range(threads + 1)]
+    chunks = [items[bounds[t] : bounds[t + 1]] for t in range(threads)]
+    pool = _get_pool(threads)
+    with _single_threaded_blas():
+        futures = [pool.submit(fn, t, chunks[t]) for t in range(1, threads)]
+        fn(0, chunks[0])
+        for f in futures:
+            f.result()  # re-raises a worker's exception here
+
+
+# -- per-thread scratch buffers -------------------------------------------------------------
+_buffers: dict[tuple, np.ndarray] = {}
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A reusable uninitialised buffer owned by the calling thread (allocating MBs per
+    block costs page faults every time; reusing keeps it warm in cache). Keyed by thread,
+    so two models running in two threads never share one."""
+    key = (threading.get_ident(), name, np.dtype(dtype).str)
+    buf = _buffers.get(key)
+    size = math.prod(shape)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype=dtype)
+        _buffers[key] = buf
+    return buf[:size].reshape(shape)
+
+
+# -- the blocked convolution ----------------------------------------------------------------
+def fast_conv_ok(x: Any, stride: int, dilation: int, padding: int, kernel: int) -> bool:
+    """True when ``conv2d_forward`` / ``conv2d_backward`` below apply."""
+    return (
+        ENABLED
+        and type(x) is np.ndarray
+        and x.dtype in (np.float32, np.float64)
+        and stride == 1
+        and dilation == 1
+        and x.shape[1] >= MIN_CHANNELS
+        and padding <= kernel - 1  # so the input gradient's padding k-1-p is >= 0
+    )
+
+
+def _row_blocks(n: int, ho: int, row_pixels: int, row_bytes: int) -> list[tuple[int, int, int]]:
+    """(image, first row, end row) blocks of about BLOCK_BYTES of columns each."""
+    rows = max(1, BLOCK_BYTES // max(1, row_bytes), -(-MIN_BLOCK_PIXELS // row_pixels))
+    rows = min(ho, rows)
+    rows = -(-ho // -(-ho // rows))  # equal blocks: 8 rows as 4 + 4, not 7 + 1
+    return [(i, r, min(r + rows, ho)) for i in range(n) for r in range(0, ho, rows)]
+
+
+def _row_columns(
+    x: np.ndarray, i: int, r0: int, r1: int, kh: int, kw: int, pad: int, wo: int
+) -> np.ndarray:
+    """Channels-last columns of the horizontal taps for output rows [r0, r1) of image i.
+
+    Returns cols of shape ((rows+kh-1)*Wo, kw*C) with cols[r*Wo + w] = the kw*C values
+    that the kernel's row sees at (input row r0 - pad + r, output column w). For vertical
+    offset a, the columns of the whole block are then the contiguous slice
+    cols[a*Wo : (a+rows)*Wo]: the vertical taps cost nothing to build, so this matrix is
+    kh times smaller than full im2col (3x for a 3x3 kernel, less copying per product).
+
+    x is (N, C, H, W). First the input rows these outputs see, with their zero padding,
+    are copied into a small (rows+kh-1, Wo+kw-1, C) slab (the transpose to channels-last
+    happens here, on a block that fits in cache); then each horizontal offset b is a
+    slice of the slab, copied as runs of C contiguous values.
+    """
+    _, c, h, w = x.shape
+    rows_in_block = r1 - r0 + kh - 1
+    slab = scratch("slab", (rows_in_block, wo + kw - 1, c), x.dtype)
+    top = r0 - pad  # input row that slab row 0 holds (may be negative: padding)
+    lo, hi = max(top, 0), min(top + rows_in_block, h)
+    # Zero only the padding ring: rows above/below the image and columns left/right.
+    slab[: lo - top] = 0
+    slab[hi - top :] = 0
+    slab[:, :pad] = 0
+    slab[:, pad + w :] = 0
+    # Two copies beat one here: reading x[i, :, lo:hi] channel by channel (a stride of a
+    # whole image plane per value) thrashes the TLB; copying the rows as they lie first,
+    # then transposing the small contiguous block, measured ~4x faster.
+    rows_in = scratch("rows_in", (c, hi - lo, w), x.dtype)
+    rows_in[...] = x[i, :, lo:hi]
+    slab[lo - top : hi - top, pad : pad + w] = rows_in.transpose(1, 2, 0)
+    cols = scratch("cols", (rows_in_block, wo, kw, c), x.dtype)
+    for b in range(kw):
+        cols[:, :, b] = slab[:, b : b + wo]
+    return cols.reshape(rows_in_block * wo, kw * c)
+
+
+def conv2d_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, padding: int
+) -> np.ndarray:
+    """Stride-1 convolution, blocked over image rows and threads.
+
+    x (N, C, H, W), weight (K, C, kh, kw), bias (K,) or None -> out (N, K, Ho, Wo)
+
+    Per block of P = rows*Wo output pixels: out_block = sum over vertical offsets a of
+    cols[a*Wo : a*Wo + P] (P, kw*C) @ W_a (kw*C, K), all channels-last.
+    """
+    n, c, h, w = x.shape
+    k, _, kh, kw = weight.shape
+    ho, wo = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    # W_a as (kw*C, K) matrices, rows ordered (b, c) like the channels-last columns.
+    wmat = np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(kh, kw * c, k))
+    out = np.empty((n, k, ho, wo), dtype=x.dtype)
+    blocks = _row_blocks(n, ho, wo, wo * kw * c * x.itemsize)
+
+    def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
+        for i, r0, r1 in chunk:
+            p = (r1 - r0) * wo
+            cols = _row_columns(x, i, r0, r1, kh, kw, padding, wo)
+            # Channels-last products (P, kw*C) @ (kw*C, K): with one BLAS thread they ran
+            # ~1.6x faster at K = 32 than the same product computed as (K, .) @ (., P)
+            # straight into NCHW, which pays for the transposing copy at the end.
+            res = scratch("res", (p, k), x.dtype)
+            part = scratch("part", (p, k), x.dtype)
+            np.matmul(cols[:p], wmat[0], out=res)
+            for a in range(1, kh):
+                np.matmul(cols[a * wo : a * wo + p], wmat[a], out=part)
+                res += part
+            if bias is not None:
+                res += bias
+            out[i, :, r0:r1] = res.T.reshape(k, r1 - r0, wo)  # back to NCHW, block by block
+
+    parallel(work, blocks)
+    return out
+
+
+def conv2d_backward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    dout: np.ndarray,
+    padding: int,
+    need_bias: bool,
+    need_input: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Gradients of ``conv2d_forward``: (dx (N, C, H, W), dW (K, C, kh, kw), db (K,)); db is
+    None without ``need_bias``, dx None without ``need_input``.
+
+    dW_a = sum over blocks of dout_block (K, P) @ cols[a*Wo : a*Wo + P] (P, kw*C), each
+    worker summing its own blocks (no shared writes), the per-worker sums added at the end.
+    dx = conv2d_forward(dout, W flipped in space with C and K swapped, padding k-1-p).
+    """
+    n, c, h, w = x.shape
+    k, _, kh, kw = weight.shape
+    ho, wo = dout.shape[2:]
+    threads = num_threads()
+    dw_parts = np.zeros((threads, kh, k, kw * c), dtype=x.dtype)
+    blocks = _row_blocks(n, ho, wo, wo * kw * c * x.itemsize)
+
+    def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
+        for i, r0, r1 in chunk:
+            p = (r1 - r0) * wo
+            cols = _row_columns(x, i, r0, r1, kh, kw, padding, wo)
+            d = dout[i, :, r0:r1].reshape(k, p)  # (K, P), a view
+            for a in range(kh):
+                dw_parts[worker, a] += d @ cols[a * wo : a * wo + p]
+
+    parallel(work, blocks)
+    # (kh, K, kw, C) -> (K, C, kh, kw)
+    dw = dw_parts.sum(axis=0).reshape(kh, k, kw, c).transpose(1, 3, 0, 2)
+    db = dout.sum(axis=(0, 2, 3)) if need_bias else None
+    if not need_input:
+        return None, np.ascontiguousarray(dw), db
+    flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, K, kh, kw)
+    dx = conv2d_forward(np.ascontiguousarray(dout), flipped, None, kh - 1 - padding)
+    return dx, np.ascontiguousarray(dw), db
+
+
+# -- products with a batch axis -------------------------------------------------------------
+def batched_matmul(a: Any, b: Any) -> Any:
+    """``a @ b`` with a batch axis: a (N, M, K) or (M, K), b (N, K, P) or (K, P) -> (N, M, P).
+
+    On NumPy the batch is split over the pool's threads, one image's product per call with
+    single-threaded BLAS, as the blocked convolution does. Left to itself, OpenBLAS splits
+    every one of these small products over its own two threads, which wait for each other
+    at the end of each product: when another process holds a core, that wait is a
+    scheduler time slice, and the U-Net's four ConvTranspose2d layers measured ~10x slower
+    (2.2 s per step instead of 0.12 s, load average 3.5 on 2 cores). Other arrays (CuPy)
+    get a plain ``a @ b``.
+    """
+    if not (ENABLED and type(a) is np.ndarray and type(b) is np.ndarray):
+        return a @ b
+    if max(a.ndim, b.ndim) != 3 or min(a.ndim, b.ndim) < 2:
+        return a @ b
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    out = np.empty((*batch, a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
+
+    def work(worker: int, images: Sequence[int]) -> None:
+        for i in images:
+            np.matmul(a[i] if a.ndim == 3 else a, b[i] if b.ndim == 3 else b, out=out[i])
+
+    parallel(work, range(batch[0]))
+    return out

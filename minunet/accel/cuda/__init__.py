@@ -1,0 +1,1 @@
+"""Hand-written CUDA kernels: the framework (``kernel``) and its CPU emulator (``emulator``)."""

@@ -1,0 +1,208 @@
+"""Overlap-tile prediction: segment an image of any size, tile by tile, in bounded memory.
+
+The U-Net paper (Fig. 2) predicts large images in tiles: each output tile needs the
+input around it as context, and where the image ends the missing context is filled by
+mirroring the image. This module does that for any fully convolutional ``forward``:
+
+    forward(x: (B, C, h, w) float32) -> logits (B, K, h', w')
+
+Only ``batch`` tiles' activations exist at any time; the (K, H, W) result (or the (H, W)
+class map) is the only full-size array.
+
+Two kinds of network, two input-size rules:
+
+* **valid padding** (the paper's network: no zero padding, each 3x3 conv trims a pixel
+  on each side): h' = h - 2 * valid_shrink. The image is mirror-padded by
+  ``valid_shrink`` on every side and tiled so that the output tiles cover it exactly:
+  the result equals running the network on the whole mirror-padded image. Not every h
+  is allowed: for a U-Net of depth d with two 3x3 convs per level, each level down
+  needs an even size after its convs; ``valid_output_size(h, depth)`` returns h' or None
+  (e.g. 572 -> 388 for depth 4, valid_shrink 92).
+* **same padding** (minunet's default network): h' = h, and a U-Net of depth d needs
+  tile sides that are multiples of 2**d. The image is mirror-padded at the bottom and
+  right to a multiple of 2**d, tiles overlap by ``2 * margin`` pixels, and each tile
+  keeps only its centre part (the overlap is discarded), because pixels near a tile's
+  edge saw zero padding instead of the real neighbourhood. Tiles start on multiples of
+  2**d so the pooling grid matches the whole-image one. The result equals whole-image
+  prediction wherever ``margin`` is at least the network's receptive-field radius, and
+  is a close approximation otherwise (a U-Net's receptive field is large; its far taps
+  carry little weight).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from minunet.core.backend import to_numpy
+
+Forward = Callable[[np.ndarray], Any]
+
+
+def valid_output_size(size: int, depth: int, convs_per_level: int = 2) -> int | None:
+    """Output side of a valid-padding U-Net for input side ``size``, or None if invalid.
+
+    Each level down: ``convs_per_level`` 3x3 convs (-2 each), then a 2x2 pool (the size
+    must be even); the bottom level's convs; each level up: a 2x2 up-convolution (x2),
+    then the convs. 572 -> 388 for depth 4 (the paper).
+    """
+    trim = 2 * convs_per_level
+    for _ in range(depth):
+        size -= trim
+        if size <= 0 or size % 2:
+            return None
+        size //= 2
+    size -= trim
+    if size <= 0:
+        return None
+    for _ in range(depth):
+        size = 2 * size - trim
+    return size if size > 0 else None
+
+
+def _mirror(image: np.ndarray, pads: list[tuple[int, int]]) -> np.ndarray:
+    """Mirror-pad (C, H, W) by ``pads`` for H and W ('reflect': the edge pixel once)."""
+    if all(p == (0, 0) for p in pads):
+        return image
+    # reflect needs 2 pixels; a 1-pixel-wide image can only be repeated.
+    mode = "reflect" if min(image.shape[1:]) > 1 else "edge"
+    return np.pad(image, [(0, 0), *pads], mode=mode)
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    """Tile starts 0, stride, 2 stride, ... and a last one flush with the end."""
+    starts = list(range(0, max(length - tile, 0) + 1, stride))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
+
+def _kept(starts: list[int], tile: int, length: int) -> list[tuple[int, int]]:
+    """The part [lo, hi) of the image each tile keeps: overlaps split at their middle."""
+    bounds = [0] + [(b + a + tile) // 2 for a, b in zip(starts, starts[1:], strict=False)]
+    return list(zip(bounds, [*bounds[1:], length], strict=True))
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def predict_tiled(
+    forward: Forward,
+    image: np.ndarray,
+    tile: int,
+    *,
+    num_classes: int,
+    depth: int,
+    valid_shrink: int = 0,
+    batch: int = 4,
+    margin: int | None = None,
+    output: str = "logits",
+) -> np.ndarray:
+    """Predict a whole image tile by tile.
+
+    forward: (B, C, t, t) float32 host array -> (B, K, t - 2 * valid_shrink, same)
+        logits, NumPy or CuPy (copied back per batch of tiles).
+    image: (C, H, W) float32, already normalised like the training inputs.
+    tile: input tile side (clipped to the padded image for a same net on a small image).
+    num_classes: K. depth: the U-Net's number of poolings (sets the 2**depth alignment
+        of a same-padding net). valid_shrink: 0 for a same-padding net, else the pixels
+        the net trims per side (``(t - valid_output_size(t, depth)) // 2``).
+    batch: tiles per ``forward`` call (the memory bound). margin (same net only): pixels
+        of each tile's edge discarded where tiles overlap; default ``tile // 8``.
+    output: "logits" -> (K, H, W) float32; "classes" -> (H, W) int64 argmax (without a
+        K x H x W array).
+    See the module docstring for the rules.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
+    if output not in ("logits", "classes"):
+        raise ValueError(f"output must be 'logits' or 'classes', got {output!r}")
+    image = np.asarray(image, dtype=np.float32)
+    _, h, w = image.shape
+    if valid_shrink > 0:
+        plan = _plan_valid(h, w, tile, valid_shrink)
+        padded = _mirror(image, plan.pads)
+    else:
+        plan = _plan_same(h, w, tile, depth, tile // 8 if margin is None else margin)
+        padded = _mirror(image, plan.pads)
+    if output == "logits":
+        result = np.zeros((num_classes, h, w), dtype=np.float32)
+    else:
+        result = np.zeros((h, w), dtype=np.int64)
+    th, tw = plan.tile
+    expect = (num_classes, th - 2 * valid_shrink, tw - 2 * valid_shrink)
+    for group in _batches(plan.tiles, batch):
+        tiles = np.stack([padded[:, y : y + th, x : x + tw] for (y, x), _ in group])
+        logits = to_numpy(forward(tiles))
+        if logits.shape[1:] != expect:
+            raise ValueError(
+                f"forward turned tiles of {th}x{tw} into {logits.shape[1:]}, expected "
+                f"{expect}: check tile, valid_shrink and num_classes (see minunet.infer.tiling)"
+            )
+        for out, (_, (rows, cols)) in zip(logits, group, strict=True):
+            # rows/cols: where in this tile's output the kept part lies, and where it goes.
+            (oy0, iy0, iy1), (ox0, ix0, ix1) = rows, cols
+            iy1, ix1 = min(iy1, h), min(ix1, w)  # the padding at the bottom/right is cut
+            if iy1 <= iy0 or ix1 <= ix0:
+                continue
+            part = out[:, oy0 : oy0 + iy1 - iy0, ox0 : ox0 + ix1 - ix0]
+            if output == "logits":
+                result[:, iy0:iy1, ix0:ix1] = part
+            else:
+                result[iy0:iy1, ix0:ix1] = part.argmax(axis=0)
+    return result
+
+
+class _Plan:
+    """Where the tiles go: padding, tile size, and per tile its input corner (y, x) and,
+    for rows and for columns, ``(out_lo, image_lo, image_hi)``: the tile's output from
+    ``out_lo`` on fills the image's [image_lo, image_hi)."""
+
+    def __init__(self, pads: list[tuple[int, int]], tile: tuple[int, int]) -> None:
+        self.pads = pads
+        self.tile = tile
+        self.tiles: list[tuple[tuple[int, int], tuple[tuple, tuple]]] = []
+
+
+def _plan_valid(h: int, w: int, tile: int, shrink: int) -> _Plan:
+    out = tile - 2 * shrink
+    if out <= 0:
+        raise ValueError(f"tile {tile} leaves no output after trimming {shrink} px per side")
+    # Enough tiles to cover the image; the padded image has the tiles' full input.
+    rows, cols = -(-h // out), -(-w // out)
+    pads = [(shrink, shrink + rows * out - h), (shrink, shrink + cols * out - w)]
+    plan = _Plan(pads, (tile, tile))
+    for i in range(rows):
+        for j in range(cols):
+            y, x = i * out, j * out  # input corner in the padded image = output corner
+            plan.tiles.append(((y, x), ((0, y, y + out), (0, x, x + out))))
+    return plan
+
+
+def _plan_same(h: int, w: int, tile: int, depth: int, margin: int) -> _Plan:
+    align = 2**depth
+    if tile % align:
+        raise ValueError(
+            f"tile {tile} is not a multiple of 2**depth = {align}, which a same-padding "
+            f"U-Net of depth {depth} needs: use e.g. {max(align, tile // align * align)}"
+        )
+    hp, wp = -(-h // align) * align, -(-w // align) * align
+    th, tw = min(tile, hp), min(tile, wp)
+    plan = _Plan([(0, hp - h), (0, wp - w)], (th, tw))
+
+    def axis(length: int, t: int) -> list[tuple[int, tuple]]:
+        stride = max((t - 2 * margin) // align * align, align)
+        starts = _starts(length, t, stride)
+        return [
+            (s, (lo - s, lo, hi))
+            for s, (lo, hi) in zip(starts, _kept(starts, t, length), strict=True)
+        ]
+
+    for y, row_part in axis(hp, th):
+        for x, col_part in axis(wp, tw):
+            plan.tiles.append(((y, x), (row_part, col_part)))
+    return plan

@@ -1,0 +1,1 @@
+"""Files: the checkpoint format, atomic writes, and the PyTorch / ONNX interop and export."""

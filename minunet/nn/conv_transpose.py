@@ -1,0 +1,146 @@
+"""ConvTranspose2d: the backward pass of a convolution, used as a layer.
+
+A transposed convolution is the adjoint of Conv2d with respect to its input: where a
+convolution gathers a (C, kh, kw) patch into one output pixel, the transposed one
+scatters every input pixel, weighted by the kernel, into a (kh, kw) patch of the output.
+So its forward is exactly Conv2d's ``dx`` computation, and its backward is Conv2d's
+forward:
+
+    cols = W^T @ x[n]          (K*kh*kw, H*W)     W reshaped to (C_in, K*kh*kw)
+    y    = col2im(cols)        (N, K, Ho, Wo)     Ho = (H-1)*s - 2p + (kh-1)*d + op + 1
+
+    backward:  dcols = im2col(dy),  dx[n] = W @ dcols[n],  dW = sum_n x[n] @ dcols[n]^T
+
+The weight is (C_in, C_out, kh, kw), PyTorch's layout for this layer.
+In the U-Net, a 2x2 kernel with stride 2 doubles the resolution; the patches then do not
+overlap, and col2im's additions are plain copies. So when kernel == stride (no padding,
+no dilation) both directions skip im2col/col2im: the forward is the product followed by
+one transposing copy that interleaves the k*k outputs of each input pixel,
+
+    cols (N, K, k, k, H, W)  ->  y[n, o, h*k + a, w*k + b] = cols[n, o, a, b, h, w]
+
+and the backward reads dy through the inverse permutation (one copy) into dcols.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from minunet.accel import cpu
+from minunet.core.im2col import col2im, im2col
+from minunet.nn.base import Layer, Parameter, check_input, he_normal
+
+
+class ConvTranspose2d(Layer):
+    """Transposed 2-D convolution. x (N, C_in, H, W) -> (N, C_out, Ho, Wo)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        output_padding: int = 0,
+        bias: bool = True,
+        dilation: int = 1,
+        *,
+        dtype: Any = np.float32,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if min(in_channels, out_channels, kernel_size, stride, dilation) < 1 or padding < 0:
+            raise ValueError(
+                "ConvTranspose2d needs positive channels, kernel_size, stride and dilation, "
+                f"and padding >= 0; got in={in_channels} out={out_channels} "
+                f"k={kernel_size} s={stride} p={padding} d={dilation}"
+            )
+        if not 0 <= output_padding < stride:
+            # PyTorch also allows output_padding < dilation; those extra rows receive no
+            # input at all, and supporting them is not worth the special case here.
+            raise ValueError(
+                f"ConvTranspose2d: output_padding ({output_padding}) must be >= 0 and "
+                f"smaller than stride ({stride})"
+            )
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.output_padding, self.dilation = output_padding, dilation
+        rng = rng or np.random.default_rng()
+        # Each output pixel receives in_channels * (k/s)^2 contributions; for the U-Net's
+        # k = s = 2 that is in_channels, the fan-in He initialisation should use.
+        fan_in = max(1, in_channels * (kernel_size // stride) ** 2)
+        w = he_normal((in_channels, out_channels, kernel_size, kernel_size), fan_in, rng, dtype)
+        self.params["weight"] = Parameter(w)
+        if bias:
+            self.params["bias"] = Parameter(np.zeros(out_channels, dtype=dtype))
+        self._cache: Any = None
+
+    def output_shape(self, h: int, w: int) -> tuple[int, int]:
+        """(Ho, Wo) for an (H, W) input, PyTorch's formula."""
+        k, s, p, d, op = (
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.output_padding,
+        )
+        return (
+            (h - 1) * s - 2 * p + d * (k - 1) + op + 1,
+            (w - 1) * s - 2 * p + d * (k - 1) + op + 1,
+        )
+
+    def forward(self, x: Any) -> Any:
+        weight = self.params["weight"].data
+        check_input(x, "ConvTranspose2d", self.in_channels, weight.dtype)
+        n, _, h, w = x.shape
+        ho, wo = self.output_shape(h, w)
+        if ho < 1 or wo < 1:
+            raise ValueError(f"ConvTranspose2d: output would be {ho}x{wo} for a {h}x{w} input")
+        w2 = weight.reshape(self.in_channels, -1)  # (C_in, K*k*k)
+        # (N, K*k*k, H*W); batched_matmul is ``@`` split over the images (threads on NumPy)
+        cols = cpu.batched_matmul(w2.T, x.reshape(n, self.in_channels, h * w))
+        k = self.kernel_size
+        self._cache = x
+        if self._patches_tile():
+            # Patches tile the output exactly: interleaving is a permutation (one copy).
+            out = cols.reshape(n, self.out_channels, k, k, h, w).transpose(0, 1, 4, 2, 5, 3)
+            out = out.reshape(n, self.out_channels, ho, wo)  # the copy happens here
+            if "bias" in self.params:
+                out += self.params["bias"].data[:, None, None]
+            return out
+        out = col2im(
+            cols, (n, self.out_channels, ho, wo), k, k, self.stride, self.padding, self.dilation
+        )
+        if "bias" in self.params:
+            out += self.params["bias"].data[:, None, None]
+        return out
+
+    def _patches_tile(self) -> bool:
+        """True when each input pixel owns its own k x k output patch (kernel == stride)."""
+        return (
+            self.kernel_size == self.stride
+            and self.padding == 0
+            and self.dilation == 1
+            and self.output_padding == 0
+        )
+
+    def backward(self, dout: Any) -> Any:
+        x = self._cache
+        n, c, h, w = x.shape
+        k = self.kernel_size
+        if self._patches_tile():  # the forward's permutation, inverted: one copy
+            dcols = dout.reshape(n, self.out_channels, h, k, w, k).transpose(0, 1, 3, 5, 2, 4)
+            dcols = dcols.reshape(n, self.out_channels * k * k, h * w)
+        else:
+            dcols = im2col(dout, k, k, self.stride, self.padding, self.dilation)
+        # dcols: (N, K*k*k, H*W)
+        weight = self.params["weight"]
+        x2 = x.reshape(n, c, h * w)
+        dw = cpu.batched_matmul(x2, dcols.transpose(0, 2, 1)).sum(axis=0)  # (C_in, K*k*k)
+        weight.grad += dw.reshape(weight.shape)
+        if "bias" in self.params:
+            self.params["bias"].grad += dout.sum(axis=(0, 2, 3))
+        dx = cpu.batched_matmul(weight.data.reshape(c, -1), dcols)  # (N, C_in, H*W)
+        return dx.reshape(x.shape)
