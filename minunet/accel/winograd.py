@@ -1,0 +1,264 @@
+"""Winograd convolutions for 3x3, stride-1 layers on NumPy: fewer multiplications, same sums.
+
+A 3x3 convolution computes each output pixel with 9 multiplications per channel pair. The
+Winograd (Toom-Cook) algorithm F(m x m, 3 x 3) computes an m x m tile of outputs from the
+(m+2) x (m+2) input tile that covers it with (m+2)^2 multiplications instead of 9 m^2:
+16 instead of 36 for m = 2, 36 instead of 144 for m = 4. In one dimension, for a row d of
+n = m + 2 inputs and a filter g of 3 taps, the m outputs y_i = sum_k g_k d_{i+k} are
+
+    y = A^T [ (G g) * (B^T d) ]            (* elementwise, n products)
+
+and in two dimensions the same matrices nest: Y = A^T [ (G g G^T) * (B^T d B) ] A. The
+elementwise product, summed over input channels, is where the work is, and for a whole
+layer it becomes n^2 ordinary matrix products, one per position (xi, eta) of the tile:
+
+    M[xi, eta] = V[xi, eta] @ U[xi, eta]      (tiles, C) @ (C, K)
+
+with V = B^T d B the transformed input tiles and U = G g G^T the transformed filters. The
+transforms are additions and multiplications by small constants, cheap next to the
+products when C and K are large (the U-Net's deep layers).
+
+The matrices are built here from their interpolation points (``toom_cook``), not typed in:
+the points 0, 1, -1 (and infinity) give F(2, 3), and 0, 1, -1, 2, -2 give F(4, 3). The
+entries of F(4, 3)'s matrices are larger (up to 8 and 1/24), so its float32 result carries
+more rounding than a direct convolution's: ``benchmarks/RESULTS.md`` gives the measured
+error, and ``tests/test_winograd.py`` checks both against the im2col reference.
+
+Backward, for the same layer:
+* dx is a stride-1 convolution of dout with the kernel flipped and its channel axes
+  swapped (padding 2 - p), so it is ``conv2d_forward`` again;
+* dW: Y is linear in U, so dU[xi, eta] = V[xi, eta]^T (C, tiles) @ dM[xi, eta] (tiles, K)
+  with dM = A dY A^T the output-gradient tiles taken back through the output transform,
+  and dW = G^T dU G. The same n^2 products, with the roles exchanged.
+
+Arrays are channels-last inside (a tile's channels are contiguous, so each product reads
+rows of C values) and NCHW at the edges, like ``minunet.accel.cpu``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from minunet.accel.cpu import parallel
+
+KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
+
+# The finite interpolation points of each tile size (infinity is always the last point).
+POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, -2)}
+
+
+@cache
+def toom_cook(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The matrices (A^T (m, n), G (n, 3), B^T (n, n)) of F(m, 3), n = m + 2, in float64.
+
+    Evaluating the filter polynomial g(z) = g0 + g1 z + g2 z^2 at each point p_j (and its
+    leading coefficient for the point at infinity) is G, scaled by 1 / prod_{l != j}(p_j - p_l)
+    so that the inverse transform A^T is a plain Vandermonde matrix; B^T is then the one
+    matrix that makes A^T [(G g) * (B^T d)] the correlation of d with g, solved for from that
+    identity (its entries come out as small integers).
+    """
+    points = np.array(POINTS[m], dtype=np.float64)
+    n = m + KERNEL - 1
+    at = np.zeros((m, n))
+    at[:, : n - 1] = points[None, :] ** np.arange(m)[:, None]
+    at[m - 1, n - 1] = 1.0
+    g = np.zeros((n, KERNEL))
+    for j, p in enumerate(points):
+        scale = np.prod([p - q for q in points if q != p])
+        g[j] = p ** np.arange(KERNEL) / scale
+    g[n - 1, KERNEL - 1] = 1.0
+    # The identity, for every output i, tap k and input l: sum_j AT[i,j] G[j,k] BT[j,l] = [l == i+k].
+    # Linear in BT: one row per (i, k, l), unknowns BT[j, l'] (only l' == l contributes).
+    rows, rhs = [], []
+    for i in range(m):
+        for k in range(KERNEL):
+            for l in range(n):
+                row = np.zeros((n, n))
+                row[:, l] = at[i] * g[:, k]
+                rows.append(row.ravel())
+                rhs.append(1.0 if l == i + k else 0.0)
+    bt, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
+    bt = np.round(bt.reshape(n, n), 9) + 0.0  # exact small integers, less lstsq's rounding
+    return at, g, bt
+
+
+def _combine(coefficients: np.ndarray, terms: Sequence[Any], out: np.ndarray) -> None:
+    """out = sum_j coefficients[j] * terms[j], skipping zeros and multiplying only where
+    the coefficient is not +-1 (the transforms are mostly additions)."""
+    first = True
+    for c, term in zip(coefficients, terms, strict=True):
+        if c == 0:
+            continue
+        if first:
+            if c == 1:
+                np.copyto(out, term)
+            elif c == -1:
+                np.negative(term, out=out)
+            else:
+                np.multiply(term, c, out=out)
+            first = False
+        elif c == 1:
+            out += term
+        elif c == -1:
+            out -= term
+        else:
+            out += c * term
+    if first:
+        out[...] = 0
+
+
+def _tiles_shape(h: int, w: int, padding: int, m: int) -> tuple[int, int, int, int]:
+    """(Ho, Wo, tile rows, tile columns) of a stride-1 3x3 convolution with this padding."""
+    ho, wo = h + 2 * padding - KERNEL + 1, w + 2 * padding - KERNEL + 1
+    return ho, wo, -(-ho // m), -(-wo // m)
+
+
+def input_tiles(x: np.ndarray, padding: int, m: int) -> np.ndarray:
+    """V = B^T d B for every (m+2) x (m+2) input tile: x (N, C, H, W) -> V (n, n, N*th*tw, C).
+
+    Tile (ty, tx) starts at padded input pixel (m*ty, m*tx); neighbouring tiles overlap by
+    2 pixels. The padded input is zero beyond the image (the convolution's zero padding,
+    and the right/bottom rows that complete the last tile).
+    """
+    _, _, bt = toom_cook(m)
+    n_img, c, h, w = x.shape
+    n = m + KERNEL - 1
+    ho, wo, th, tw = _tiles_shape(h, w, padding, m)
+    hp, wp = th * m + KERNEL - 1, tw * m + KERNEL - 1
+    v = np.empty((n, n, n_img, th, tw, c), dtype=x.dtype)
+
+    def work(worker: int, images: Sequence[int]) -> None:
+        for i in images:
+            xp = np.zeros((hp, wp, c), dtype=x.dtype)  # channels-last, zero-padded
+            xp[padding : padding + h, padding : padding + w] = x[i].transpose(1, 2, 0)
+            rows = [xp[r : r + m * th : m] for r in range(n)]  # each (th, Wp, C)
+            t = np.empty((th, wp, c), dtype=x.dtype)
+            for xi in range(n):
+                _combine(bt[xi], rows, t)  # (B^T d) along the tile's rows
+                cols = [t[:, s : s + m * tw : m] for s in range(n)]  # each (th, tw, C)
+                for eta in range(n):
+                    _combine(bt[eta], cols, v[xi, eta, i])  # ... then along its columns
+
+    parallel(work, range(n_img))
+    return v.reshape(n, n, n_img * th * tw, c)
+
+
+def _kron(m: int, dtype: Any) -> np.ndarray:
+    """G (x) G, (n^2, 9): row xi*n + eta, column a*3 + b holds G[xi, a] * G[eta, b], so that
+    U = G g G^T for every filter at once is one product with the flattened filters."""
+    _, g, _ = toom_cook(m)
+    return np.kron(g, g).astype(dtype)
+
+
+def filter_tiles(weight: np.ndarray, m: int) -> np.ndarray:
+    """U = G g G^T for every filter: weight (K, C, 3, 3) -> U (n, n, K, C)."""
+    k, c = weight.shape[:2]
+    n = m + KERNEL - 1
+    # (n^2, 9) @ (9, K*C): the transposed operand is a view, BLAS reads it as it lies.
+    return (_kron(m, weight.dtype) @ weight.reshape(k * c, KERNEL * KERNEL).T).reshape(n, n, k, c)
+
+
+def filter_gradient(du: np.ndarray, m: int) -> np.ndarray:
+    """dW = G^T dU G, the transpose of ``filter_tiles``: dU (n, n, K, C) -> dW (K, C, 3, 3)."""
+    n, _, k, c = du.shape
+    return (du.reshape(n * n, k * c).T @ _kron(m, du.dtype)).reshape(k, c, KERNEL, KERNEL)
+
+
+def _products(a: np.ndarray, b: np.ndarray, transpose_a: bool, transpose_b: bool) -> np.ndarray:
+    """The n^2 matrix products op(a[xi, eta]) @ op(b[xi, eta]) (op: transpose or not), split
+    over the pool's threads, each with single-threaded BLAS. a, b: (n, n, ., .)."""
+    n = a.shape[0]
+    rows = a.shape[3] if transpose_a else a.shape[2]
+    cols = b.shape[2] if transpose_b else b.shape[3]
+    out = np.empty((n, n, rows, cols), dtype=np.result_type(a, b))
+
+    def work(worker: int, positions: Sequence[tuple[int, int]]) -> None:
+        for xi, eta in positions:
+            left = a[xi, eta].T if transpose_a else a[xi, eta]
+            right = b[xi, eta].T if transpose_b else b[xi, eta]
+            np.matmul(left, right, out=out[xi, eta])
+
+    parallel(work, [(xi, eta) for xi in range(n) for eta in range(n)])
+    return out
+
+
+def conv2d_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, padding: int, m: int = 2
+) -> np.ndarray:
+    """Stride-1 3x3 convolution by Winograd F(m x m, 3 x 3).
+
+    x (N, C, H, W), weight (K, C, 3, 3), bias (K,) or None -> out (N, K, Ho, Wo)
+    """
+    n_img, _, h, w = x.shape
+    k = weight.shape[0]
+    n = m + KERNEL - 1
+    at, _, _ = toom_cook(m)
+    ho, wo, th, tw = _tiles_shape(h, w, padding, m)
+    # M[xi, eta] = V[xi, eta] (T, C) @ U[xi, eta]^T (C, K), T = N*th*tw tiles
+    prod = _products(input_tiles(x, padding, m), filter_tiles(weight, m), False, True)
+    prod = prod.reshape(n, n, n_img, th, tw, k)
+    y = np.empty((n_img, th, m, tw, m, k), dtype=x.dtype)  # channels-last output tiles
+
+    def work(worker: int, images: Sequence[int]) -> None:
+        s = np.empty((n, th, tw, k), dtype=x.dtype)
+        for i in images:
+            for u in range(m):
+                _combine(at[u], [prod[xi, :, i] for xi in range(n)], s)  # A^T M, rows
+                for v in range(m):
+                    _combine(at[v], [s[eta] for eta in range(n)], y[i, :, u, :, v])  # columns
+
+    parallel(work, range(n_img))
+    out = y.reshape(n_img, th * m, tw * m, k)[:, :ho, :wo]
+    if bias is not None:
+        out = out + bias
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))  # back to NCHW
+
+
+def output_gradient_tiles(dout: np.ndarray, m: int) -> np.ndarray:
+    """dM = A dY A^T for every m x m output tile: dout (N, K, Ho, Wo) -> (n, n, N*th*tw, K).
+
+    The transpose of the forward's output transform (Y = A^T M A), applied to dout cut into
+    the forward's tiles (zero where the last tiles reach past the image)."""
+    at, _, _ = toom_cook(m)
+    n_img, k, ho, wo = dout.shape
+    th, tw = -(-ho // m), -(-wo // m)
+    n = m + KERNEL - 1
+    dm = np.empty((n, n, n_img, th, tw, k), dtype=dout.dtype)
+
+    def work(worker: int, images: Sequence[int]) -> None:
+        tiles = np.zeros((th, m, tw, m, k), dtype=dout.dtype)
+        t = np.empty((th, tw, m, k), dtype=dout.dtype)
+        for i in images:
+            tiles.reshape(th * m, tw * m, k)[:ho, :wo] = dout[i].transpose(1, 2, 0)
+            for xi in range(n):
+                _combine(at[:, xi], [tiles[:, u] for u in range(m)], t)  # A dY, rows
+                for eta in range(n):
+                    _combine(at[:, eta], [t[:, :, v] for v in range(m)], dm[xi, eta, i])
+
+    parallel(work, range(n_img))
+    return dm.reshape(n, n, n_img * th * tw, k)
+
+
+def conv2d_backward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    dout: np.ndarray,
+    padding: int,
+    need_bias: bool,
+    need_input: bool = True,
+    m: int = 2,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Gradients of ``conv2d_forward``: (dx (N, C, H, W) or None, dW (K, C, 3, 3), db (K,) or None)."""
+    # dU[xi, eta] = dM[xi, eta]^T (K, T) @ V[xi, eta] (T, C), then dW = G^T dU G.
+    du = _products(output_gradient_tiles(dout, m), input_tiles(x, padding, m), True, False)
+    dw = filter_gradient(du, m)
+    db = dout.sum(axis=(0, 2, 3)) if need_bias else None
+    if not need_input:
+        return None, dw, db
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, K, 3, 3)
+    dx = conv2d_forward(np.ascontiguousarray(dout), flipped, None, KERNEL - 1 - padding, m)
+    return dx, dw, db

@@ -1,0 +1,130 @@
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) (minunet.accel.winograd) against the im2col reference.
+
+Tolerances come from the transforms: every output of F(m, 3) is a sum of products whose
+terms the transforms can grow by at most ``growth(m)`` = (|A^T| |G| |B^T|)^2 (infinity
+norms, squared for the two nested dimensions), so an output's rounding error is at most
+about growth * eps * (number of terms) * max|x| * max|w|, the bound checked here with the
+dtype's eps. The reference (im2col + matmul) errs far less, so the bound is for Winograd's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from minunet.accel import winograd
+from minunet.core.im2col import col2im, im2col
+
+TILES = (2, 4)
+
+
+def growth(m: int) -> float:
+    """How much F(m, 3)'s transforms can grow a sum: (|A^T| |G| |B^T|)^2, infinity norms."""
+    at, g, bt = winograd.toom_cook(m)
+    norm = lambda a: np.abs(a).sum(axis=1).max()  # noqa: E731
+    return float((norm(at) * norm(g) * norm(bt)) ** 2)
+
+
+def bound(m: int, dtype: type, terms: int, scale: float) -> float:
+    """The absolute error allowed for a sum of ``terms`` products of size <= ``scale``."""
+    return growth(m) * np.finfo(dtype).eps * terms * scale
+
+
+def reference(x: np.ndarray, w: np.ndarray, b: np.ndarray, dout: np.ndarray, p: int):
+    """Forward and gradients by im2col in float64: (out, dx, dW, db)."""
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    cols = im2col(x, 3, 3, 1, p, 1)  # (N, C*9, P)
+    out = (w.reshape(k, -1) @ cols + b[:, None]).reshape(n, k, h + 2 * p - 2, wd + 2 * p - 2)
+    d = dout.reshape(n, k, -1)
+    dw = (d @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)
+    dx = col2im(w.reshape(k, -1).T @ d, x.shape, 3, 3, 1, p, 1)
+    return out, dx, dw, d.sum(axis=(0, 2))
+
+
+def test_the_matrices_compute_a_correlation_in_one_dimension() -> None:
+    """A^T [(G g) * (B^T d)] == sum_k g_k d_{i+k}, for random d and g, both tile sizes."""
+    rng = np.random.default_rng(0)
+    for m in TILES:
+        at, g, bt = winograd.toom_cook(m)
+        assert at.shape == (m, m + 2) and g.shape == (m + 2, 3) and bt.shape == (m + 2, m + 2)
+        assert np.array_equal(bt, np.round(bt)), "B^T's entries are integers"
+        d, taps = rng.standard_normal(m + 2), rng.standard_normal(3)
+        direct = np.array([taps @ d[i : i + 3] for i in range(m)])
+        np.testing.assert_allclose(at @ ((g @ taps) * (bt @ d)), direct, rtol=0, atol=1e-13)
+
+
+def test_f2_uses_16_and_f4_36_multiplications_per_tile() -> None:
+    for m, products in ((2, 16), (4, 36)):
+        assert winograd.filter_tiles(np.ones((1, 1, 3, 3)), m).shape[:2] == (m + 2, m + 2)
+        assert (m + 2) ** 2 == products
+
+
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 9),
+    k=st.integers(1, 9),
+    h=st.integers(1, 13),
+    w=st.integers(1, 13),
+    p=st.integers(0, 2),
+    m=st.sampled_from(TILES),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_forward_and_gradients_match_im2col_in_float64(n, c, k, h, w, p, m, seed) -> None:
+    assume(h + 2 * p >= 3 and w + 2 * p >= 3)  # else there is no output
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((k, c, 3, 3))
+    b = rng.standard_normal(k)
+    dout = rng.standard_normal((n, k, h + 2 * p - 2, w + 2 * p - 2))
+    out_ref, dx_ref, dw_ref, db_ref = reference(x, wt, b, dout, p)
+    out = winograd.conv2d_forward(x, wt, b, p, m)
+    dx, dw, db = winograd.conv2d_backward(x, wt, dout, p, True, True, m)
+    scale_x = np.abs(x).max() * np.abs(wt).max()
+    scale_d = np.abs(dout).max() * np.abs(wt).max()
+    scale_w = np.abs(dout).max() * np.abs(x).max()
+    np.testing.assert_allclose(
+        out, out_ref, rtol=0, atol=bound(m, np.float64, 9 * c, scale_x) + 1e-12
+    )
+    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=bound(m, np.float64, 9 * k, scale_d))
+    terms = n * out_ref.shape[2] * out_ref.shape[3]  # every output pixel adds to each tap
+    np.testing.assert_allclose(dw, dw_ref, rtol=0, atol=bound(m, np.float64, terms, scale_w))
+    np.testing.assert_allclose(db, db_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", TILES)
+def test_float32_stays_within_the_stated_bound(m: int) -> None:
+    """A U-Net-sized layer in float32 against the float64 reference: inside the bound, and
+    the measured error is printed (RESULTS.md quotes it)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 64, 16, 16))
+    wt = rng.standard_normal((32, 64, 3, 3)) * np.sqrt(2 / (64 * 9))
+    b = np.zeros(32)
+    dout = rng.standard_normal((2, 32, 16, 16))
+    out_ref, dx_ref, dw_ref, _ = reference(x, wt, b, dout, 1)
+    f32 = lambda a: a.astype(np.float32)  # noqa: E731
+    out = winograd.conv2d_forward(f32(x), f32(wt), f32(b), 1, m)
+    dx, dw, _ = winograd.conv2d_backward(f32(x), f32(wt), f32(dout), 1, False, True, m)
+    for name, got, want, terms, scale in (
+        ("out", out, out_ref, 9 * 64, np.abs(x).max() * np.abs(wt).max()),
+        ("dx", dx, dx_ref, 9 * 32, np.abs(dout).max() * np.abs(wt).max()),
+        ("dW", dw, dw_ref, 2 * 16 * 16, np.abs(dout).max() * np.abs(x).max()),
+    ):
+        err = np.abs(got - want).max() / np.abs(want).max()
+        print(f"F({m},3) float32 {name}: max error / max |value| = {err:.2e}")
+        assert np.abs(got - want).max() <= bound(m, np.float32, terms, scale)
+
+
+def test_a_wrong_transform_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison is sharp: one flipped sign in B^T breaks the forward."""
+    rng = np.random.default_rng(2)
+    x, wt = rng.standard_normal((1, 3, 6, 6)), rng.standard_normal((2, 3, 3, 3))
+    good = winograd.conv2d_forward(x, wt, None, 1, 2)
+    at, g, bt = winograd.toom_cook(2)
+    broken = bt.copy()
+    broken[1, 1] *= -1
+    monkeypatch.setattr(winograd, "toom_cook", lambda m: (at, g, broken))
+    bad = winograd.conv2d_forward(x, wt, None, 1, 2)
+    assert np.abs(bad - good).max() > 1e-3
