@@ -1,15 +1,17 @@
-"""DeviceLoader: coverage, reproducibility per (seed, epoch), rank shards, normalisation."""
+"""DeviceLoader: coverage, reproducibility per (seed, epoch), rank shards, normalisation;
+whole images and native-size crops; a mid-epoch resume that builds no skipped batch."""
 
 import numpy as np
 import pytest
 
 from minunet.core.backend import gpu_available
 from minunet.data.augment import AugmentConfig
-from minunet.data.dataset import SegmentationData
+from minunet.data.dataset import NativeSizeData, SegmentationData
 from minunet.data.loader import DeviceLoader, normalize
 from minunet.errors import DataError, MinunetError
 
 N, H, W = 22, 6, 5
+RNG = np.random.default_rng(0)
 
 
 def _data(with_weights: bool = True) -> SegmentationData:
@@ -173,6 +175,51 @@ def test_invalid_arguments():
         DeviceLoader(_data(), np, 4, rank=2, world_size=2)
     with pytest.raises(DataError):
         DeviceLoader(_data(), np, 64)
+
+
+# ------------------------------------------------------------------------ crops
+
+
+def native(sizes, channels=3) -> NativeSizeData:
+    images = [RNG.integers(0, 256, (h, w, channels), dtype=np.uint8) for h, w in sizes]
+    masks = [(np.arange(h * w).reshape(h, w) % 2).astype(np.uint8) for h, w in sizes]
+    return NativeSizeData(images, masks, ["a", "b"])
+
+
+def test_crop_mode_shapes_determinism_and_padding():
+    data = native([(40, 50), (8, 9), (33, 33), (64, 20), (16, 16)])
+    loader = DeviceLoader(data, np, 2, crop=16, seed=3, mean=0.0, std=1.0 / 255)
+    assert len(loader) == 2 and loader.ignore_index == 255
+    batches = list(loader.epoch(0))
+    x, y, w = batches[0]
+    assert x.shape == (2, 3, 16, 16) and x.dtype == np.float32
+    assert y.shape == (2, 16, 16) and y.dtype == np.int32 and w is None
+    again = list(loader.epoch(0))
+    assert all(np.array_equal(a.x, b.x) for a, b in zip(batches, again, strict=True))
+    other = list(loader.epoch(1))
+    assert not all(np.array_equal(a.x, b.x) for a, b in zip(batches, other, strict=True))
+    # A crop is a window of its image (mean 0, std 1/255: x is the pixel value); the
+    # padding of the small image mirrors it, and its mask padding is ignored.
+    small = DeviceLoader(data.subset([1]), np, 1, crop=16, mean=0.0, std=1.0 / 255)
+    xs, ys, _ = next(small.epoch(0))
+    assert (ys[0, 8:, :] == 255).all() and (ys[0, :8, :9] != 255).all()
+    np.testing.assert_allclose(xs[0, :, :8, :9], data.images[1].transpose(2, 0, 1), atol=1e-3)
+    np.testing.assert_allclose(
+        xs[0, :, 8:16, :9], data.images[1][::-1].transpose(2, 0, 1), atol=1e-3
+    )
+    # Two ranks split each global batch between them, as whole images do.
+    whole = next(DeviceLoader(data, np, 2, crop=16, seed=3).epoch(0))
+    r1 = next(DeviceLoader(data, np, 2, crop=16, seed=3, rank=1, world_size=2).epoch(0))
+    assert np.array_equal(r1.x[0], whole.x[1])
+
+
+def test_crop_mode_augments_weights_with_the_labels():
+    data = native([(30, 30), (20, 25)])
+    data.weights = [m.astype(np.float32) + 1 for m in data.masks]  # weight = label + 1
+    loader = DeviceLoader(data, np, 2, crop=16, augment=AugmentConfig(scale=(0.5, 1.0)))
+    x, y, w = next(loader.epoch(0))
+    assert x.shape == (2, 3, 16, 16) and w.shape == (2, 16, 16)
+    assert np.array_equal(w, y + 1)  # resampled with the same nearest-neighbour grid
 
 
 @pytest.mark.gpu

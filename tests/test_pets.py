@@ -28,7 +28,7 @@ import pytest
 from helpers_cli import run_python
 from PIL import Image
 
-from minunet.data import pets
+from minunet.data import cache, pets
 from minunet.data.dataset import PETS_CLASS_NAMES
 from minunet.data.download import download, extract_tar
 from minunet.data.imageio import resize_image, resize_mask
@@ -136,7 +136,7 @@ def pets_data(tmp_path_factory) -> PetsFixture:
 def fake_release(pets_data, monkeypatch, tmp_path) -> PetsFixture:
     """Point the module at the fixture's archives and keep every cache inside tmp_path."""
     monkeypatch.setattr(pets, "PETS_ARCHIVES", pets_data.infos)
-    monkeypatch.setenv(pets.ENV_DATA_DIR, str(tmp_path / "cache"))
+    monkeypatch.setenv(cache.ENV_DATA_DIR, str(tmp_path / "cache"))
     monkeypatch.delenv(pets.ENV_PETS_URL, raising=False)
     return pets_data
 
@@ -499,9 +499,7 @@ def test_a_missing_trimap_is_a_one_line_error_and_no_cache(fake_release, tmp_pat
         pets.load_pets(root, SIZE, progress=False)
     message = str(info.value)
     assert "\n" not in message and "Bengal_1.png" in message and "trainval.txt" in message
-    assert (
-        not (root / pets.CACHE_FOLDER).exists() or list((root / pets.CACHE_FOLDER).iterdir()) == []
-    )
+    assert not (root / cache.CACHE_DIR).exists() or list((root / cache.CACHE_DIR).iterdir()) == []
 
 
 def test_an_unreadable_image_is_a_one_line_error_and_no_cache(fake_release, tmp_path):
@@ -510,9 +508,7 @@ def test_an_unreadable_image_is_a_one_line_error_and_no_cache(fake_release, tmp_
     with pytest.raises(DataError) as info:
         pets.load_pets(root, SIZE, progress=False)
     assert "\n" not in str(info.value) and "beagle_1.jpg" in str(info.value)
-    assert (
-        not (root / pets.CACHE_FOLDER).exists() or list((root / pets.CACHE_FOLDER).iterdir()) == []
-    )
+    assert not (root / cache.CACHE_DIR).exists() or list((root / cache.CACHE_DIR).iterdir()) == []
 
 
 def test_a_read_only_root_caches_in_the_cache_dir(fake_release, tmp_path):
@@ -522,9 +518,9 @@ def test_a_read_only_root_caches_in_the_cache_dir(fake_release, tmp_path):
         p.chmod(stat.S_IMODE(modes[p]) & ~0o222)
     try:
         data = pets.load_pets(root, SIZE, progress=False)
-        cache = pets.pets_cache_file(root, "trainval", SIZE)
-        assert cache.is_file() and cache.is_relative_to(tmp_path / "cache")
-        assert not (root / pets.CACHE_FOLDER).exists()
+        cached = pets.pets_cache_file(root, "trainval", SIZE)
+        assert cached.is_file() and cached.is_relative_to(tmp_path / "cache")
+        assert not (root / cache.CACHE_DIR).exists()
         assert len(data) == len(TRAINVAL)
     finally:
         for p, mode in modes.items():
@@ -536,7 +532,7 @@ def test_a_read_only_root_caches_in_the_cache_dir(fake_release, tmp_path):
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"the real Pets sample is not at {SAMPLE}")
 def test_the_real_pets_sample(tmp_path, monkeypatch):
-    monkeypatch.setenv(pets.ENV_DATA_DIR, str(tmp_path / "cache"))  # the sample may be read-only
+    monkeypatch.setenv(cache.ENV_DATA_DIR, str(tmp_path / "cache"))  # the sample may be read-only
     train = pets.load_pets(SAMPLE, 64, "trainval", download=False, progress=False)
     test = pets.load_pets(SAMPLE, 64, "test", download=False, progress=False)
     assert (len(train), len(test)) == (356, 335)
