@@ -322,9 +322,3 @@ def _unpack(
     if image_size is not None and name in arrays:
         return list(arrays[name])
     return [arrays[f"{name}_{i}"] for i in range(count)]
-
-
-# Transitional names for minunet/train/loop.py until its data-entry lines move to the
-# unified loader (the next commit removes them).
-from minunet.data.class_weights import class_weights  # noqa: E402, F401
-from minunet.data.loader import DeviceLoader as CropLoader  # noqa: E402, F401
