@@ -241,3 +241,74 @@ def test_cupy_loader_matches_numpy():
                 np.testing.assert_array_equal(a.w, cupy.asnumpy(b.w))
             else:
                 assert set(np.unique(cupy.asnumpy(b.y))) <= {0, 1, 2, 255}
+
+
+# ------------------------------------------------------------ unified modes, resume
+
+
+def _square() -> SegmentationData:
+    """``_data`` cut to 5 x 5 samples, so a 5 x 5 crop is the whole sample."""
+    data = _data()
+    return SegmentationData(
+        images=data.images[:, :W].copy(),
+        masks=data.masks[:, :W].copy(),
+        weights=data.weights[:, :W].copy(),
+        class_names=data.class_names,
+    )
+
+
+def test_crop_mode_with_the_sample_size_gives_whole_samples():
+    data = _square()
+    native = NativeSizeData(
+        list(data.images), list(data.masks), data.class_names, weights=list(data.weights)
+    )
+    whole = DeviceLoader(data, np, 4, seed=2)
+    for crops in (
+        DeviceLoader(data, np, 4, seed=2, crop=W),
+        DeviceLoader(native, np, 4, seed=2, crop=W),
+    ):
+        assert len(crops) == len(whole) == 5 and crops.ignore_index is None
+        assert not np.array_equal(crops.order(0), whole.order(0))  # each mode its own stream
+        for batch, index in zip(crops.epoch(0), crops.batch_indices(0), strict=True):
+            np.testing.assert_array_equal(batch.x, normalize(data.images[index]))
+            np.testing.assert_array_equal(batch.y, data.masks[index])
+            np.testing.assert_array_equal(batch.w, data.weights[index])
+    with pytest.raises(DataError, match="--crop N"):
+        DeviceLoader(native, np, 4)
+
+
+@pytest.mark.parametrize("crop", [None, 4])
+def test_resume_inside_an_epoch_builds_no_skipped_batch(crop, monkeypatch):
+    """epoch(e, start=k) gives batches k.. of epoch e bit for bit, and builds only those:
+    no gather or crop, augmentation, normalisation or elastic warp for the skipped ones."""
+    import minunet.data.loader as loader_module
+
+    augment = AugmentConfig(scale=(0.6, 1.0), jitter=0.2)
+    loader = DeviceLoader(_square(), np, 4, crop=crop, augment=augment, elastic=2.0, seed=3)
+    full = list(loader.epoch(1))
+    calls = {"crops": 0, "apply_augment": 0, "_normalize_with": 0, "elastic_deform": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("apply_augment", "_normalize_with", "elastic_deform"):
+        monkeypatch.setattr(loader_module, name, counted(name, getattr(loader_module, name)))
+    monkeypatch.setattr(loader, "_crops", counted("crops", loader._crops))
+    resumed = list(loader.epoch(1, start=2))
+    built = len(full) - 2
+    assert calls == {
+        "crops": built if crop else 0,
+        "apply_augment": built,
+        "_normalize_with": built,
+        "elastic_deform": built,
+    }
+    assert len(resumed) == built
+    for a, b in zip(full[2:], resumed, strict=True):
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.y, b.y)
+        np.testing.assert_array_equal(a.w, b.w)
+    assert list(loader.epoch(1, start=len(loader))) == []

@@ -32,6 +32,7 @@ from minunet.data import cache, pets
 from minunet.data.dataset import PETS_CLASS_NAMES
 from minunet.data.download import download, extract_tar
 from minunet.data.imageio import resize_image, resize_mask
+from minunet.data.splits import holdout
 from minunet.errors import DataError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "pets-sample"
@@ -441,6 +442,9 @@ def test_pets_splits_hold_out_is_seeded_and_disjoint(fake_release, tmp_path):
     again_train, again_val = pets.pets_splits(root, SIZE, val_fraction=0.4, seed=3, progress=False)
     assert again_val.names == val.names
     np.testing.assert_array_equal(again_val.images, val.images)
+    # The one hold-out rule of every source (minunet.data.splits), on the list's order.
+    _, val_index = holdout(len(TRAINVAL), 0.4, 3)
+    assert val.names == [TRAINVAL[i] for i in val_index]
 
 
 # -------------------------------------------------------------------------------- cache
@@ -475,6 +479,21 @@ def test_a_corrupt_cache_is_rebuilt(fake_release, tmp_path):
     np.testing.assert_array_equal(again.images, first.images)
     with np.load(cache, allow_pickle=False) as z:  # rewritten whole
         assert z["images"].shape == first.images.shape
+
+
+def test_a_cache_of_an_older_minunet_is_rebuilt(fake_release, tmp_path):
+    root = _copy_extracted(fake_release, tmp_path / "pets")
+    first = pets.load_pets(root, SIZE, progress=False)
+    path = pets.pets_cache_file(root, "trainval", SIZE)
+    with np.load(path) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["_format"] = np.array(cache.CACHE_FORMAT - 1)  # same key, other meaning
+    arrays["masks"] = np.zeros_like(arrays["masks"])
+    np.savez(path, **arrays)
+    again = pets.load_pets(root, SIZE, progress=False)
+    np.testing.assert_array_equal(again.masks, first.masks)
+    with np.load(path) as npz:
+        assert int(npz["_format"]) == cache.CACHE_FORMAT
 
 
 def test_a_stale_cache_is_rebuilt(fake_release, tmp_path):

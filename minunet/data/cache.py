@@ -106,7 +106,7 @@ def save_cache(path: Path, arrays: dict[str, np.ndarray], key: str) -> bool:
     try:
         save_npz_atomic(path, entries)
     except OSError as exc:
-        kept = "the previous cache file is kept" if path.is_file() else "no cache file is left"
+        kept = "the previous file is kept" if path.is_file() else "nothing was left behind"
         warnings.warn(
             f"{path}: cannot write the data cache ({exc.strerror or exc}); {kept}, and the "
             "next run decodes the data again: free disk space or set $MINUNET_DATA to a "
