@@ -43,6 +43,7 @@ class ClassSpec:
 
 
 def read_classes_json(root: Path) -> ClassSpec:
+    """What ``ROOT/classes.json`` declares (an empty ``ClassSpec`` when there is none)."""
     path = root / CLASSES_FILE
     if not path.is_file():
         return ClassSpec()
@@ -66,6 +67,7 @@ def read_classes_json(root: Path) -> ClassSpec:
 
 
 def _describe(value: int, colour: bool) -> str:
+    """A raw value as the user wrote it: ``255``, or a colour ``(128, 64, 128)``."""
     if colour:
         return f"({value >> 16}, {(value >> 8) & 255}, {value & 255})"
     return str(value)

@@ -229,6 +229,19 @@ def _pair_paths(root: Path, name: str) -> tuple[Path, Path]:
     return root / "images" / f"{name}.jpg", root / "annotations" / "trimaps" / f"{name}.png"
 
 
+def _read_pair(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Photo ``name`` as (H, W, 3) uint8 RGB and its trimap as (H, W) uint8 in {1, 2, 3}."""
+    image_path, trimap_path = _pair_paths(root, name)
+    image = read_rgb(image_path)  # PNG, GIF, CMYK, grayscale, alpha: all become RGB
+    trimap = _read_trimap(trimap_path)
+    if trimap.shape != image.shape[:2]:
+        raise DataError(
+            f"{trimap_path}: trimap is {trimap.shape[1]}x{trimap.shape[0]} but its image is "
+            f"{image.shape[1]}x{image.shape[0]}; replace it with the official file"
+        )
+    return image, trimap
+
+
 # --------------------------------------------------------------------------------- cache
 
 
@@ -332,15 +345,7 @@ def _decode_all(
     images = np.empty((len(names), image_size, image_size, 3), dtype=np.uint8)
     masks = np.empty((len(names), image_size, image_size), dtype=np.uint8)
     for i, name in enumerate(tqdm(names, desc="decoding Pets", disable=not progress, leave=False)):
-        image_path, trimap_path = _pair_paths(root, name)
-        image = read_rgb(image_path)  # PNG, GIF, CMYK, grayscale, alpha: all become RGB
-        trimap = _read_trimap(trimap_path)
-        if trimap.shape != image.shape[:2]:
-            raise DataError(
-                f"{trimap_path}: trimap is {trimap.shape[1]}x{trimap.shape[0]} but its image is "
-                f"{image.shape[1]}x{image.shape[0]}; replace it with the official file"
-            )
-        images[i], masks[i] = preprocess_pet(image, trimap, image_size)
+        images[i], masks[i] = preprocess_pet(*_read_pair(root, name), image_size)
     return images, masks
 
 
@@ -360,13 +365,7 @@ def load_pets_native(
     names = read_split_names(root / "annotations" / f"{split}.txt")[:limit]
     images, masks = [], []
     for name in names:
-        image_path, trimap_path = _pair_paths(root, name)
-        image, trimap = read_rgb(image_path), _read_trimap(trimap_path)
-        if image.shape[:2] != trimap.shape:
-            raise DataError(
-                f"{trimap_path}: trimap is {trimap.shape[::-1]} but its image is "
-                f"{image.shape[1::-1]}; replace it with the official file"
-            )
+        image, trimap = _read_pair(root, name)
         images.append(image)
         masks.append(trimap - np.uint8(1))
     return NativeSizeData(
