@@ -228,10 +228,11 @@ def test_cupy_loader_matches_numpy():
     import cupy
 
     data = _pets_like()
-    for augment in (None, AugmentConfig(scale=(0.6, 1.0), jitter=0.2)):
-        host = DeviceLoader(data, np, 4, augment=augment, seed=2)
-        dev = DeviceLoader(data, cupy, 4, augment=augment, seed=2)
-        # Same order on both backends (drawn on the host); augmentation draws differ.
+    augmented = AugmentConfig(scale=(0.6, 1.0), jitter=0.2)
+    for augment, crop in [(None, None), (None, 5), (augmented, None), (augmented, 5)]:
+        host = DeviceLoader(data, np, 4, augment=augment, seed=2, crop=crop)
+        dev = DeviceLoader(data, cupy, 4, augment=augment, seed=2, crop=crop)
+        # Same order and crops on both backends (drawn on the host); augmentation differs.
         np.testing.assert_array_equal(host.order(1), dev.order(1))
         for a, b in zip(host.epoch(1), dev.epoch(1), strict=True):
             assert isinstance(b.x, cupy.ndarray) and b.x.dtype == cupy.float32
