@@ -25,7 +25,8 @@ def _count(layer) -> int:
 def _row(name, layer, in_shape, extra_in=None):
     """(name, kind, out_shape, params, flops, activation elements) for one layer."""
     n, c, h, w = in_shape
-    kind = type(layer).__name__
+    # The reference class's name: an accelerated layer (minunet.accel) is a subclass of it.
+    kind = next(c for c in type(layer).__mro__ if c.__module__.startswith("minunet.nn")).__name__
     if isinstance(layer, Conv2d):
         ho, wo = layer.output_shape(h, w)
         k = layer.kernel_size
