@@ -81,6 +81,12 @@ def accelerate(obj: Accelerable) -> Accelerable:
     return obj
 
 
+def reference_class(obj: object) -> type:
+    """The reference class of ``obj``: the class its accelerated class replaces, or its own
+    class (``reference_class(FastConv2d(...)) is Conv2d``, ``reference_class(ReLU()) is ReLU``)."""
+    return next((c for c in type(obj).__mro__ if c in IMPLEMENTATIONS), type(obj))
+
+
 @contextmanager
 def fast_paths(cpu: bool | None = None, cuda: bool | None = None) -> Iterator[None]:
     """Within the block, switch the CPU fast paths (``cpu``) and the CUDA kernels (``cuda``)
@@ -97,4 +103,4 @@ def fast_paths(cpu: bool | None = None, cuda: bool | None = None) -> Iterator[No
         _cpu.ENABLED, _kernel.ENABLED = saved
 
 
-__all__ = ["IMPLEMENTATIONS", "accelerate", "enabled", "fast_paths"]
+__all__ = ["IMPLEMENTATIONS", "accelerate", "enabled", "fast_paths", "reference_class"]

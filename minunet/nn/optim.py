@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules.
+"""Optimisers: SGD, Adam and AdamW (learning-rate schedules: ``minunet.nn.schedule``).
 
 Each optimiser updates ``Parameter.data`` in place from ``Parameter.grad``. Their state
 (momentum buffers, Adam's moments, the step count) is exposed by ``state_dict`` so that a
@@ -6,6 +6,7 @@ checkpoint can resume a run exactly.
 
     SGD (momentum mu, PyTorch's form):  v = mu * v + g;   p -= lr * v      (Nesterov: g + mu * v)
     Adam:   m = b1 m + (1-b1) g;   v = b2 v + (1-b2) g^2;   p -= lr * m_hat / (sqrt(v_hat) + eps)
+            (m and v, the gradient's first and second moments, are kept as exp_avg, exp_avg_sq)
     AdamW:  Adam, with weight decay applied to p directly (p -= lr * wd * p), not through g
 
 For SGD and Adam, weight decay is the classic L2 term added to the gradient (g += wd * p),
@@ -19,7 +20,6 @@ off (``MINUNET_CUDA_KERNELS=0``: every GPU kernel).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,9 +27,12 @@ import numpy as np
 
 from minunet.core.backend import get_array_module, to_device, to_numpy
 from minunet.nn.base import Parameter
+from minunet.nn.schedule import SCHEDULES, learning_rate
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "step")
+# SCHEDULES and learning_rate are re-exported: the training loop imports them from here.
+__all__ = ["OPTIMIZERS", "SCHEDULES", "SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm"]
+__all__ += ["learning_rate", "make_optimizer"]
 
 
 class Optimizer:
@@ -181,32 +184,3 @@ def clip_grad_norm(params: Sequence[Parameter], max_norm: float) -> Any:
     for p in params:
         p.grad *= scale.astype(p.grad.dtype)
     return total
-
-
-def learning_rate(
-    step: int,
-    total_steps: int,
-    base_lr: float,
-    schedule: str = "constant",
-    warmup_steps: int = 0,
-    step_size: int = 0,
-    gamma: float = 0.1,
-    min_lr: float = 0.0,
-) -> float:
-    """The learning rate at ``step`` (0-based) of ``total_steps``.
-
-    Linear warm-up from base_lr/warmup to base_lr over ``warmup_steps``, then:
-    ``constant``; ``cosine`` decay to ``min_lr`` at the last step; or ``step``, multiplying
-    by ``gamma`` every ``step_size`` steps.
-    """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    if schedule == "cosine":
-        span = max(1, total_steps - warmup_steps - 1)
-        t = min(1.0, (step - warmup_steps) / span)
-        return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * t))
-    if schedule == "step" and step_size > 0:
-        return base_lr * gamma ** ((step - warmup_steps) // step_size)
-    return base_lr
