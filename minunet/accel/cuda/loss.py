@@ -81,7 +81,8 @@ def softmax_cross_entropy_kernel(
         grad   (N, K, H, W), w_i * (softmax(z_i) - onehot(y_i)), *not* divided by total
         total  0-d, max(sum_i w_i, tiny)                     so dlogits = grad * (1 / total)
 
-    Labels are not range-checked here (``SoftmaxCrossEntropy.forward`` does that first).
+    Labels are not range-checked here (``KernelSoftmaxCrossEntropy.forward`` does that first,
+    with ``SoftmaxCrossEntropy.check``).
     """
     xp = get_array_module(logits)
     n, k, h, w = logits.shape
