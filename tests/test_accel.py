@@ -144,23 +144,24 @@ def test_fast_paths_cpu_switch_selects_the_blocked_convolution_or_im2col():
 
 
 @needs_cxx
-def test_fast_paths_cuda_switch_selects_the_kernels_or_the_reference(monkeypatch):
+def test_fast_paths_cuda_switch_selects_the_kernels_or_the_reference():
     """Under the emulator, NumPy arrays take the kernel path as CuPy ones do; the launches
     are counted, so the reference running twice cannot pass for the kernels."""
     launches = []
     x = np.random.default_rng(1).standard_normal((2, 3, 6, 6))
     pool = accelerate(MaxPool2d(2))
     want = MaxPool2d(2).forward(x)
-    with emulate(route_numpy=True):
+    # The counting emulator is undone inside the emulate block, before emulate restores
+    # cuda.emulator itself (the other order would leave it installed for later tests).
+    with emulate(route_numpy=True), pytest.MonkeyPatch.context() as patch:
         run_on_cpu = cuda.emulator
-        monkeypatch.setattr(
-            cuda, "emulator", lambda k, *a: (launches.append(k.name), run_on_cpu(k, *a))
-        )
+        patch.setattr(cuda, "emulator", lambda k, *a: (launches.append(k.name), run_on_cpu(k, *a)))
         np.testing.assert_array_equal(pool.forward(x), want)
         assert launches == ["maxpool_forward"]
         with fast_paths(cuda=False):
             np.testing.assert_array_equal(pool.forward(x), want)
         assert launches == ["maxpool_forward"]  # no launch with the kernels off
+    assert cuda.emulator is None
 
 
 @pytest.mark.parametrize(
