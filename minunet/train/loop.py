@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from minunet.accel import accelerate
 from minunet.core.backend import backend_name, get_backend, seed_everything, to_numpy
 from minunet.data.augment import AugmentConfig
 from minunet.data.loader import DEFAULT_MEAN, DEFAULT_STD, DeviceLoader
@@ -44,6 +45,7 @@ from minunet.nn.concat import centre_crop_box
 from minunet.nn.losses import SoftmaxCrossEntropy
 from minunet.nn.metrics import confusion_matrix, metrics_from_confusion
 from minunet.nn.optim import clip_grad_norm, learning_rate, make_optimizer
+from minunet.nn.sync_batchnorm import use_sync_batchnorm
 from minunet.train.distributed import Communicator, make_communicator
 from minunet.train.plots import plot_curves, plot_predictions
 
@@ -306,20 +308,21 @@ def _build_model(
     ).to(xp)
     comm.broadcast_model(model)  # every replica starts from rank 0's weights
     if cfg.sync_bn:
-        for layer in _batchnorms(model):
-            layer.sync = comm.allreduce_sum
+        use_sync_batchnorm(model, comm.allreduce_sum)
     if cfg.padding == "valid" and not cfg.crop:
         raise MinunetError(
             "padding='valid' shrinks the output; train it with --crop N "
             "(folder/isbi2012 data) or use --padding same"
         )
     opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum)
+    accelerate(opt)  # the optimiser's and the loss's fast paths, as UNet takes its layers'
     weights = None
     if cfg.class_weights != "none":
         from minunet.data.class_weights import class_weights
 
         weights = xp.asarray(class_weights(data.train, cfg.class_weights))
     loss_fn = SoftmaxCrossEntropy(weights, ignore_index=data.ignore_index, check_targets=False)
+    accelerate(loss_fn)
     return model, opt, loss_fn
 
 
@@ -620,22 +623,6 @@ def validate(
 
 def _silent(*args: Any, **kwargs: Any) -> None:
     pass
-
-
-def _batchnorms(model: UNet) -> list[Any]:
-    """Every BatchNorm2d in the model, depth first."""
-    from minunet.nn import BatchNorm2d
-
-    found = []
-
-    def walk(layer: Any) -> None:
-        if isinstance(layer, BatchNorm2d):
-            found.append(layer)
-        for child in layer.children().values():
-            walk(child)
-
-    walk(model)
-    return found
 
 
 def _preview(
