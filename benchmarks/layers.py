@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Device, compare, load_line, setup, table  # noqa: E402
 
-from minunet.accel import cpu  # noqa: E402
+from minunet.accel import accelerate, fast_paths  # noqa: E402
 from minunet.nn import BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, ReLU  # noqa: E402
 from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 
@@ -70,6 +70,7 @@ def build(kind: str, shape: tuple[int, ...], dev: Device) -> dict[str, Callable]
         return _build_ce(shape, dev, rng)
     else:
         raise ValueError(kind)
+    accelerate(layer)  # its fast paths, as a UNet's layers have them
     layer.to(xp)
     ref = ref.to(dev.torch_device)
     with torch.no_grad():  # the same weights on both sides
@@ -99,12 +100,11 @@ def build(kind: str, shape: tuple[int, ...], dev: Device) -> dict[str, Callable]
 
         def reference() -> None:
             """The same layer through im2col/col2im: what the fast paths replaced."""
-            cpu.ENABLED = False
             layer._patches_tile = lambda: False  # ConvTranspose2d's shortcut, off
             try:
-                ours()
+                with fast_paths(cpu=False):
+                    ours()
             finally:
-                cpu.ENABLED = True
                 vars(layer).pop("_patches_tile")
 
         contenders["reference"] = reference
@@ -117,7 +117,7 @@ def _build_ce(shape: tuple[int, ...], dev: Device, rng: np.random.Generator):
     z_host = rng.standard_normal(shape, dtype=np.float32)
     y_host = rng.integers(0, k, (n, h, w))
     z, y = xp.asarray(z_host), xp.asarray(y_host)
-    loss = SoftmaxCrossEntropy(check_targets=False)  # no device-to-host read
+    loss = accelerate(SoftmaxCrossEntropy(check_targets=False))  # no device-to-host read
     zt = torch.from_numpy(z_host).to(dev.torch_device).requires_grad_(True)
     yt = torch.from_numpy(y_host).to(dev.torch_device)
 

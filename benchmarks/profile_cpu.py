@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import load_line, table  # noqa: E402
 
+from minunet.accel import accelerate, reference_class  # noqa: E402
 from minunet.model import UNet  # noqa: E402
 from minunet.nn import Layer  # noqa: E402
 from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
@@ -47,7 +48,7 @@ def instrument(model: UNet, totals: dict[tuple[str, str], float], by_name: bool)
     for name, leaf in leaves(model):
         for method in ("forward", "backward"):
             inner = getattr(leaf, method)
-            key = (name if by_name else type(leaf).__name__, method)
+            key = (name if by_name else reference_class(leaf).__name__, method)
 
             def timed(*args, _inner=inner, _key=key, **kwargs):
                 start = time.perf_counter()
@@ -73,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     x = rng.standard_normal((args.batch, 3, args.size, args.size), dtype=np.float32)
     y = rng.integers(0, 3, (args.batch, args.size, args.size))
     model = UNet(3, 3, args.base, args.depth, batchnorm=True)
-    opt = Adam(model.parameters(), lr=1e-3)
-    loss = SoftmaxCrossEntropy(check_targets=False)
+    opt = accelerate(Adam(model.parameters(), lr=1e-3))
+    loss = accelerate(SoftmaxCrossEntropy(check_targets=False))
 
     def step() -> None:
         opt.zero_grad()

@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cp = load_cupy(args.tf32)
 
+    from minunet.accel import accelerate, reference_class
     from minunet.model import UNet
     from minunet.model.summary import trace
     from minunet.nn.losses import SoftmaxCrossEntropy
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     peak_flops, peak_bw = measure_peaks(cp)
     cp.get_default_memory_pool().free_all_blocks()
     model = UNet(3, 3, args.base, args.depth, batchnorm=True).to(cp)
-    opt = Adam(model.parameters(), lr=1e-3)
-    loss = SoftmaxCrossEntropy(check_targets=False)
+    opt = accelerate(Adam(model.parameters(), lr=1e-3))
+    loss = accelerate(SoftmaxCrossEntropy(check_targets=False))
     rng = np.random.default_rng(0)
     x = cp.asarray(rng.standard_normal((args.batch, 3, args.size, args.size), dtype=np.float32))
     y = cp.asarray(rng.integers(0, 3, (args.batch, args.size, args.size)))
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, layer in leaves:
         rec.wrap(name, layer)
     flops = {row[0]: float(row[4]) for row in trace(model, args.size, args.size, args.batch)}
-    kinds = {name: type(layer).__name__ for name, layer in leaves}
+    kinds = {name: reference_class(layer).__name__ for name, layer in leaves}
 
     def step() -> None:
         opt.zero_grad()

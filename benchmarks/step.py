@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Device, compare, load_line, setup, table  # noqa: E402
 
-from minunet.accel import cpu  # noqa: E402
-from minunet.accel.cuda import kernel as cuda  # noqa: E402
+from minunet.accel import accelerate, cpu, fast_paths  # noqa: E402
 from minunet.model import UNet  # noqa: E402
 from minunet.model.summary import trace  # noqa: E402
 from minunet.nn import ConvTranspose2d  # noqa: E402
@@ -66,8 +65,8 @@ def build(
     y_host = rng.integers(0, classes, (batch, size, size))
 
     model = UNet(3, classes, base, depth, batchnorm=True).to(xp)
-    opt = Adam(model.parameters(), lr=1e-3)
-    loss = SoftmaxCrossEntropy(check_targets=False)  # no device-to-host read per step
+    opt = accelerate(Adam(model.parameters(), lr=1e-3))  # UNet accelerates its own layers
+    loss = accelerate(SoftmaxCrossEntropy(check_targets=False))  # no device read per step
     x, y = xp.asarray(x_host), xp.asarray(y_host)
 
     def ours() -> None:
@@ -78,15 +77,17 @@ def build(
 
     contenders = {"minunet": ours}
 
-    def with_settings(changes: list[tuple[Any, str, Any]]) -> Callable[[], None]:
-        """``ours`` run with each (object, attribute, value) set, and restored after."""
+    def with_settings(changes: list[tuple[Any, str, Any]], **switches: bool) -> Callable[[], None]:
+        """``ours`` run with each (object, attribute, value) set and the fast paths switched
+        as ``switches`` says (``minunet.accel.fast_paths``), all restored after."""
 
         def run() -> None:
             saved = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
             for obj, name, value in changes:
                 setattr(obj, name, value)
             try:
-                ours()
+                with fast_paths(**switches):
+                    ours()
             finally:
                 for obj, name, value in saved:
                     setattr(obj, name, value)
@@ -94,12 +95,12 @@ def build(
         return run
 
     if reference and dev.backend == "numpy":
-        plain = [(cpu, "ENABLED", False), (ConvTranspose2d, "_patches_tile", lambda self: False)]
-        contenders["minunet reference"] = with_settings(plain)
+        plain = [(ConvTranspose2d, "_patches_tile", lambda self: False)]
+        contenders["minunet reference"] = with_settings(plain, cpu=False)
         # as if threadpoolctl were not installed
         contenders["minunet, BLAS unmanaged"] = with_settings([(cpu, "_blas", False)])
     if reference and dev.backend == "cupy":
-        contenders["minunet no kernels"] = with_settings([(cuda, "ENABLED", False)])
+        contenders["minunet no kernels"] = with_settings([], cuda=False)
     layouts = ["nchw"] if dev.backend == "cupy" else ["nchw", "channels_last"]
     for layout in layouts:
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format

@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+from minunet.accel import accelerate  # noqa: E402
 from minunet.core.backend import get_backend, to_numpy  # noqa: E402
 from minunet.data.augment import AugmentConfig  # noqa: E402
 from minunet.data.loader import DeviceLoader  # noqa: E402
@@ -32,8 +33,8 @@ from minunet.nn.optim import Adam  # noqa: E402
 
 
 def run_minunet(model, train, val, args, xp):
-    opt = Adam(model.parameters(), args.lr)
-    loss_fn = SoftmaxCrossEntropy(check_targets=False)
+    opt = accelerate(Adam(model.parameters(), args.lr))
+    loss_fn = accelerate(SoftmaxCrossEntropy(check_targets=False))
     return _loop(
         lambda x, y: _minunet_step(model, opt, loss_fn, x, y),
         lambda x: model.infer(x).argmax(axis=1),

@@ -323,7 +323,7 @@ print("BatchNorm2d.backward (training mode) == the derivation")
 
 # The two invisible directions: per channel, dx is orthogonal to a shift (a constant) and,
 # up to the small eps in the square root, to xhat.
-xhat = bn._cache[0]  # what the forward saved for the backward
+xhat = bn._cache.xhat  # what the forward saved for the backward
 print("sum of dx per channel:       ", np.abs(dx_lib.sum(axis=(0, 2, 3))).max())
 print("sum of dx * xhat per channel:", np.abs((dx_lib * xhat).sum(axis=(0, 2, 3))).max())
 print("for scale, sum of |dx|:      ", np.abs(dx_lib).sum(axis=(0, 2, 3)).min())

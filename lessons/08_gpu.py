@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from minunet.accel.cuda.emulator import CXX, emulate
+from minunet.accel.cuda.im2col import COL2IM, IM2COL, col2im_kernel, im2col_kernel
 from minunet.core.backend import BackendError, get_backend, gpu_available, to_device, to_numpy
-from minunet.core.im2col import COL2IM, IM2COL, col2im, col2im_kernel, im2col, im2col_kernel
+from minunet.core.im2col import col2im, im2col
 from minunet.model import UNet
 from minunet.nn.losses import SoftmaxCrossEntropy
 

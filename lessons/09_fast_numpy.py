@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from minunet.accel import cpu
+from minunet.accel.conv import FastConv2d as Conv2d  # Conv2d with its fast paths
 from minunet.core.im2col import col2im, im2col
-from minunet.nn import Conv2d
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
 rng = np.random.default_rng(0)
@@ -182,7 +182,7 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (2, 1), (1, 0)]:
     hp, wo = h + 2 * padding, w + 2 * padding - ksize + 1
     print(
         f"k={ksize} p={padding}: out {mine.shape}, == im2col and Conv2d"
-        f" ({conv._cache[0]} path); columns: im2col {cols.size},"
+        f" ({type(conv._cache).__name__}); columns: im2col {cols.size},"
         f" horizontal taps only {hp * wo * ksize * c_in}"
     )
 

@@ -12,6 +12,7 @@ from minunet.errors import MinunetError
 from minunet.model import UNet
 from minunet.nn.losses import SoftmaxCrossEntropy
 from minunet.nn.optim import SGD
+from minunet.nn.sync_batchnorm import use_sync_batchnorm
 from minunet.train.distributed import make_communicator
 
 
@@ -33,8 +34,7 @@ def main() -> None:
     net = UNet(3, 3, base_channels=4, depth=2, dtype=np.float64, seed=comm.rank)  # differ...
     comm.broadcast_model(net)  # ...until here
     if sync:
-        for layer in _batchnorms(net):
-            layer.sync = comm.allreduce_sum
+        use_sync_batchnorm(net, comm.allreduce_sum)
     x, y = batch()
     share = len(x) // comm.size
     lo = comm.rank * share
@@ -46,12 +46,6 @@ def main() -> None:
     SGD(net.parameters(), lr=0.1, momentum=0.0).step()
     if comm.rank == 0:
         np.savez(out, **net.state_dict())
-
-
-def _batchnorms(net):
-    from minunet.train.loop import _batchnorms
-
-    return _batchnorms(net)
 
 
 if __name__ == "__main__":

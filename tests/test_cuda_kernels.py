@@ -15,28 +15,24 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from minunet.accel import cpu
+from minunet.accel import accelerate, fast_paths
+from minunet.accel.cuda import KERNELS
 from minunet.accel.cuda import kernel as cuda
 from minunet.accel.cuda.emulator import CXX, NVRTC, emulate, nvrtc_compile
+from minunet.accel.cuda.im2col import IM2COL, col2im_kernel, im2col_kernel
 from minunet.core.gradcheck import check_layer
-from minunet.core.im2col import (
-    IM2COL,
-    col2im,
-    col2im_kernel,
-    conv_output_size,
-    im2col,
-    im2col_kernel,
-)
+from minunet.core.im2col import col2im, conv_output_size, im2col
 from minunet.model import UNet
 from minunet.nn import BatchNorm2d
 from minunet.nn.losses import SoftmaxCrossEntropy
-from minunet.nn.optim import Adam  # importing the modules above registers their kernels
+from minunet.nn.optim import Adam
+from minunet.nn.sync_batchnorm import use_sync_batchnorm
 
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
 
 
 @pytest.mark.skipif(NVRTC is None, reason="NVRTC not installed: pip install nvidia-cuda-nvrtc")
-@pytest.mark.parametrize("kernel", cuda.KERNELS, ids=lambda k: k.name)
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name)
 @pytest.mark.parametrize("ctype", ["float", "double"])
 def test_kernel_compiles_for_the_gpu_with_nvrtc(kernel, ctype):
     nvrtc_compile(kernel, ctype)
@@ -119,13 +115,13 @@ def test_batchnorm_kernels_match_the_numpy_layer(n, c, h, train, relu, sync, dty
     gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
     results = []
     for route in (False, True):  # the NumPy layer, then the same layer through the kernels
-        layer = BatchNorm2d(c, relu=relu, dtype=dtype)
+        layer = accelerate(BatchNorm2d(c, relu=relu, dtype=dtype))
         layer.params["weight"].data[:] = gamma
         layer.params["bias"].data[:] = beta
         layer.buffers["running_var"][:] = 1.5
         layer.train(train)
         if sync:  # a one-rank "allreduce": the synchronised path's arithmetic, alone
-            layer.sync = lambda a: a.copy()
+            use_sync_batchnorm(layer, lambda a: a.copy())
         with emulate(route_numpy=route):
             results.append(_batchnorm_run(layer, x, dout))
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-5)
@@ -143,7 +139,7 @@ def test_batchnorm_kernels_match_the_numpy_layer(n, c, h, train, relu, sync, dty
 @pytest.mark.parametrize("relu", [False, True])
 def test_batchnorm_kernels_pass_a_gradient_check(relu):
     rng = np.random.default_rng(3)
-    layer = BatchNorm2d(3, relu=relu, dtype=np.float64)
+    layer = accelerate(BatchNorm2d(3, relu=relu, dtype=np.float64))
     layer.params["weight"].data[:] = rng.standard_normal(3)
     layer.params["bias"].data[:] = rng.standard_normal(3)
     x = rng.standard_normal((2, 3, 4, 5)) * 2 + 1
@@ -154,18 +150,18 @@ def test_batchnorm_kernels_pass_a_gradient_check(relu):
 
 @needs_cxx
 @pytest.mark.parametrize("batchnorm", [True, False])
-def test_a_unet_training_step_through_every_kernel_matches_numpy(batchnorm, monkeypatch):
+def test_a_unet_training_step_through_every_kernel_matches_numpy(batchnorm):
     """Loss, every gradient and the updated weights of one step, emulated kernels vs NumPy."""
-    monkeypatch.setattr(cpu, "ENABLED", False)  # the convolutions too go through im2col
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 16, 16))
     target = rng.integers(0, 3, (2, 16, 16))
     results = []
     for route in (False, True):
         net = UNet(3, 3, base_channels=4, depth=2, batchnorm=batchnorm, dtype=np.float64, seed=1)
-        opt = Adam(net.parameters(), lr=1e-2)
-        loss_fn = SoftmaxCrossEntropy(class_weights=[1.0, 2.0, 0.5])
-        with emulate(route_numpy=route):
+        opt = accelerate(Adam(net.parameters(), lr=1e-2))
+        loss_fn = accelerate(SoftmaxCrossEntropy(class_weights=[1.0, 2.0, 0.5]))
+        # fast_paths(cpu=False): the convolutions too go through im2col
+        with emulate(route_numpy=route), fast_paths(cpu=False):
             loss = loss_fn.forward(net.forward(x, train=True), target)
             net.backward(loss_fn.backward())
             grads = [p.grad.copy() for p in net.parameters()]
@@ -205,13 +201,10 @@ def test_a_cupy_launch_compiles_once_per_dtype_and_passes_c_typed_arguments(monk
     kernel = cuda.Kernel(
         'extern "C" __global__ void scale(const T* x, T* y, long long n, T a, int flag) {}'
     )
-    try:
-        for dtype in (np.float32, np.float32, np.float64):
-            kernel(1000, dtype, FakeArray(dtype), FakeArray(dtype), 1000, 2.0, True)
-        with pytest.raises(TypeError, match="y must be a C-contiguous float64"):
-            kernel(10, np.float64, FakeArray(np.float64), FakeArray(np.float32), 10, 1.0, 0)
-    finally:
-        cuda.KERNELS.remove(kernel)
+    for dtype in (np.float32, np.float32, np.float64):
+        kernel(1000, dtype, FakeArray(dtype), FakeArray(dtype), 1000, 2.0, True)
+    with pytest.raises(TypeError, match="y must be a C-contiguous float64"):
+        kernel(10, np.float64, FakeArray(np.float64), FakeArray(np.float32), 10, 1.0, 0)
     assert [entry[0] for entry in log] == ["compile", "launch", "launch", "compile", "launch"]
     assert log[0][2] == "typedef float T;" and log[3][2] == "typedef double T;"
     assert log[1][1:] == ((4,), (256,), ["FakeArray", "FakeArray", "int64", "float32", "int32"])

@@ -1,7 +1,7 @@
 """The fused softmax cross-entropy kernel against the NumPy SoftmaxCrossEntropy.
 
-The kernel (``minunet.nn.losses.SOFTMAX_CROSS_ENTROPY``) runs here on the CPU emulator
-(``cuda_emulator.emulate``) on NumPy arrays; NVRTC compiles it for the GPU in
+The kernel (``minunet.accel.cuda.loss.SOFTMAX_CROSS_ENTROPY``) runs here on the CPU emulator
+(``minunet.accel.cuda.emulator.emulate``) on NumPy arrays; NVRTC compiles it for the GPU in
 ``test_cuda_kernels.py``, which finds every kernel by itself. The tests marked ``gpu`` run
 the same comparison on CuPy arrays, and are skipped on a machine without one.
 
@@ -22,10 +22,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from minunet.accel import accelerate
 from minunet.accel.cuda import kernel as cuda
 from minunet.accel.cuda.emulator import CXX, emulate
+from minunet.accel.cuda.loss import KernelCrossEntropyCache, softmax_cross_entropy_kernel
 from minunet.core.backend import to_numpy
-from minunet.nn.losses import SoftmaxCrossEntropy, softmax_cross_entropy_kernel
+from minunet.nn.losses import SoftmaxCrossEntropy
 
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
 RTOL = {np.float64: 1e-12, np.float32: 1e-5}
@@ -106,17 +108,17 @@ def test_kernel_is_stable_for_huge_logits(dtype):
 
 @needs_cxx
 def test_the_layer_kernel_path_on_the_emulator():
-    """SoftmaxCrossEntropy's own kernel branch (label check, cache, backward) on NumPy.
+    """KernelSoftmaxCrossEntropy (label check, cache, backward) on NumPy.
 
     ``emulate(route_numpy=True)`` makes the layer send NumPy arrays to the emulated
     kernel as it would CuPy ones.
     """
     logits, target, cw, pw = make_case(1, 2, 4, 5, 6, np.float64, 3.0, True, True, 255, 0.3)
     want_loss, want_grad = reference(logits, target, cw, 255, pw)
-    layer = SoftmaxCrossEntropy(cw, ignore_index=255)
+    layer = accelerate(SoftmaxCrossEntropy(cw, ignore_index=255))
     with emulate(route_numpy=True):
         loss = layer.forward(logits, target, pw)
-        assert layer._cache[0] == "kernel"
+        assert isinstance(layer._cache, KernelCrossEntropyCache)
         dlogits = layer.backward()
         bad = target.copy()
         bad[0, 0, 0] = 4  # K = 4 classes: labels 0..3, or 255 for ignore
@@ -164,15 +166,14 @@ def test_kernel_on_cupy_equals_numpy(dtype, weighted, pixel, ignore, scale):
     # 2 * 37 * 53 pixels: many blocks, and H*W not a multiple of the block size.
     logits, target, cw, pw = make_case(7, 2, 5, 37, 53, dtype, scale, weighted, pixel, ignore, 0.3)
     want_loss, want_grad = reference(logits, target, cw, ignore, pw)
-    layer = SoftmaxCrossEntropy(cw, ignore_index=ignore)
+    layer = accelerate(SoftmaxCrossEntropy(cw, ignore_index=ignore))
     pw_d = None if pw is None else cp.asarray(pw)
     loss = layer.forward(cp.asarray(logits), cp.asarray(target.astype(np.int32)), pw_d)
-    assert layer._cache[0] == "kernel"
+    assert isinstance(layer._cache, KernelCrossEntropyCache)
     assert isinstance(loss, cp.ndarray) and loss.shape == ()  # no read-back to the host
     dlogits = layer.backward()
     np.testing.assert_allclose(float(loss), want_loss, rtol=RTOL[dtype])
-    _, _, total = layer._cache
-    atol = gradient_atol(dtype, float(total), cw, pw)
+    atol = gradient_atol(dtype, float(layer._cache.total), cw, pw)
     np.testing.assert_allclose(to_numpy(dlogits), want_grad, rtol=RTOL[dtype], atol=atol)
 
 
@@ -183,4 +184,4 @@ def test_kernel_on_cupy_checks_labels():
     logits = cp.zeros((1, 3, 2, 2))
     target = cp.asarray([[[0, 1], [3, 255]]])
     with pytest.raises(ValueError, match="must lie in"):
-        SoftmaxCrossEntropy(ignore_index=255).forward(logits, target)
+        accelerate(SoftmaxCrossEntropy(ignore_index=255)).forward(logits, target)

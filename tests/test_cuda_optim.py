@@ -1,8 +1,9 @@
-"""The optimiser kernels (``SGD_UPDATE``, ``ADAM_UPDATE`` in minunet/nn/optim.py) against the
-NumPy optimisers they replace.
+"""The optimiser kernels (``SGD_UPDATE``, ``ADAM_UPDATE`` in minunet/accel/cuda/optim.py)
+against the NumPy optimisers they replace.
 
 Without a GPU: each optimiser runs twice on the same parameters and gradients, once as
-NumPy code and once down its CuPy branch, with the kernels executed on NumPy arrays by the
+the reference NumPy code and once as its accelerated class (``KernelSGD``, ...) down its
+kernel branch, with the kernels executed on NumPy arrays by the
 CPU emulator (``minunet.accel.cuda.emulator``). ``kernel_path`` routes NumPy arrays down the
 kernel branches as CuPy arrays go (``emulate(route_numpy=True)``), and counts the
 launches so that a test cannot pass by quietly running the NumPy code twice. With a GPU (``@pytest.mark.gpu``, skipped elsewhere):
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from minunet.accel import accelerate
 from minunet.accel.cuda import kernel as cuda
 from minunet.accel.cuda.emulator import CXX, emulate
 from minunet.core.backend import get_backend, to_device, to_numpy
@@ -56,8 +58,9 @@ ADAM_CASES = {
 CASES = {**SGD_CASES, **ADAM_CASES}
 
 
-def train(make_optimizer: Any, dtype: Any, xp: ModuleType = np) -> Optimizer:
-    """STEPS optimiser steps on random parameters of SHAPES, with random gradients.
+def train(make_optimizer: Any, dtype: Any, xp: ModuleType = np, fast: bool = False) -> Optimizer:
+    """STEPS optimiser steps on random parameters of SHAPES, with random gradients; with
+    ``fast`` the optimiser is the accelerated one (``minunet.accel.accelerate``).
 
     The random numbers are drawn on the host from a fixed seed, so every call sees the
     same parameters and the same gradients whatever the backend.
@@ -65,6 +68,8 @@ def train(make_optimizer: Any, dtype: Any, xp: ModuleType = np) -> Optimizer:
     rng = np.random.default_rng(0)
     params = [Parameter(to_device(rng.standard_normal(s).astype(dtype), xp)) for s in SHAPES]
     opt = make_optimizer(params)
+    if fast:
+        accelerate(opt)
     for _ in range(STEPS):
         for p in params:
             p.grad[...] = to_device(rng.standard_normal(p.shape).astype(dtype), xp)
@@ -105,7 +110,7 @@ def kernel_path() -> Iterator[list[str]]:
 def test_optimizer_kernels_equal_the_numpy_optimizers(case, dtype):
     want = train(CASES[case], dtype)
     with kernel_path() as launches:
-        got = train(CASES[case], dtype)
+        got = train(CASES[case], dtype, fast=True)
     # One launch per parameter per step, and nothing else.
     kernel = "sgd_update" if case in SGD_CASES else "adam_update"
     assert launches == [kernel] * (STEPS * len(SHAPES))
@@ -114,8 +119,9 @@ def test_optimizer_kernels_equal_the_numpy_optimizers(case, dtype):
 
 @needs_cxx
 def test_sgd_without_momentum_keeps_no_buffer():
-    with kernel_path():
-        opt = train(CASES["sgd-mu0.0-plain-wd0.0"], np.float64)
+    with kernel_path() as launches:
+        opt = train(CASES["sgd-mu0.0-plain-wd0.0"], np.float64, fast=True)
+    assert launches  # the kernel path ran
     assert opt.state == {}
 
 
@@ -126,5 +132,5 @@ def test_cupy_optimizers_equal_the_numpy_optimizers(case, dtype):
     if not cuda.ENABLED:
         pytest.skip("MINUNET_CUDA_KERNELS=0: the kernels are switched off")
     want = train(CASES[case], dtype)
-    got = train(CASES[case], dtype, get_backend("cupy"))
+    got = train(CASES[case], dtype, get_backend("cupy"), fast=True)
     assert_same_optimizer(got, want, GPU_TOL[dtype])

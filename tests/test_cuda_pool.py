@@ -4,7 +4,7 @@ On the CPU emulator (``minunet.accel.cuda.emulator``) the kernel wrappers run on
 give exactly the NumPy layer's output, argmax and gradient: the same comparisons, the
 same tie rule (the first maximum in row-major window order wins) and the same additions
 in the same order. Inputs are small integers, so most windows hold ties. The ``gpu``
-tests run the layer itself on CuPy, which dispatches to the kernels, and compare it with
+tests run the layer (``KernelMaxPool2d``) on CuPy, which dispatches to the kernels, and compare it with
 the NumPy layer (skipped without a GPU).
 """
 
@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from minunet.accel import accelerate
 from minunet.accel.cuda.emulator import CXX, emulate
+from minunet.accel.cuda.pool import KernelMaxPool2d, maxpool_backward_kernel, maxpool_forward_kernel
 from minunet.core.backend import to_numpy
 from minunet.nn import MaxPool2d
-from minunet.nn.pool import maxpool_backward_kernel, maxpool_forward_kernel
 
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
 
@@ -32,7 +33,7 @@ def numpy_reference(x: np.ndarray, dout_seed: int, k: int, s: int):
     """(out, argmax, dout, dx) from the NumPy layer: the reference."""
     layer = MaxPool2d(k, s)
     out = layer.forward(x)
-    argmax = layer._cache[2]
+    argmax = layer._cache.argmax
     dout = np.random.default_rng(dout_seed).standard_normal(out.shape).astype(x.dtype)
     return out, argmax, dout, layer.backward(dout)
 
@@ -109,12 +110,13 @@ def test_maxpool_on_cupy_equals_the_numpy_layer(k, s, shape, dtype):
     rng = np.random.default_rng(3)
     x = tied_input(rng, shape, dtype)
     want_out, want_argmax, dout, want_dx = numpy_reference(x, 4, k, s)
-    layer = MaxPool2d(k, s)
+    layer = accelerate(MaxPool2d(k, s))
+    assert isinstance(layer, KernelMaxPool2d)
     out = layer.forward(cp.asarray(x))
     dx = layer.backward(cp.asarray(dout))
     assert out.dtype == dtype and dx.dtype == dtype
     np.testing.assert_array_equal(to_numpy(out), want_out)
-    np.testing.assert_array_equal(to_numpy(layer._cache[2]), want_argmax)
+    np.testing.assert_array_equal(to_numpy(layer._cache.argmax), want_argmax)
     np.testing.assert_array_equal(to_numpy(dx), want_dx)
 
 

@@ -1,17 +1,20 @@
 """The same layers on CuPy and NumPy give the same numbers (GPU only; skipped elsewhere).
 
 float64 must agree to rounding (1e-10); float32 loosely (1e-4 relative), since the GPU
-sums in a different order. Every forward and every gradient is compared, then a whole
-U-Net training step.
+sums in a different order. Every forward and every gradient is compared, for the
+reference layer on CuPy (its array code) and for its accelerated class (the CUDA
+kernels), against the reference on NumPy; then a whole U-Net training step.
 """
 
 import numpy as np
 import pytest
 
+from minunet.accel import accelerate
 from minunet.core.backend import to_numpy
 from minunet.model import UNet
 from minunet.nn import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, MaxPool2d, ReLU
 from minunet.nn.losses import SoftmaxCrossEntropy
+from minunet.nn.sync_batchnorm import use_sync_batchnorm
 
 pytestmark = pytest.mark.gpu
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
@@ -25,15 +28,17 @@ def cupy():
 
 def one_rank_sync(layer):
     """Synchronised BatchNorm's code path with a one-rank "allreduce" (a copy)."""
-    layer.sync = lambda a: a.copy()
-    return layer
+    return use_sync_batchnorm(layer, lambda a: a.copy())
 
 
-def compare(make_layer, inputs, dtype):
-    """Run forward/backward of two copies of a layer, one per backend; compare everything."""
+def compare(make_layer, inputs, dtype, fast):
+    """Run forward/backward of two copies of a layer, the reference on NumPy and (with
+    ``fast``, accelerated) on CuPy; compare everything."""
     cp = cupy()
     rng = np.random.default_rng(0)
     host, dev = make_layer(), make_layer()
+    if fast:
+        accelerate(dev)
     dev.load_state_dict(host.state_dict())
     dev.to(cp)
     xs = [x.astype(dtype) for x in inputs]
@@ -50,6 +55,7 @@ def compare(make_layer, inputs, dtype):
         np.testing.assert_allclose(to_numpy(q.grad), p.grad, err_msg=name, **TOL[dtype])
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "accelerated"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize(
     "name,make,shapes",
@@ -90,10 +96,10 @@ def compare(make_layer, inputs, dtype):
         ("dropout_eval", lambda d: Dropout(0.5).eval(), [(2, 3, 4, 4)]),
     ],
 )
-def test_layer_parity(name, make, shapes, dtype):
+def test_layer_parity(name, make, shapes, dtype, fast):
     rng = np.random.default_rng(2)
     inputs = [rng.permutation(int(np.prod(s))).reshape(s) / np.prod(s) for s in shapes]
-    compare(lambda: make(dtype), inputs, dtype)
+    compare(lambda: make(dtype), inputs, dtype, fast)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -103,7 +109,7 @@ def test_softmax_cross_entropy_parity(dtype):
     logits = rng.standard_normal((2, 3, 8, 8)).astype(dtype)
     target = rng.integers(0, 3, (2, 8, 8))
     target[0, 0] = 255
-    a, b = SoftmaxCrossEntropy(ignore_index=255), SoftmaxCrossEntropy(ignore_index=255)
+    a, b = SoftmaxCrossEntropy(ignore_index=255), accelerate(SoftmaxCrossEntropy(ignore_index=255))
     la = a.forward(logits, target)
     lb = b.forward(cp.asarray(logits), cp.asarray(target))
     np.testing.assert_allclose(float(lb), float(la), **TOL[dtype])
@@ -118,7 +124,7 @@ def test_unet_step_parity(dtype):
     dev = UNet(3, 3, base_channels=4, depth=2, dtype=dtype, seed=5).to(cp)
     x = rng.standard_normal((2, 3, 16, 16)).astype(dtype)
     y = rng.integers(0, 3, (2, 16, 16))
-    lh, ld = SoftmaxCrossEntropy(), SoftmaxCrossEntropy()
+    lh, ld = SoftmaxCrossEntropy(), accelerate(SoftmaxCrossEntropy())
     lh.forward(host.forward(x), y)
     ld.forward(dev.forward(cp.asarray(x)), cp.asarray(y))
     dx_h = host.backward(lh.backward())

@@ -1,33 +1,45 @@
-"""The CPU fast paths against the plain reference paths they replace, on the same inputs.
+"""The CPU fast paths against the reference layers they replace, on the same inputs.
 
-``minunet.accel.cpu`` computes stride-1 convolutions channels-last, in row blocks, over threads;
-ConvTranspose2d with kernel == stride skips col2im; MaxPool2d 2x2 is a tournament. Each
-must agree with the reference path (which tests/test_torch_parity.py checks against
-PyTorch) or with a brute-force loop, for every geometry it accepts.
+``FastConv2d`` (``minunet.accel.conv``) computes stride-1 convolutions channels-last, in row
+blocks, over threads (``minunet.accel.cpu``), and other geometries through im2col with
+products split over threads; ``FastConvTranspose2d`` splits its products the same way.
+Within the reference layers, ConvTranspose2d with kernel == stride skips col2im and
+MaxPool2d 2x2 is a tournament. Each must agree with the reference (which
+tests/test_torch_parity.py checks against PyTorch) or with a brute-force loop, for every
+geometry it accepts.
 """
+
+import copy
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minunet.accel import cpu
+from minunet.accel import accelerate, cpu, fast_paths
+from minunet.accel.conv import BlockedConvCache, FastConv2d, FastConvTranspose2d
 from minunet.nn import Conv2d, ConvTranspose2d, MaxPool2d
+from minunet.nn.conv import Im2colCache
 
 
-def conv_both_ways(layer, x, dout, monkeypatch):
-    """(out, dx, dW, db) from the fast path and from the reference path."""
-    results = []
-    for enabled in (True, False):
-        monkeypatch.setattr(cpu, "ENABLED", enabled)
-        for p in layer.params.values():
-            p.grad[...] = 0
-        out = layer.forward(x)
-        assert (layer._cache[0] == "fast") == enabled
-        dx = layer.backward(dout)
-        grads = [p.grad.copy() for p in layer.params.values()]
-        results.append((out, dx, *grads))
-    return results
+def run(layer, x, dout):
+    """(out, dx, *parameter gradients) of one forward and backward, from zeroed gradients."""
+    for p in layer.params.values():
+        p.grad[...] = 0
+    out = layer.forward(x)
+    dx = layer.backward(dout)
+    return (out, dx, *(p.grad.copy() for p in layer.params.values()))
+
+
+def fast_and_reference(layer, x, dout, blocked=None):
+    """``run`` for the accelerated copy of ``layer`` and for the reference ``layer`` itself;
+    ``blocked`` (if not None) is whether the fast copy must take the blocked convolution."""
+    fast = accelerate(copy.deepcopy(layer))
+    assert type(fast) is not type(layer)  # a fast class is registered for it
+    got = run(fast, x, dout)
+    if blocked is not None:
+        assert isinstance(fast._cache, BlockedConvCache) == blocked
+    return got, run(layer, x, dout)
 
 
 @settings(max_examples=25, deadline=None)
@@ -55,7 +67,7 @@ def test_conv2d_fast_path_matches_im2col(n, cin, cout, k, pad, h, w, bias, block
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cpu, "BLOCK_BYTES", block_bytes)
         mp.setattr(cpu, "MIN_BLOCK_PIXELS", 1)  # let tiny images split into row blocks
-        fast, ref = conv_both_ways(layer, x, dout, mp)
+        fast, ref = fast_and_reference(layer, x, dout, blocked=True)
     for a, b in zip(fast, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
@@ -69,7 +81,7 @@ def test_conv2d_fast_path_float32_strided_gradient_and_threads(monkeypatch):
     dout = rng.standard_normal((2, 10, 16, 12), dtype=np.float32)[:, 2:8]
     for threads in ("1", "3"):
         monkeypatch.setenv("MINUNET_THREADS", threads)
-        fast, ref = conv_both_ways(layer, x, dout, monkeypatch)
+        fast, ref = fast_and_reference(layer, x, dout, blocked=True)
         for a, b in zip(fast, ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -155,6 +167,88 @@ def test_maxpool_2x2_tournament_matches_brute_force_with_ties(n, c, stride, h, w
     np.testing.assert_allclose(dx, want_dx, rtol=1e-6, atol=1e-6)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    cin=st.integers(1, 10),
+    cout=st.integers(1, 5),
+    k=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    pad=st.integers(0, 3),
+    dilation=st.integers(1, 2),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fast_conv2d_matches_the_reference_on_every_geometry(
+    n, cin, cout, k, stride, pad, dilation, bias, seed
+):
+    """FastConv2d on any geometry: blocked where it applies, im2col with threaded products
+    elsewhere (strides, dilations, large paddings, fewer than MIN_CHANNELS channels)."""
+    rng = np.random.default_rng(seed)
+    layer = Conv2d(cin, cout, k, stride, pad, bias, dilation, dtype=np.float64, rng=rng)
+    x = rng.standard_normal((n, cin, 9, 8))
+    ho, wo = layer.output_shape(9, 8)
+    dout = rng.standard_normal((n, cout, ho, wo))
+    blocked = cpu.fast_conv_ok(x, stride, dilation, pad, k)
+    fast, ref = fast_and_reference(layer, x, dout, blocked=blocked)
+    for a, b in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    cin=st.integers(1, 5),
+    cout=st.integers(1, 5),
+    k=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    pad=st.integers(0, 1),
+    seed=st.integers(0, 2**16),
+)
+def test_fast_conv_transpose2d_matches_the_reference(n, cin, cout, k, stride, pad, seed):
+    """FastConvTranspose2d: the same products, split over images and threads."""
+    rng = np.random.default_rng(seed)
+    layer = ConvTranspose2d(cin, cout, k, stride, pad, dtype=np.float64, rng=rng)
+    layer.params["bias"].data[...] = rng.standard_normal(cout)
+    x = rng.standard_normal((n, cin, 4, 5))
+    ho, wo = layer.output_shape(4, 5)
+    if ho < 1 or wo < 1:
+        return
+    dout = rng.standard_normal((n, cout, ho, wo))
+    fast, ref = fast_and_reference(layer, x, dout)
+    for a, b in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", [lambda: Conv2d(8, 4, 3, padding=1), lambda: Conv2d(3, 4, 3)])
+def test_fast_conv_with_the_cpu_paths_off_is_the_reference_to_the_bit(make):
+    """fast_paths(cpu=False): FastConv2d runs im2col and plain products, as Conv2d does."""
+    rng = np.random.default_rng(4)
+    layer = make()
+    x = rng.standard_normal((2, layer.in_channels, 8, 8), dtype=np.float32)
+    dout = rng.standard_normal((2, 4, *layer.output_shape(8, 8)), dtype=np.float32)
+    fast = accelerate(copy.deepcopy(layer))
+    assert isinstance(fast, FastConv2d)
+    with fast_paths(cpu=False):
+        got = run(fast, x, dout)
+        assert isinstance(fast._cache, Im2colCache)
+    for a, b in zip(got, run(layer, x, dout), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fast_conv_transpose_with_the_cpu_paths_off_is_the_reference_to_the_bit():
+    rng = np.random.default_rng(5)
+    layer = ConvTranspose2d(16, 8, 2, 2)
+    x = rng.standard_normal((4, 16, 8, 8), dtype=np.float32)
+    dout = rng.standard_normal((4, 8, 16, 16), dtype=np.float32)
+    fast = accelerate(copy.deepcopy(layer))
+    assert isinstance(fast, FastConvTranspose2d)
+    with fast_paths(cpu=False):
+        got = run(fast, x, dout)
+    for a, b in zip(got, run(layer, x, dout), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("threads", ["1", "3"])
 @pytest.mark.parametrize(
     "a_shape, b_shape",
@@ -172,10 +266,13 @@ def test_batched_matmul_matches_matmul(a_shape, b_shape, threads, monkeypatch):
     )
 
 
-@pytest.mark.parametrize("cin", [3, 8])  # the plain im2col path and the fast path
-def test_conv2d_without_input_grad_keeps_parameter_grads(cin):
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("cin", [3, 8])  # FastConv2d: the im2col path and the blocked path
+def test_conv2d_without_input_grad_keeps_parameter_grads(cin, fast):
     rng = np.random.default_rng(1)
     layer = Conv2d(cin, 4, 3, padding=1, dtype=np.float64, rng=rng)
+    if fast:
+        accelerate(layer)
     x = rng.standard_normal((2, cin, 6, 7))
     dout = rng.standard_normal((2, 4, 6, 7))
     grads = []

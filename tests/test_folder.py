@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minunet.data.dataset import SegmentationData
-from minunet.data.folder import (
-    CropLoader,
-    NativeSizeData,
-    class_weights,
-    load_folder,
-    read_image,
-)
+from minunet.data.class_weights import class_weights
+from minunet.data.dataset import NativeSizeData, SegmentationData
+from minunet.data.folder import load_folder
+from minunet.data.imageio import read_image
 from minunet.errors import DataError
 
 RNG = np.random.default_rng(0)
@@ -289,12 +285,12 @@ def test_cache_is_used_then_invalidated_and_rebuilt(tmp_path):
 
 
 def test_cache_falls_back_when_root_is_not_writable(tmp_path, monkeypatch):
-    import minunet.data.folder as folder
+    import minunet.data.cache as cache
 
     root = make_pool(tmp_path / "data", n=2)
     monkeypatch.setenv("MINUNET_DATA", str(tmp_path / "elsewhere"))
     # Tests may run as root, who can write anywhere: pretend the data folder is read-only.
-    monkeypatch.setattr(folder.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
     quiet(root, 8)
     assert list((tmp_path / "elsewhere").rglob("*.npz"))
 
@@ -317,7 +313,7 @@ def test_native_size_cache_and_border_weights(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(train.weights, again.weights, strict=True))
 
 
-# --------------------------------------------------------------------------- weights, crops
+# --------------------------------------------------------------------------- weights, decoding
 
 
 def test_class_weights():
@@ -335,47 +331,3 @@ def test_class_weights():
 def test_read_image_16_bit_scaling(tmp_path):
     path = save(tmp_path / "x.tif", np.array([[0, 257, 65535]], np.uint16))
     assert read_image(path)[..., 0].tolist() == [[0, 1, 255]]
-
-
-def native(sizes, channels=3) -> NativeSizeData:
-    images = [RNG.integers(0, 256, (h, w, channels), dtype=np.uint8) for h, w in sizes]
-    masks = [(np.arange(h * w).reshape(h, w) % 2).astype(np.uint8) for h, w in sizes]
-    return NativeSizeData(images, masks, ["a", "b"])
-
-
-def test_crop_loader_shapes_determinism_and_padding():
-    data = native([(40, 50), (8, 9), (33, 33), (64, 20), (16, 16)])
-    loader = CropLoader(data, np, 2, crop=16, seed=3, mean=0.0, std=1.0 / 255)
-    assert len(loader) == 2 and loader.ignore_index == 255
-    batches = list(loader.epoch(0))
-    x, y, w = batches[0]
-    assert x.shape == (2, 3, 16, 16) and x.dtype == np.float32
-    assert y.shape == (2, 16, 16) and y.dtype == np.int32 and w is None
-    again = list(loader.epoch(0))
-    assert all(np.array_equal(a.x, b.x) for a, b in zip(batches, again, strict=True))
-    other = list(loader.epoch(1))
-    assert not all(np.array_equal(a.x, b.x) for a, b in zip(batches, other, strict=True))
-    # A crop is a window of its image (mean 0, std 1/255: x is the pixel value); the
-    # padding of the small image mirrors it, and its mask padding is ignored.
-    small = CropLoader(data.subset([1]), np, 1, crop=16, mean=0.0, std=1.0 / 255)
-    xs, ys, _ = next(small.epoch(0))
-    assert (ys[0, 8:, :] == 255).all() and (ys[0, :8, :9] != 255).all()
-    np.testing.assert_allclose(xs[0, :, :8, :9], data.images[1].transpose(2, 0, 1), atol=1e-3)
-    np.testing.assert_allclose(
-        xs[0, :, 8:16, :9], data.images[1][::-1].transpose(2, 0, 1), atol=1e-3
-    )
-    # Two ranks split each global batch between them, in DeviceLoader's order.
-    whole = next(CropLoader(data, np, 2, crop=16, seed=3).epoch(0))
-    r1 = next(CropLoader(data, np, 2, crop=16, seed=3, rank=1, world_size=2).epoch(0))
-    assert np.array_equal(r1.x[0], whole.x[1])
-
-
-def test_crop_loader_augments_weights_with_the_labels():
-    from minunet.data.augment import AugmentConfig
-
-    data = native([(30, 30), (20, 25)])
-    data.weights = [m.astype(np.float32) + 1 for m in data.masks]  # weight = label + 1
-    loader = CropLoader(data, np, 2, crop=16, augment=AugmentConfig(scale=(0.5, 1.0)))
-    x, y, w = next(loader.epoch(0))
-    assert x.shape == (2, 3, 16, 16) and w.shape == (2, 16, 16)
-    assert np.array_equal(w, y + 1)  # resampled with the same nearest-neighbour grid

@@ -1,15 +1,17 @@
-"""DeviceLoader: coverage, reproducibility per (seed, epoch), rank shards, normalisation."""
+"""DeviceLoader: coverage, reproducibility per (seed, epoch), rank shards, normalisation;
+whole images and native-size crops; a mid-epoch resume that builds no skipped batch."""
 
 import numpy as np
 import pytest
 
 from minunet.core.backend import gpu_available
 from minunet.data.augment import AugmentConfig
-from minunet.data.dataset import SegmentationData
+from minunet.data.dataset import NativeSizeData, SegmentationData
 from minunet.data.loader import DeviceLoader, normalize
 from minunet.errors import DataError, MinunetError
 
 N, H, W = 22, 6, 5
+RNG = np.random.default_rng(0)
 
 
 def _data(with_weights: bool = True) -> SegmentationData:
@@ -175,16 +177,62 @@ def test_invalid_arguments():
         DeviceLoader(_data(), np, 64)
 
 
+# ------------------------------------------------------------------------ crops
+
+
+def native(sizes, channels=3) -> NativeSizeData:
+    images = [RNG.integers(0, 256, (h, w, channels), dtype=np.uint8) for h, w in sizes]
+    masks = [(np.arange(h * w).reshape(h, w) % 2).astype(np.uint8) for h, w in sizes]
+    return NativeSizeData(images, masks, ["a", "b"])
+
+
+def test_crop_mode_shapes_determinism_and_padding():
+    data = native([(40, 50), (8, 9), (33, 33), (64, 20), (16, 16)])
+    loader = DeviceLoader(data, np, 2, crop=16, seed=3, mean=0.0, std=1.0 / 255)
+    assert len(loader) == 2 and loader.ignore_index == 255
+    batches = list(loader.epoch(0))
+    x, y, w = batches[0]
+    assert x.shape == (2, 3, 16, 16) and x.dtype == np.float32
+    assert y.shape == (2, 16, 16) and y.dtype == np.int32 and w is None
+    again = list(loader.epoch(0))
+    assert all(np.array_equal(a.x, b.x) for a, b in zip(batches, again, strict=True))
+    other = list(loader.epoch(1))
+    assert not all(np.array_equal(a.x, b.x) for a, b in zip(batches, other, strict=True))
+    # A crop is a window of its image (mean 0, std 1/255: x is the pixel value); the
+    # padding of the small image mirrors it, and its mask padding is ignored.
+    small = DeviceLoader(data.subset([1]), np, 1, crop=16, mean=0.0, std=1.0 / 255)
+    xs, ys, _ = next(small.epoch(0))
+    assert (ys[0, 8:, :] == 255).all() and (ys[0, :8, :9] != 255).all()
+    np.testing.assert_allclose(xs[0, :, :8, :9], data.images[1].transpose(2, 0, 1), atol=1e-3)
+    np.testing.assert_allclose(
+        xs[0, :, 8:16, :9], data.images[1][::-1].transpose(2, 0, 1), atol=1e-3
+    )
+    # Two ranks split each global batch between them, as whole images do.
+    whole = next(DeviceLoader(data, np, 2, crop=16, seed=3).epoch(0))
+    r1 = next(DeviceLoader(data, np, 2, crop=16, seed=3, rank=1, world_size=2).epoch(0))
+    assert np.array_equal(r1.x[0], whole.x[1])
+
+
+def test_crop_mode_augments_weights_with_the_labels():
+    data = native([(30, 30), (20, 25)])
+    data.weights = [m.astype(np.float32) + 1 for m in data.masks]  # weight = label + 1
+    loader = DeviceLoader(data, np, 2, crop=16, augment=AugmentConfig(scale=(0.5, 1.0)))
+    x, y, w = next(loader.epoch(0))
+    assert x.shape == (2, 3, 16, 16) and w.shape == (2, 16, 16)
+    assert np.array_equal(w, y + 1)  # resampled with the same nearest-neighbour grid
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a visible GPU")
 def test_cupy_loader_matches_numpy():
     import cupy
 
     data = _pets_like()
-    for augment in (None, AugmentConfig(scale=(0.6, 1.0), jitter=0.2)):
-        host = DeviceLoader(data, np, 4, augment=augment, seed=2)
-        dev = DeviceLoader(data, cupy, 4, augment=augment, seed=2)
-        # Same order on both backends (drawn on the host); augmentation draws differ.
+    augmented = AugmentConfig(scale=(0.6, 1.0), jitter=0.2)
+    for augment, crop in [(None, None), (None, 5), (augmented, None), (augmented, 5)]:
+        host = DeviceLoader(data, np, 4, augment=augment, seed=2, crop=crop)
+        dev = DeviceLoader(data, cupy, 4, augment=augment, seed=2, crop=crop)
+        # Same order and crops on both backends (drawn on the host); augmentation differs.
         np.testing.assert_array_equal(host.order(1), dev.order(1))
         for a, b in zip(host.epoch(1), dev.epoch(1), strict=True):
             assert isinstance(b.x, cupy.ndarray) and b.x.dtype == cupy.float32
@@ -194,3 +242,74 @@ def test_cupy_loader_matches_numpy():
                 np.testing.assert_array_equal(a.w, cupy.asnumpy(b.w))
             else:
                 assert set(np.unique(cupy.asnumpy(b.y))) <= {0, 1, 2, 255}
+
+
+# ------------------------------------------------------------ unified modes, resume
+
+
+def _square() -> SegmentationData:
+    """``_data`` cut to 5 x 5 samples, so a 5 x 5 crop is the whole sample."""
+    data = _data()
+    return SegmentationData(
+        images=data.images[:, :W].copy(),
+        masks=data.masks[:, :W].copy(),
+        weights=data.weights[:, :W].copy(),
+        class_names=data.class_names,
+    )
+
+
+def test_crop_mode_with_the_sample_size_gives_whole_samples():
+    data = _square()
+    native = NativeSizeData(
+        list(data.images), list(data.masks), data.class_names, weights=list(data.weights)
+    )
+    whole = DeviceLoader(data, np, 4, seed=2)
+    for crops in (
+        DeviceLoader(data, np, 4, seed=2, crop=W),
+        DeviceLoader(native, np, 4, seed=2, crop=W),
+    ):
+        assert len(crops) == len(whole) == 5 and crops.ignore_index is None
+        assert not np.array_equal(crops.order(0), whole.order(0))  # each mode its own stream
+        for batch, index in zip(crops.epoch(0), crops.batch_indices(0), strict=True):
+            np.testing.assert_array_equal(batch.x, normalize(data.images[index]))
+            np.testing.assert_array_equal(batch.y, data.masks[index])
+            np.testing.assert_array_equal(batch.w, data.weights[index])
+    with pytest.raises(DataError, match="--crop N"):
+        DeviceLoader(native, np, 4)
+
+
+@pytest.mark.parametrize("crop", [None, 4])
+def test_resume_inside_an_epoch_builds_no_skipped_batch(crop, monkeypatch):
+    """epoch(e, start=k) gives batches k.. of epoch e bit for bit, and builds only those:
+    no gather or crop, augmentation, normalisation or elastic warp for the skipped ones."""
+    import minunet.data.loader as loader_module
+
+    augment = AugmentConfig(scale=(0.6, 1.0), jitter=0.2)
+    loader = DeviceLoader(_square(), np, 4, crop=crop, augment=augment, elastic=2.0, seed=3)
+    full = list(loader.epoch(1))
+    calls = {"crops": 0, "apply_augment": 0, "_normalize_with": 0, "elastic_deform": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("apply_augment", "_normalize_with", "elastic_deform"):
+        monkeypatch.setattr(loader_module, name, counted(name, getattr(loader_module, name)))
+    monkeypatch.setattr(loader, "_crops", counted("crops", loader._crops))
+    resumed = list(loader.epoch(1, start=2))
+    built = len(full) - 2
+    assert calls == {
+        "crops": built if crop else 0,
+        "apply_augment": built,
+        "_normalize_with": built,
+        "elastic_deform": built,
+    }
+    assert len(resumed) == built
+    for a, b in zip(full[2:], resumed, strict=True):
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.y, b.y)
+        np.testing.assert_array_equal(a.w, b.w)
+    assert list(loader.epoch(1, start=len(loader))) == []

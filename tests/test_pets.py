@@ -28,13 +28,16 @@ import pytest
 from helpers_cli import run_python
 from PIL import Image
 
-from minunet.data import pets
+from minunet.data import cache, pets
 from minunet.data.dataset import PETS_CLASS_NAMES
 from minunet.data.download import download, extract_tar
 from minunet.data.imageio import resize_image, resize_mask
+from minunet.data.splits import holdout
 from minunet.errors import DataError
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "pets-sample"
+# The real Pets sample (the official layout, a few hundred images) lives outside the
+# repository: point MINUNET_PETS_SAMPLE at it (as benchmarks/fingerprint.sh does).
+SAMPLE = Path(os.environ.get("MINUNET_PETS_SAMPLE", "")).expanduser()
 SIZE = 24  # the test image size: small, and different from every source size
 
 TRAINVAL = ["Abyssinian_1", "Abyssinian_2", "Bengal_1", "Bengal_2", "beagle_1"]
@@ -136,7 +139,7 @@ def pets_data(tmp_path_factory) -> PetsFixture:
 def fake_release(pets_data, monkeypatch, tmp_path) -> PetsFixture:
     """Point the module at the fixture's archives and keep every cache inside tmp_path."""
     monkeypatch.setattr(pets, "PETS_ARCHIVES", pets_data.infos)
-    monkeypatch.setenv(pets.ENV_DATA_DIR, str(tmp_path / "cache"))
+    monkeypatch.setenv(cache.ENV_DATA_DIR, str(tmp_path / "cache"))
     monkeypatch.delenv(pets.ENV_PETS_URL, raising=False)
     return pets_data
 
@@ -441,6 +444,9 @@ def test_pets_splits_hold_out_is_seeded_and_disjoint(fake_release, tmp_path):
     again_train, again_val = pets.pets_splits(root, SIZE, val_fraction=0.4, seed=3, progress=False)
     assert again_val.names == val.names
     np.testing.assert_array_equal(again_val.images, val.images)
+    # The one hold-out rule of every source (minunet.data.splits), on the list's order.
+    _, val_index = holdout(len(TRAINVAL), 0.4, 3)
+    assert val.names == [TRAINVAL[i] for i in val_index]
 
 
 # -------------------------------------------------------------------------------- cache
@@ -477,6 +483,21 @@ def test_a_corrupt_cache_is_rebuilt(fake_release, tmp_path):
         assert z["images"].shape == first.images.shape
 
 
+def test_a_cache_of_an_older_minunet_is_rebuilt(fake_release, tmp_path):
+    root = _copy_extracted(fake_release, tmp_path / "pets")
+    first = pets.load_pets(root, SIZE, progress=False)
+    path = pets.pets_cache_file(root, "trainval", SIZE)
+    with np.load(path) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["_format"] = np.array(cache.CACHE_FORMAT - 1)  # same key, other meaning
+    arrays["masks"] = np.zeros_like(arrays["masks"])
+    np.savez(path, **arrays)
+    again = pets.load_pets(root, SIZE, progress=False)
+    np.testing.assert_array_equal(again.masks, first.masks)
+    with np.load(path) as npz:
+        assert int(npz["_format"]) == cache.CACHE_FORMAT
+
+
 def test_a_stale_cache_is_rebuilt(fake_release, tmp_path):
     root = _copy_extracted(fake_release, tmp_path / "pets")
     first = pets.load_pets(root, SIZE, progress=False)
@@ -499,9 +520,7 @@ def test_a_missing_trimap_is_a_one_line_error_and_no_cache(fake_release, tmp_pat
         pets.load_pets(root, SIZE, progress=False)
     message = str(info.value)
     assert "\n" not in message and "Bengal_1.png" in message and "trainval.txt" in message
-    assert (
-        not (root / pets.CACHE_FOLDER).exists() or list((root / pets.CACHE_FOLDER).iterdir()) == []
-    )
+    assert not (root / cache.CACHE_DIR).exists() or list((root / cache.CACHE_DIR).iterdir()) == []
 
 
 def test_an_unreadable_image_is_a_one_line_error_and_no_cache(fake_release, tmp_path):
@@ -510,9 +529,7 @@ def test_an_unreadable_image_is_a_one_line_error_and_no_cache(fake_release, tmp_
     with pytest.raises(DataError) as info:
         pets.load_pets(root, SIZE, progress=False)
     assert "\n" not in str(info.value) and "beagle_1.jpg" in str(info.value)
-    assert (
-        not (root / pets.CACHE_FOLDER).exists() or list((root / pets.CACHE_FOLDER).iterdir()) == []
-    )
+    assert not (root / cache.CACHE_DIR).exists() or list((root / cache.CACHE_DIR).iterdir()) == []
 
 
 def test_a_read_only_root_caches_in_the_cache_dir(fake_release, tmp_path):
@@ -522,9 +539,9 @@ def test_a_read_only_root_caches_in_the_cache_dir(fake_release, tmp_path):
         p.chmod(stat.S_IMODE(modes[p]) & ~0o222)
     try:
         data = pets.load_pets(root, SIZE, progress=False)
-        cache = pets.pets_cache_file(root, "trainval", SIZE)
-        assert cache.is_file() and cache.is_relative_to(tmp_path / "cache")
-        assert not (root / pets.CACHE_FOLDER).exists()
+        cached = pets.pets_cache_file(root, "trainval", SIZE)
+        assert cached.is_file() and cached.is_relative_to(tmp_path / "cache")
+        assert not (root / cache.CACHE_DIR).exists()
         assert len(data) == len(TRAINVAL)
     finally:
         for p, mode in modes.items():
@@ -534,9 +551,12 @@ def test_a_read_only_root_caches_in_the_cache_dir(fake_release, tmp_path):
 # --------------------------------------------------------------------------- real sample
 
 
-@pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"the real Pets sample is not at {SAMPLE}")
+@pytest.mark.skipif(
+    not os.environ.get("MINUNET_PETS_SAMPLE") or not SAMPLE.is_dir(),
+    reason="set MINUNET_PETS_SAMPLE to the real Pets sample to run this",
+)
 def test_the_real_pets_sample(tmp_path, monkeypatch):
-    monkeypatch.setenv(pets.ENV_DATA_DIR, str(tmp_path / "cache"))  # the sample may be read-only
+    monkeypatch.setenv(cache.ENV_DATA_DIR, str(tmp_path / "cache"))  # the sample may be read-only
     train = pets.load_pets(SAMPLE, 64, "trainval", download=False, progress=False)
     test = pets.load_pets(SAMPLE, 64, "test", download=False, progress=False)
     assert (len(train), len(test)) == (356, 335)

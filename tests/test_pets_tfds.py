@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minunet.data import pets
+from minunet.data import cache, pets
 from minunet.data.pets_tfds import TFDS_NAME, load_pets_tfds
 from minunet.errors import DataError
 
@@ -80,7 +80,7 @@ def test_tfds_and_archive_loaders_give_identical_arrays(pairs, tmp_path, monkeyp
 
     with tfds.testing.mock_data(as_dataset_fn=as_dataset, data_dir=str(tmp_path / "tfds")):
         from_tfds = load_pets_tfds(SIZE, split="train")
-    monkeypatch.setenv(pets.ENV_DATA_DIR, str(tmp_path / "cache"))
+    monkeypatch.setenv(cache.ENV_DATA_DIR, str(tmp_path / "cache"))
     from_files = pets.load_pets(root, SIZE, "trainval", download=False, progress=False)
 
     assert from_tfds.names == from_files.names == NAMES

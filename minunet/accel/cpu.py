@@ -14,26 +14,25 @@ it use a single core. This module does the same arithmetic in a different order:
   the kernel down one row is moving a whole image row further in memory. So the columns
   hold the kw horizontal taps of every row the block sees (kw*C values per pixel), and
   each vertical tap a is a contiguous slice of them: kh products of (P, kw*C) @ (kw*C, K)
-  summed, instead of one (P, kh*kw*C) product. 3x less copying for a 3x3 kernel
-  (measured 0.82x the time of full im2col at 32 channels, 0.94x at 256).
+  summed, instead of one (P, kh*kw*C) product: 3x less copying for a 3x3 kernel.
 * **Blocks of image rows.** Each block's columns (a few MB) are built, multiplied and
-  dropped; the next block reuses the buffers. Blocks are large because each one costs
-  some twenty NumPy calls, and the two threads wait on each other's GIL between calls:
-  at 32 channels on the 2-core test machine, 128 KB blocks ran 4x slower than 2 MB ones
-  (and 4-8 MB no faster).
+  dropped; the next block reuses the buffers. Blocks are large (megabytes, not a cache's
+  kilobytes) because each one costs some twenty NumPy calls, and the threads wait on each
+  other's GIL between calls.
 * **One block per thread, single-threaded BLAS.** Two Python threads each build and
   multiply their own blocks (NumPy releases the GIL inside copies and matrix products);
   OpenBLAS is held to one thread meanwhile so that the two workers do not fight over the
-  cores. Measured here: a forward runs 1.56-1.59x faster on 2 threads than on 1; the
-  products scale, the copies (memory-bound) hardly do.
+  cores. The products scale with the threads; the copies (memory-bound) hardly do.
 * **The backward reuses the forward.** For stride 1, the input gradient of a convolution
   is a convolution of the (padded) output gradient with the kernel flipped and its two
   channel axes swapped: a gather, so blocks never write to the same pixel. The weight
   gradient rebuilds each block's columns instead of keeping them all in memory.
 
-The layers call these only for NumPy float arrays with stride 1, dilation 1 and at least
-MIN_CHANNELS input channels; anything else goes through the plain im2col path, which stays the reference the tests compare
-against (``tests/test_fast_paths.py``).
+``FastConv2d`` (``minunet.accel.conv``) calls these only for NumPy float arrays with
+stride 1, dilation 1 and at least MIN_CHANNELS input channels (``fast_conv_ok``); anything
+else goes through the im2col formulation, with ``batched_matmul`` for its products. The
+reference ``Conv2d`` is what the tests compare both against (``tests/test_fast_paths.py``).
+Figures for these choices are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -48,18 +47,18 @@ from typing import Any
 
 import numpy as np
 
-# Set MINUNET_FAST_CPU=0 to run every layer through the plain reference path instead.
+# MINUNET_FAST_CPU=0 switches the CPU fast paths off (MINUNET_ACCEL=0: every fast path);
+# tests use ``minunet.accel.fast_paths(cpu=False)``.
 ENABLED = os.environ.get("MINUNET_FAST_CPU", "1") != "0"
 
 # Channels-last copies move runs of C values: with the 3 channels of an RGB input those
-# runs are too short, and the NCHW reference (runs of a whole image row) was 2.4-2.9x faster.
+# runs are too short, and the NCHW im2col (runs of a whole image row) is faster.
 MIN_CHANNELS = 8
 
 # Bytes of columns built per block (see the module docstring: fewer, larger blocks won).
 BLOCK_BYTES = 2 << 20
-# ... but at least this many output pixels per block: a product with fewer rows than this
-# runs at ~70% of OpenBLAS's single-core speed (measured for the U-Net's 8x8, 512-channel
-# layers: 32 rows 66 GFLOP/s, 64 rows 77, 256 rows 93).
+# ... but at least this many output pixels per block: a product with only a few dozen rows
+# runs well below OpenBLAS's single-core speed (the U-Net's 8x8, 512-channel layers).
 MIN_BLOCK_PIXELS = 128
 
 
@@ -94,9 +93,8 @@ def _single_threaded_blas() -> Any:
     """A context that holds OpenBLAS (or MKL) to one thread, or does nothing.
 
     Uses threadpoolctl (a dependency of minunet). Should it be missing, the workers still
-    run and BLAS oversubscribes the cores: correct, but slower (a whole training step on
-    the 2-core test machine: 1.45 s with it, 1.96 s without, ``benchmarks/step.py
-    --reference``; a single convolution alone hardly notices).
+    run and BLAS oversubscribes the cores: correct, but slower (``benchmarks/step.py
+    --reference`` times a step both ways).
     """
     global _blas
     if _blas is None:
@@ -120,9 +118,8 @@ def parallel(fn: Callable[[int, Sequence[Any]], None], items: Sequence[Any]) -> 
     """
     if num_threads() == 1:
         # One worker asked for (MINUNET_THREADS=1, or one core): the blocks' products are
-        # small, and OpenBLAS splitting each over its own threads is what the pool avoids
-        # (with another program busy on the second core, a 32-channel 128x128 convolution
-        # ran 2.7x slower that way here, and 40x in one lesson build).
+        # small, and OpenBLAS splitting each over its own threads is what the pool avoids:
+        # with another program busy on a core, its threads wait for each other.
         with _single_threaded_blas():
             fn(0, items)
         return
@@ -207,7 +204,7 @@ def _row_columns(
     slab[:, pad + w :] = 0
     # Two copies beat one here: reading x[i, :, lo:hi] channel by channel (a stride of a
     # whole image plane per value) thrashes the TLB; copying the rows as they lie first,
-    # then transposing the small contiguous block, measured ~4x faster.
+    # then transposing the small contiguous block, does not.
     rows_in = scratch("rows_in", (c, hi - lo, w), x.dtype)
     rows_in[...] = x[i, :, lo:hi]
     slab[lo - top : hi - top, pad : pad + w] = rows_in.transpose(1, 2, 0)
@@ -239,9 +236,9 @@ def conv2d_forward(
         for i, r0, r1 in chunk:
             p = (r1 - r0) * wo
             cols = _row_columns(x, i, r0, r1, kh, kw, padding, wo)
-            # Channels-last products (P, kw*C) @ (kw*C, K): with one BLAS thread they ran
-            # ~1.6x faster at K = 32 than the same product computed as (K, .) @ (., P)
-            # straight into NCHW, which pays for the transposing copy at the end.
+            # Channels-last products (P, kw*C) @ (kw*C, K): with one BLAS thread they beat
+            # the same product computed as (K, .) @ (., P) straight into NCHW, even paying
+            # for the transposing copy at the end.
             res = scratch("res", (p, k), x.dtype)
             part = scratch("part", (p, k), x.dtype)
             np.matmul(cols[:p], wmat[0], out=res)
@@ -305,9 +302,8 @@ def batched_matmul(a: Any, b: Any) -> Any:
     single-threaded BLAS, as the blocked convolution does. Left to itself, OpenBLAS splits
     every one of these small products over its own two threads, which wait for each other
     at the end of each product: when another process holds a core, that wait is a
-    scheduler time slice, and the U-Net's four ConvTranspose2d layers measured ~10x slower
-    (2.2 s per step instead of 0.12 s, load average 3.5 on 2 cores). Other arrays (CuPy)
-    get a plain ``a @ b``.
+    scheduler time slice, and layers made of such products (the U-Net's ConvTranspose2d)
+    slow down many times over. Other arrays (CuPy) get a plain ``a @ b``.
     """
     if not (ENABLED and type(a) is np.ndarray and type(b) is np.ndarray):
         return a @ b

@@ -110,8 +110,3 @@ def seed_everything(seed: int, xp: ModuleType | None = None) -> np.random.Genera
     if xp is not None and xp is not np:
         xp.random.seed(seed % 2**32)
     return np.random.default_rng(seed)
-
-
-def default_rng(seed: int | None, xp: ModuleType) -> Any:
-    """A Generator on the backend: ``numpy.random.default_rng`` or ``cupy.random.default_rng``."""
-    return xp.random.default_rng(seed)

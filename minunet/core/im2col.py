@@ -18,11 +18,8 @@ slice of the padded input:
 so im2col is kh*kw slice copies and col2im kh*kw slice additions. The same lines run on
 NumPy and CuPy, since both index and add slices alike.
 
-On the GPU each of those copies is a kernel launch of its own, plus one for the padded
-copy, so CuPy arrays take two hand-written kernels instead (``IM2COL`` and ``COL2IM``
-below, one pass each, padding read as zeros instead of copied). col2im is written as a
-gather: one thread per *input* pixel adds up the few column entries that copied it, in
-the same order as the slice additions, so no two threads ever write the same pixel.
+Fast path: on CuPy, ``minunet.accel.cuda.im2col`` does each in one GPU kernel (the layers
+that call these, ``FastConv2d`` and ``FastConvTranspose2d``, use it).
 
 Shapes: x (N, C, H, W); cols (N, C*kh*kw, Ho*Wo), rows ordered (c, i, j) like PyTorch's
 weight (K, C, kh, kw), so ``weight.reshape(K, -1) @ cols`` needs no transpose.
@@ -32,7 +29,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from minunet.accel.cuda import kernel as cuda
 from minunet.core.backend import get_array_module
 
 
@@ -54,8 +50,6 @@ def im2col(x: Any, kh: int, kw: int, stride: int = 1, padding: int = 0, dilation
     wo = conv_output_size(w, kw, stride, padding, dilation)
     if kh == kw == 1 and stride == 1 and padding == 0:
         return x.reshape(n, c, h * w)  # a 1x1 convolution's columns are the input itself
-    if cuda.enabled_for(x):
-        return im2col_kernel(x, kh, kw, stride, padding, dilation)
     if padding:
         # One padded copy; every offset below is then a plain slice of it.
         x_pad = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=x.dtype)
@@ -93,8 +87,6 @@ def col2im(
     wo = conv_output_size(w, kw, stride, padding, dilation)
     if kh == kw == 1 and stride == 1 and padding == 0:
         return cols.reshape(n, c, h, w)
-    if cuda.enabled_for(cols):
-        return col2im_kernel(cols, x_shape, kh, kw, stride, padding, dilation)
     cols = cols.reshape(n, c, kh, kw, ho, wo)
     # The padded canvas is large enough for every slice; the padding ring is dropped at the
     # end (its gradient belongs to the zeros that were padded in, not to x).
@@ -109,91 +101,3 @@ def col2im(
                 cols[:, :, i, j]
             )
     return x_pad[:, :, padding : padding + h, padding : padding + w]
-
-
-# --- The same two functions as CUDA kernels (CuPy arrays) ------------------------------
-
-IM2COL = cuda.Kernel(
-    r"""
-// One thread per column entry e = (((n*C + c)*kh + i)*kw + j)*Ho*Wo + oh*Wo + ow:
-//   cols[e] = x[n, c, oh*stride - pad + i*dil, ow*stride - pad + j*dil], 0 in the padding.
-extern "C" __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols,
-                                  long long total, int H, int W, int kh, int kw,
-                                  int Ho, int Wo, int stride, int pad, int dil) {
-    for_each(e, total) {
-        int ow = e % Wo;
-        long long r = e / Wo;
-        int oh = r % Ho;  r /= Ho;
-        int j = r % kw;   r /= kw;
-        int i = r % kh;   r /= kh;  // r = n*C + c: which image plane
-        int h = oh * stride - pad + i * dil;
-        int w = ow * stride - pad + j * dil;
-        cols[e] = (h >= 0 && h < H && w >= 0 && w < W) ? x[(r * H + h) * W + w] : (T)0;
-    }
-}
-"""
-)
-
-COL2IM = cuda.Kernel(
-    r"""
-// One thread per input pixel e = ((n*C + c)*H + h)*W + w. Tap (i, j) of output (oh, ow)
-// read row h = oh*stride - pad + i*dil, so for each tap the output that read this pixel
-// is oh = (h + pad - i*dil) / stride, when that divides exactly and lies in [0, Ho).
-extern "C" __global__ void col2im(const T* __restrict__ cols, T* __restrict__ x,
-                                  long long total, int H, int W, int kh, int kw,
-                                  int Ho, int Wo, int stride, int pad, int dil) {
-    for_each(e, total) {
-        int w = e % W;
-        long long r = e / W;
-        int h = r % H;  r /= H;  // r = n*C + c
-        T sum = 0;
-        for (int i = 0; i < kh; ++i) {
-            int top = h + pad - i * dil;
-            if (top < 0 || top % stride != 0 || top / stride >= Ho) continue;
-            for (int j = 0; j < kw; ++j) {
-                int left = w + pad - j * dil;
-                if (left < 0 || left % stride != 0 || left / stride >= Wo) continue;
-                sum += cols[(((r * kh + i) * kw + j) * Ho + top / stride) * Wo + left / stride];
-            }
-        }
-        x[e] = sum;
-    }
-}
-"""
-)
-
-
-def im2col_kernel(
-    x: Any, kh: int, kw: int, stride: int = 1, padding: int = 0, dilation: int = 1
-) -> Any:
-    """``im2col`` in one kernel launch. x (N, C, H, W) -> cols (N, C*kh*kw, Ho*Wo)."""
-    xp = get_array_module(x)
-    n, c, h, w = x.shape
-    ho = conv_output_size(h, kh, stride, padding, dilation)
-    wo = conv_output_size(w, kw, stride, padding, dilation)
-    x = xp.ascontiguousarray(x)
-    cols = xp.empty((n, c * kh * kw, ho * wo), dtype=x.dtype)
-    args = (h, w, kh, kw, ho, wo, stride, padding, dilation)
-    IM2COL(cols.size, x.dtype, x, cols, cols.size, *args)
-    return cols
-
-
-def col2im_kernel(
-    cols: Any,
-    x_shape: tuple[int, int, int, int],
-    kh: int,
-    kw: int,
-    stride: int = 1,
-    padding: int = 0,
-    dilation: int = 1,
-) -> Any:
-    """``col2im`` in one kernel launch. cols (N, C*kh*kw, Ho*Wo) -> (N, C, H, W)."""
-    xp = get_array_module(cols)
-    n, c, h, w = x_shape
-    ho = conv_output_size(h, kh, stride, padding, dilation)
-    wo = conv_output_size(w, kw, stride, padding, dilation)
-    cols = xp.ascontiguousarray(cols)
-    x = xp.empty((n, c, h, w), dtype=cols.dtype)
-    args = (h, w, kh, kw, ho, wo, stride, padding, dilation)
-    COL2IM(x.size, cols.dtype, cols, x, x.size, *args)
-    return x

@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+# The label of pixels that belong to no class ("void"): the loss and the metrics skip
+# them, and labels are uint8, so 255 is the one value no class can have.
+IGNORE_LABEL = 255
 # Oxford-IIIT Pets trimap classes, as in the original notebook: trimap value minus 1.
 PETS_CLASS_NAMES = ("pet", "background", "outline")
 

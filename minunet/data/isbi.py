@@ -24,15 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
+from minunet.data.cache import cache_folder, fingerprint
 from minunet.data.dataset import SegmentationData
-from minunet.data.folder import (
-    border_weights_cached,
-    cache_folder,
-    fingerprint,
-    holdout_split,
-    image_array,
-)
-from minunet.data.imageio import resize_image, resize_mask
+from minunet.data.imageio import image_array, resize_image, resize_mask
+from minunet.data.splits import holdout
+from minunet.data.weightmap import border_weights_cached
 from minunet.errors import DataError
 
 VOLUME_FILE = "train-volume.tif"
@@ -46,7 +42,7 @@ WHERE = (
 
 
 def read_pages(path: str | os.PathLike) -> list[np.ndarray]:
-    """Every page of a multi-page TIFF as (H, W, 1) uint8 (``folder.read_image`` rules)."""
+    """Every page of a multi-page TIFF as (H, W, 1) uint8 (``imageio.read_image`` rules)."""
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found; {WHERE}")
     # open_image decodes one page and closes the file; the pages need it open.
@@ -89,17 +85,16 @@ def load_isbi2012(
 
     image_size: N to resize to N x N (images bilinear, labels nearest), or None for the
     native 512 x 512. Images (N_s, H, W, 1) uint8, masks (N_s, H, W) with 0 membrane,
-    1 cell. val_fraction / seed: the seeded hold-out. border_weights: add the paper's
-    weight map (cells as objects, ``w0``, ``sigma``), cached beside the files.
-    For crop training at native size, wrap a split with ``folder.as_native``.
+    1 cell. val_fraction / seed: the seeded hold-out (``splits.holdout``).
+    border_weights: add the paper's weight map (cells as objects, ``w0``, ``sigma``),
+    cached beside the files. For crop training, load at native size and give a split to
+    ``DeviceLoader(..., crop=N)``.
     """
     root = Path(root)
     volume, labels = root / VOLUME_FILE, root / LABELS_FILE
     missing = [p.name for p in (volume, labels) if not p.is_file()]
     if missing:
         raise DataError(f"{root}: {' and '.join(missing)} not found; {WHERE}: put them in {root}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     images, masks = read_pages(volume), read_label_pages(labels)
     if len(images) != len(masks) or any(
         im.shape[:2] != m.shape for im, m in zip(images, masks, strict=False)
@@ -118,25 +113,16 @@ def load_isbi2012(
     weights = None
     if border_weights:
         stats = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in (volume, labels)]
-        stem = cache_folder(root) / f"isbi2012-{fingerprint([stats, image_size])}"
+        stem = cache_folder(root, "isbi2012") / f"isbi2012-{fingerprint([stats, image_size])}"
         weights = border_weights_cached(masks, 2, [1], w0, sigma, cache_stem=stem)
 
-    split = holdout_split(len(images), val_fraction, seed)
-
-    def stack(items: list[np.ndarray], index: np.ndarray) -> np.ndarray:
-        # np.stack of nothing fails; an empty split keeps the per-sample shape.
-        if len(index):
-            return np.stack([items[i] for i in index])
-        return np.empty((0, *items[0].shape), items[0].dtype)
-
-    def make(index: np.ndarray) -> SegmentationData:
-        return SegmentationData(
-            images=stack(images, index),
-            masks=stack(masks, index),
-            class_names=list(CLASS_NAMES),
-            mask_values=list(MASK_VALUES),
-            weights=None if weights is None else stack(weights, index),
-            names=[f"slice{i:02d}" for i in index],
-        )
-
-    return make(np.flatnonzero(split == 0)), make(np.flatnonzero(split == 1))
+    train_index, val_index = holdout(len(images), val_fraction, seed)
+    pool = SegmentationData(
+        images=np.stack(images),
+        masks=np.stack(masks),
+        class_names=list(CLASS_NAMES),
+        mask_values=list(MASK_VALUES),
+        weights=None if weights is None else np.stack(weights),
+        names=[f"slice{i:02d}" for i in range(len(images))],
+    )
+    return pool.subset(train_index), pool.subset(val_index)

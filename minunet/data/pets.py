@@ -22,20 +22,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from minunet.data.cache import (
+    cache_folder,
+    default_cache_dir,
+    is_writable,
+    load_cache,
+    save_cache,
+)
 from minunet.data.dataset import PETS_CLASS_NAMES, NativeSizeData, SegmentationData
 from minunet.data.download import download as download_file
 from minunet.data.download import extract_tar, verify_sha256
 from minunet.data.imageio import open_image, read_rgb, resize_image, resize_mask
+from minunet.data.splits import holdout
 from minunet.errors import DataError
-from minunet.io.atomic import save_npz_atomic
 
 
 @dataclass(frozen=True)
@@ -65,19 +70,11 @@ PETS_ARCHIVES: tuple[PetsArchive, ...] = (
 DEFAULT_BASE_URL = "https://thor.robots.ox.ac.uk/~vgg/data/pets"
 OLD_BASE_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/data"  # an older mirror, same files
 
-ENV_DATA_DIR = "MINUNET_DATA"  # the cache folder (default ~/.cache/minunet)
 ENV_PETS_URL = "MINUNET_PETS_URL"  # the base URL the two archives are fetched from
 
 PETS_SPLITS = ("trainval", "test")
 PETS_MASK_VALUES = [1, 2, 3]  # the trimap values of classes 0, 1, 2
 ROOT_NAME = "oxford-iiit-pet"  # the folder name inside the cache (and torchvision's, too)
-CACHE_FOLDER = ".minunet-cache"
-CACHE_VERSION = 1  # bump when the preprocessing changes, so old caches are rebuilt
-
-
-def default_cache_dir() -> Path:
-    """``$MINUNET_DATA``, or ``~/.cache/minunet``."""
-    return Path(os.environ.get(ENV_DATA_DIR) or "~/.cache/minunet").expanduser()
 
 
 def is_pets_root(folder: Path) -> bool:
@@ -88,19 +85,6 @@ def is_pets_root(folder: Path) -> bool:
         and (annotations / "trimaps").is_dir()
         and all((annotations / f"{split}.txt").is_file() for split in PETS_SPLITS)
     )
-
-
-def _is_writable(folder: Path) -> bool:
-    """Whether we may write in ``folder`` (or create it).
-
-    The write bits are checked as well as ``os.access``: root passes ``os.access`` everywhere,
-    and a folder someone made read-only (a shared data set) must not get a cache written into.
-    """
-    while not folder.exists():
-        if folder.parent == folder:
-            return False
-        folder = folder.parent
-    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
 # ------------------------------------------------------------------------------- finding
@@ -143,7 +127,7 @@ def find_or_fetch_pets(
             f"from {base}/ into it, or allow downloading"
         )
     # Extract (and download) beside the user's folder when we may write there, else in the cache.
-    work = folder if _is_writable(folder) else default_cache_dir() / ROOT_NAME
+    work = folder if is_writable(folder) else default_cache_dir() / ROOT_NAME
     if work != folder and is_pets_root(work):
         return work
 
@@ -245,6 +229,19 @@ def _pair_paths(root: Path, name: str) -> tuple[Path, Path]:
     return root / "images" / f"{name}.jpg", root / "annotations" / "trimaps" / f"{name}.png"
 
 
+def _read_pair(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Photo ``name`` as (H, W, 3) uint8 RGB and its trimap as (H, W) uint8 in {1, 2, 3}."""
+    image_path, trimap_path = _pair_paths(root, name)
+    image = read_rgb(image_path)  # PNG, GIF, CMYK, grayscale, alpha: all become RGB
+    trimap = _read_trimap(trimap_path)
+    if trimap.shape != image.shape[:2]:
+        raise DataError(
+            f"{trimap_path}: trimap is {trimap.shape[1]}x{trimap.shape[0]} but its image is "
+            f"{image.shape[1]}x{image.shape[0]}; replace it with the official file"
+        )
+    return image, trimap
+
+
 # --------------------------------------------------------------------------------- cache
 
 
@@ -257,7 +254,7 @@ def _fingerprint(root: Path, split: str, image_size: int, names: list[str]) -> s
     A missing listed file is reported here, before any decoding.
     """
     list_file = root / "annotations" / f"{split}.txt"
-    digest = hashlib.sha256(f"pets v{CACHE_VERSION} {split} {image_size}\n".encode())
+    digest = hashlib.sha256(f"pets {split} {image_size}\n".encode())
     digest.update(list_file.read_bytes())
     for name in names:
         for path in _pair_paths(root, name):
@@ -277,32 +274,25 @@ def pets_cache_file(root: Path, split: str, image_size: int) -> Path:
     """Where the resized arrays of ``split`` at ``image_size`` are cached.
 
     In ``ROOT/.minunet-cache/`` when the root is writable, else (a read-only shared copy) in
-    the cache folder, under a name derived from the root's absolute path.
+    the cache folder (``cache.cache_folder``).
     """
-    name = f"pets-{split}-{image_size}px.npz"
-    if _is_writable(root):
-        return root / CACHE_FOLDER / name
-    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
-    return default_cache_dir() / "pets-cache" / f"{tag}-{name}"
+    return cache_folder(root, "pets") / f"pets-{split}-{image_size}px.npz"
 
 
-def _load_cache(
-    path: Path, key: str, count: int, image_size: int
-) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    """The cached (images, masks, names), or None if absent, unreadable or stale."""
-    if not path.is_file():
+def _load_cached_split(
+    path: Path, key: str, names: list[str], image_size: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached (images, masks) of the listed ``names``, or None if there is no usable
+    cache (see ``cache.load_cache``) or it holds other images or sizes."""
+    cache = load_cache(path, key, ["images", "masks", "names"])
+    if cache is None:
         return None
-    try:
-        with np.load(path, allow_pickle=False) as cache:
-            if str(cache["key"]) != key:
-                return None  # stale: made from other files or another preprocessing
-            images, masks = cache["images"], cache["masks"]
-            names = [str(n) for n in cache["names"]]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None  # truncated or corrupt (a killed run, a full disk): rebuild it
-    if images.shape != (count, image_size, image_size, 3) or masks.shape != images.shape[:3]:
+    images, masks = cache["images"], cache["masks"]
+    if images.shape != (len(names), image_size, image_size, 3) or masks.shape != images.shape[:3]:
         return None
-    return images, masks, names
+    if [str(n) for n in cache["names"]] != names:
+        return None
+    return images, masks
 
 
 # ---------------------------------------------------------------------------------- load
@@ -331,16 +321,13 @@ def load_pets(
     key = _fingerprint(root, split, image_size, names)
     cache_file = pets_cache_file(root, split, image_size)
 
-    cached = _load_cache(cache_file, key, len(names), image_size)
-    if cached is not None and cached[2] == names:
-        images, masks, _ = cached
+    cached = _load_cached_split(cache_file, key, names, image_size)
+    if cached is not None:
+        images, masks = cached
     else:
         images, masks = _decode_all(root, names, image_size, fetch_kwargs.get("progress", True))
-        arrays = {"key": np.array(key), "images": images, "masks": masks, "names": np.array(names)}
-        try:
-            save_npz_atomic(cache_file, arrays)
-        except OSError as exc:  # a full disk or a read-only cache folder costs speed, not data
-            warnings.warn(f"{cache_file}: cannot write the cache ({exc})", stacklevel=2)
+        # A failed write (a full disk) is reported there and costs speed, not data.
+        save_cache(cache_file, {"images": images, "masks": masks, "names": np.array(names)}, key)
 
     return SegmentationData(
         images=images,
@@ -358,15 +345,7 @@ def _decode_all(
     images = np.empty((len(names), image_size, image_size, 3), dtype=np.uint8)
     masks = np.empty((len(names), image_size, image_size), dtype=np.uint8)
     for i, name in enumerate(tqdm(names, desc="decoding Pets", disable=not progress, leave=False)):
-        image_path, trimap_path = _pair_paths(root, name)
-        image = read_rgb(image_path)  # PNG, GIF, CMYK, grayscale, alpha: all become RGB
-        trimap = _read_trimap(trimap_path)
-        if trimap.shape != image.shape[:2]:
-            raise DataError(
-                f"{trimap_path}: trimap is {trimap.shape[1]}x{trimap.shape[0]} but its image is "
-                f"{image.shape[1]}x{image.shape[0]}; replace it with the official file"
-            )
-        images[i], masks[i] = preprocess_pet(image, trimap, image_size)
+        images[i], masks[i] = preprocess_pet(*_read_pair(root, name), image_size)
     return images, masks
 
 
@@ -386,13 +365,7 @@ def load_pets_native(
     names = read_split_names(root / "annotations" / f"{split}.txt")[:limit]
     images, masks = [], []
     for name in names:
-        image_path, trimap_path = _pair_paths(root, name)
-        image, trimap = read_rgb(image_path), _read_trimap(trimap_path)
-        if image.shape[:2] != trimap.shape:
-            raise DataError(
-                f"{trimap_path}: trimap is {trimap.shape[::-1]} but its image is "
-                f"{image.shape[1::-1]}; replace it with the official file"
-            )
+        image, trimap = _read_pair(root, name)
         images.append(image)
         masks.append(trimap - np.uint8(1))
     return NativeSizeData(
@@ -413,15 +386,10 @@ def pets_splits(
 ) -> tuple[SegmentationData, SegmentationData]:
     """(train, validation) carved from the official trainval list.
 
-    The validation set is ``round(val_fraction * N)`` images (at least 1) drawn by
-    ``np.random.default_rng(seed).permutation``; both parts keep the list order. The same seed
-    gives the same hold-out on every machine. The official test split stays untouched: load it
-    with ``load_pets(split="test")``.
+    The validation set is the seeded hold-out of ``splits.holdout`` (the same seed gives the
+    same hold-out on every machine); both parts keep the list order. The official test split
+    stays untouched: load it with ``load_pets(split="test")``.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     trainval = load_pets(data_dir, image_size, "trainval", **fetch_kwargs)
-    n = len(trainval)
-    n_val = min(max(1, round(val_fraction * n)), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    return trainval.subset(np.sort(order[n_val:])), trainval.subset(np.sort(order[:n_val]))
+    train_index, val_index = holdout(len(trainval), val_fraction, seed)
+    return trainval.subset(train_index), trainval.subset(val_index)

@@ -15,9 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from minunet.data.dataset import SegmentationData
+from minunet.data.splits import holdout
 from minunet.errors import DataError
 
 SOURCES = ("synthetic", "pets", "pets-tfds", "folder", "isbi2012")
@@ -83,7 +81,9 @@ def load_splits(opts: DataOptions, split: str = "train") -> tuple[Any, Any]:
 
         if split == "test":
             return load_pets_tfds(size, "test", opts.data_dir), None
-        return holdout(load_pets_tfds(size, "train", opts.data_dir), opts.val_fraction, opts.seed)
+        pool = load_pets_tfds(size, "train", opts.data_dir)
+        train_index, val_index = holdout(len(pool), opts.val_fraction, opts.seed)
+        return pool.subset(train_index), pool.subset(val_index)
     if opts.data_dir is None:
         raise DataError(f"--data {opts.data} needs --data-dir pointing at the data folder")
     if opts.data == "folder":
@@ -112,18 +112,3 @@ def load_splits(opts: DataOptions, split: str = "train") -> tuple[Any, Any]:
     if split == "test":
         return val, None
     return train, val
-
-
-def holdout(
-    data: SegmentationData, fraction: float, seed: int
-) -> tuple[SegmentationData, SegmentationData]:
-    """Split off a seeded random ``fraction`` of ``data`` for validation (at least one)."""
-    n = len(data)
-    n_val = max(1, round(n * fraction))
-    if n_val >= n:
-        raise DataError(
-            f"cannot hold out {n_val} of {n} samples for validation: "
-            "lower --val-fraction or add data"
-        )
-    order = np.random.default_rng(seed).permutation(n)
-    return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))

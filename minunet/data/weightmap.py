@@ -35,10 +35,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
-IGNORE_LABEL = 255
+from minunet.data.cache import fingerprint, load_cache, save_cache
+from minunet.data.class_weights import median_frequency_weights
+from minunet.data.dataset import IGNORE_LABEL
+
 # The border term is dropped where it is below this (see the module docstring).
 BORDER_TERM_FLOOR = 1e-6
 
@@ -174,17 +178,6 @@ def distance_to(sites: np.ndarray) -> np.ndarray:
     return np.sqrt(squared)
 
 
-def _median_frequency(counts: np.ndarray) -> np.ndarray:
-    """``median(freq) / freq`` over the present classes; absent classes get 0. counts: (K,)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    weights = np.zeros_like(counts)
-    present = counts > 0
-    if present.any():
-        freq = counts[present] / counts[present].sum()
-        weights[present] = np.median(freq) / freq
-    return weights
-
-
 def border_weight_map(
     mask: np.ndarray,
     foreground_classes: Iterable[int],
@@ -198,8 +191,8 @@ def border_weight_map(
 
     mask: (H, W) integer class labels (255 = ignored). foreground_classes: the classes
     whose connected components are the objects (e.g. ``[1]`` for cells).
-    class_weights: (K,) weights for ``w_c``, e.g. from ``folder.class_weights``; by
-    default median-frequency balancing over this mask.
+    class_weights: (K,) weights for ``w_c``, e.g. ``median_frequency_weights`` of the
+    whole data set; by default median-frequency balancing over this mask.
     Returns (H, W) float32 ``w_c + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))``, the second term
     on background pixels only; 0 on ignored pixels. See the module docstring.
     """
@@ -208,7 +201,7 @@ def border_weight_map(
     labelled = mask != IGNORE_LABEL
     if class_weights is None:
         num = int(mask[labelled].max()) + 1 if labelled.any() else 1
-        class_weights = _median_frequency(np.bincount(mask[labelled].ravel(), minlength=num))
+        class_weights = median_frequency_weights([mask], num)
     class_weights = np.asarray(class_weights, dtype=np.float64)
     weights = np.zeros((h, w), dtype=np.float64)
     weights[labelled] = class_weights[mask[labelled]]
@@ -244,14 +237,37 @@ def border_weight_map(
     return weights.astype(np.float32)
 
 
-def border_weight_maps(
-    masks: Iterable[np.ndarray],
-    foreground_classes: Iterable[int],
+def border_weights_cached(
+    masks: list[np.ndarray],
+    num_classes: int,
+    foreground_classes: list[int] | None = None,
     w0: float = 10.0,
     sigma: float = 5.0,
     *,
-    class_weights: np.ndarray | None = None,
+    cache_stem: Path | None = None,
 ) -> list[np.ndarray]:
-    """``border_weight_map`` for each (H_i, W_i) mask. Returns a list of (H_i, W_i) float32."""
-    foreground = list(foreground_classes)
-    return [border_weight_map(m, foreground, w0, sigma, class_weights=class_weights) for m in masks]
+    """The border weight map of every mask of a data set, cached beside the data.
+
+    masks: list of (H_i, W_i) uint8 labels. foreground_classes: the object classes
+    (default: every class but 0). ``w_c`` is median-frequency balancing over all
+    ``masks`` (float32, as the loss's class weights are). cache_stem: the data's cache
+    path without ``.npz`` (the maps go to ``<stem>-w<options>.npz``), or None for no
+    cache. Returns a list of (H_i, W_i) float32 maps.
+    """
+    foreground = list(range(1, num_classes)) if foreground_classes is None else foreground_classes
+    foreground = [int(c) for c in foreground]
+    names = [f"weight_{i}" for i in range(len(masks))]
+    path = key = None
+    if cache_stem is not None:
+        key = fingerprint([foreground, float(w0), float(sigma)])
+        path = cache_stem.parent / f"{cache_stem.name}-w{key}.npz"
+        cached = load_cache(path, key, names)
+        if cached is not None and all(
+            cached[n].shape == m.shape for n, m in zip(names, masks, strict=True)
+        ):
+            return [cached[n] for n in names]
+    balance = median_frequency_weights(masks, num_classes).astype(np.float32)
+    weights = [border_weight_map(m, foreground, w0, sigma, class_weights=balance) for m in masks]
+    if path is not None:
+        save_cache(path, dict(zip(names, weights, strict=True)), key)
+    return weights

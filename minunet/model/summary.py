@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from minunet.accel import reference_class
 from minunet.nn import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, MaxPool2d, ReLU
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def _count(layer) -> int:
 def _row(name, layer, in_shape, extra_in=None):
     """(name, kind, out_shape, params, flops, activation elements) for one layer."""
     n, c, h, w = in_shape
-    kind = type(layer).__name__
+    kind = reference_class(layer).__name__  # Conv2d, also for its accelerated FastConv2d
     if isinstance(layer, Conv2d):
         ho, wo = layer.output_shape(h, w)
         k = layer.kernel_size

@@ -19,6 +19,10 @@ below it and by the skip connection, so its gradient is the *sum* of the two pat
 must be multiples of 2**depth. ``padding="valid"`` is the paper's network: no padding, so
 each convolution trims a pixel from every side, the skip maps are centre-cropped, and a
 572x572 input gives a 388x388 output (the paper's figure 1).
+
+The layers are the references of ``minunet.nn``; the constructor hands them their fast
+implementations (``minunet.accel.accelerate``), which compute the same thing faster.
+``MINUNET_ACCEL=0`` keeps the references.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from minunet.accel import accelerate
 from minunet.errors import MinunetError
 from minunet.nn import (
     BatchNorm2d,
@@ -162,6 +167,7 @@ class UNet(Layer):
             [block(2 * widths[lv], widths[lv]) for lv in reversed(range(depth))]
         )
         self.head = Conv2d(widths[0], num_classes, 1, dtype=dtype, rng=rng)
+        accelerate(self)  # every layer's fast path, where it has one
 
     # -- sizes ------------------------------------------------------------------------------
     def output_size(self, size: int) -> int:

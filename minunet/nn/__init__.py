@@ -8,6 +8,7 @@ from minunet.nn.conv_transpose import ConvTranspose2d
 from minunet.nn.dropout import Dropout
 from minunet.nn.pool import MaxPool2d
 from minunet.nn.relu import ReLU
+from minunet.nn.sync_batchnorm import SyncBatchNorm2d, use_sync_batchnorm
 
 __all__ = [
     "BatchNorm2d",
@@ -20,4 +21,6 @@ __all__ = [
     "MaxPool2d",
     "Parameter",
     "ReLU",
+    "SyncBatchNorm2d",
+    "use_sync_batchnorm",
 ]

@@ -7,6 +7,8 @@ network the encoder map is larger (every unpadded 3x3 convolution trims a pixel 
 each side), so its centre is cropped to the decoder's size, as in the paper's figure 1.
 Backward splits the gradient along channels and pads the skip's part back with zeros:
 the cropped-away border did not reach the output, so its gradient is zero.
+
+No fast path: a copy each way.
 """
 
 from __future__ import annotations

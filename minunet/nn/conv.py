@@ -14,25 +14,38 @@ Backward, from dout (N, K, P), is three lines of calculus on that product:
 Weight (K, C, kh, kw) and bias (K,) have PyTorch's shapes and meaning (cross-correlation,
 not a flipped kernel), and so does the output size.
 
-On NumPy, stride-1 convolutions (every convolution of the U-Net) take the fast path of
-``minunet.accel.cpu``: the same products, done channels-last on cache-sized blocks of image
-rows over two threads, which is 2-5x faster on a small CPU. The im2col code below is the
-reference it is tested against, and what CuPy and every other geometry run.
+Fast paths: ``FastConv2d`` (listed in ``minunet.accel.IMPLEMENTATIONS``;
+``minunet.accel.accelerate`` gives it to a model). On NumPy, stride-1 convolutions with 8 or
+more input channels are computed channels-last on blocks of image rows over threads
+(``minunet.accel.cpu``), other products are split over images and threads; on CuPy,
+im2col and col2im are one GPU kernel each. ``MINUNET_ACCEL=0`` turns them all off.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from minunet.accel import cpu
 from minunet.core.im2col import col2im, conv_output_size, im2col
 from minunet.nn.base import Layer, Parameter, check_input, he_normal
 
 
+@dataclass
+class Im2colCache:
+    """What the backward needs: the input's shape and the columns, (N, C*kh*kw, P)."""
+
+    x_shape: tuple[int, int, int, int]
+    cols: Any
+
+
 class Conv2d(Layer):
     """2-D convolution. x (N, C_in, H, W) -> (N, C_out, Ho, Wo)."""
+
+    # The column functions, as attributes so that a fast subclass can swap in its own.
+    im2col = staticmethod(im2col)
+    col2im = staticmethod(col2im)
 
     def __init__(
         self,
@@ -63,34 +76,34 @@ class Conv2d(Layer):
         self.params["weight"] = Parameter(w)
         if bias:
             self.params["bias"] = Parameter(np.zeros(out_channels, dtype=dtype))
-        self._cache: tuple | None = None
+        self._cache: Any = None
 
     def output_shape(self, h: int, w: int) -> tuple[int, int]:
         """(Ho, Wo) for an (H, W) input, PyTorch's formula."""
         k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
         return conv_output_size(h, k, s, p, d), conv_output_size(w, k, s, p, d)
 
-    def forward(self, x: Any) -> Any:
-        weight = self.params["weight"].data
-        check_input(x, "Conv2d", self.in_channels, weight.dtype)
-        n, _, h, w = x.shape
+    def check(self, x: Any) -> tuple[int, int]:
+        """Raise a clear ValueError for a wrong input; return the output size (Ho, Wo)."""
+        check_input(x, "Conv2d", self.in_channels, self.params["weight"].data.dtype)
+        h, w = x.shape[2:]
         ho, wo = self.output_shape(h, w)
         if ho < 1 or wo < 1:
             raise ValueError(
                 f"Conv2d: input {h}x{w} is smaller than the kernel "
                 f"({self.kernel_size}, dilation {self.dilation}, padding {self.padding})"
             )
-        k = self.kernel_size
-        bias = self.params["bias"].data if "bias" in self.params else None
-        if cpu.fast_conv_ok(x, self.stride, self.dilation, self.padding, k):
-            self._cache = ("fast", x)  # the backward rebuilds the columns block by block
-            return cpu.conv2d_forward(x, weight, bias, self.padding)
-        cols = im2col(x, k, k, self.stride, self.padding, self.dilation)  # (N, C*k*k, P)
-        w2 = weight.reshape(self.out_channels, -1)  # (K, C*k*k)
-        out = cpu.batched_matmul(w2, cols)  # (N, K, P), ``@`` split over images and threads
-        if bias is not None:
-            out += bias[:, None]
-        self._cache = ("im2col", x.shape, cols)
+        return ho, wo
+
+    def forward(self, x: Any) -> Any:
+        ho, wo = self.check(x)
+        n, k = x.shape[0], self.kernel_size
+        cols = self.im2col(x, k, k, self.stride, self.padding, self.dilation)  # (N, C*k*k, P)
+        w2 = self.params["weight"].data.reshape(self.out_channels, -1)  # (K, C*k*k)
+        out = w2 @ cols  # (N, K, P)
+        if "bias" in self.params:
+            out += self.params["bias"].data[:, None]
+        self._cache = Im2colCache(x.shape, cols)
         return out.reshape(n, self.out_channels, ho, wo)
 
     def backward(self, dout: Any, input_grad: bool = True) -> Any:
@@ -98,27 +111,15 @@ class Conv2d(Layer):
 
         ``input_grad=False`` skips dx (returns None): a network's first layer needs none.
         """
-        weight = self.params["weight"]
-        if self._cache[0] == "fast":
-            x = self._cache[1]
-            has_bias = "bias" in self.params
-            dx, dw, db = cpu.conv2d_backward(
-                x, weight.data, dout, self.padding, has_bias, input_grad
-            )
-            weight.grad += dw
-            if has_bias:
-                self.params["bias"].grad += db
-            return dx
-        _, x_shape, cols = self._cache
+        weight, cache = self.params["weight"], self._cache
         n, kout = dout.shape[:2]
         d = dout.reshape(n, kout, -1)  # (N, K, P)
-        # dW = sum_n d[n] @ cols[n]^T: a batched product, then a sum over the batch.
-        dw = cpu.batched_matmul(d, cols.transpose(0, 2, 1)).sum(axis=0)  # (K, C*k*k)
+        dw = (d @ cache.cols.transpose(0, 2, 1)).sum(axis=0)  # (K, C*k*k), summed over n
         weight.grad += dw.reshape(weight.shape)
         if "bias" in self.params:
             self.params["bias"].grad += d.sum(axis=(0, 2))
         if not input_grad:
             return None
-        dcols = cpu.batched_matmul(weight.data.reshape(kout, -1).T, d)  # (N, C*k*k, P)
+        dcols = weight.data.reshape(kout, -1).T @ d  # (N, C*k*k, P)
         k = self.kernel_size
-        return col2im(dcols, x_shape, k, k, self.stride, self.padding, self.dilation)
+        return self.col2im(dcols, cache.x_shape, k, k, self.stride, self.padding, self.dilation)

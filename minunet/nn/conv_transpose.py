@@ -20,6 +20,11 @@ one transposing copy that interleaves the k*k outputs of each input pixel,
     cols (N, K, k, k, H, W)  ->  y[n, o, h*k + a, w*k + b] = cols[n, o, a, b, h, w]
 
 and the backward reads dy through the inverse permutation (one copy) into dcols.
+
+Fast paths: ``FastConvTranspose2d`` (listed in ``minunet.accel.IMPLEMENTATIONS``;
+``minunet.accel.accelerate`` gives it to a model). On NumPy the products are split over
+images and threads; on CuPy im2col and col2im are one GPU kernel each. ``MINUNET_ACCEL=0``
+turns them all off.
 """
 
 from __future__ import annotations
@@ -28,13 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from minunet.accel import cpu
 from minunet.core.im2col import col2im, im2col
 from minunet.nn.base import Layer, Parameter, check_input, he_normal
 
 
 class ConvTranspose2d(Layer):
     """Transposed 2-D convolution. x (N, C_in, H, W) -> (N, C_out, Ho, Wo)."""
+
+    # The column functions, as attributes so that a fast subclass can swap in its own.
+    im2col = staticmethod(im2col)
+    col2im = staticmethod(col2im)
 
     def __init__(
         self,
@@ -91,31 +99,56 @@ class ConvTranspose2d(Layer):
             (w - 1) * s - 2 * p + d * (k - 1) + op + 1,
         )
 
-    def forward(self, x: Any) -> Any:
-        weight = self.params["weight"].data
-        check_input(x, "ConvTranspose2d", self.in_channels, weight.dtype)
-        n, _, h, w = x.shape
+    def check(self, x: Any) -> tuple[int, int]:
+        """Raise a clear ValueError for a wrong input; return the output size (Ho, Wo)."""
+        check_input(x, "ConvTranspose2d", self.in_channels, self.params["weight"].data.dtype)
+        h, w = x.shape[2:]
         ho, wo = self.output_shape(h, w)
         if ho < 1 or wo < 1:
             raise ValueError(f"ConvTranspose2d: output would be {ho}x{wo} for a {h}x{w} input")
-        w2 = weight.reshape(self.in_channels, -1)  # (C_in, K*k*k)
-        # (N, K*k*k, H*W); batched_matmul is ``@`` split over the images (threads on NumPy)
-        cols = cpu.batched_matmul(w2.T, x.reshape(n, self.in_channels, h * w))
-        k = self.kernel_size
+        return ho, wo
+
+    def forward(self, x: Any) -> Any:
+        ho, wo = self.check(x)
+        n, c, h, w = x.shape
+        w2 = self.params["weight"].data.reshape(c, -1)  # (C_in, K*k*k)
+        cols = w2.T @ x.reshape(n, c, h * w)  # (N, K*k*k, H*W)
         self._cache = x
+        return self.columns_to_image(cols, (n, self.out_channels, ho, wo), h, w)
+
+    def backward(self, dout: Any) -> Any:
+        x = self._cache
+        n, c, h, w = x.shape
+        dcols = self.image_to_columns(dout, h, w)  # (N, K*k*k, H*W)
+        weight = self.params["weight"]
+        dw = (x.reshape(n, c, h * w) @ dcols.transpose(0, 2, 1)).sum(axis=0)  # (C_in, K*k*k)
+        weight.grad += dw.reshape(weight.shape)
+        if "bias" in self.params:
+            self.params["bias"].grad += dout.sum(axis=(0, 2, 3))
+        dx = weight.data.reshape(c, -1) @ dcols  # (N, C_in, H*W)
+        return dx.reshape(x.shape)
+
+    def columns_to_image(self, cols: Any, out_shape: tuple[int, ...], h: int, w: int) -> Any:
+        """cols (N, K*k*k, H*W) -> the output (N, K, Ho, Wo), bias added."""
+        n, kout, ho, wo = out_shape
+        k = self.kernel_size
         if self._patches_tile():
             # Patches tile the output exactly: interleaving is a permutation (one copy).
-            out = cols.reshape(n, self.out_channels, k, k, h, w).transpose(0, 1, 4, 2, 5, 3)
-            out = out.reshape(n, self.out_channels, ho, wo)  # the copy happens here
-            if "bias" in self.params:
-                out += self.params["bias"].data[:, None, None]
-            return out
-        out = col2im(
-            cols, (n, self.out_channels, ho, wo), k, k, self.stride, self.padding, self.dilation
-        )
+            out = cols.reshape(n, kout, k, k, h, w).transpose(0, 1, 4, 2, 5, 3)
+            out = out.reshape(out_shape)  # the copy happens here
+        else:
+            out = self.col2im(cols, out_shape, k, k, self.stride, self.padding, self.dilation)
         if "bias" in self.params:
             out += self.params["bias"].data[:, None, None]
         return out
+
+    def image_to_columns(self, dout: Any, h: int, w: int) -> Any:
+        """dout (N, K, Ho, Wo) -> dcols (N, K*k*k, H*W): the adjoint of the scatter above."""
+        n, k = dout.shape[0], self.kernel_size
+        if self._patches_tile():  # the forward's permutation, inverted: one copy
+            dcols = dout.reshape(n, self.out_channels, h, k, w, k).transpose(0, 1, 3, 5, 2, 4)
+            return dcols.reshape(n, self.out_channels * k * k, h * w)
+        return self.im2col(dout, k, k, self.stride, self.padding, self.dilation)
 
     def _patches_tile(self) -> bool:
         """True when each input pixel owns its own k x k output patch (kernel == stride)."""
@@ -125,22 +158,3 @@ class ConvTranspose2d(Layer):
             and self.dilation == 1
             and self.output_padding == 0
         )
-
-    def backward(self, dout: Any) -> Any:
-        x = self._cache
-        n, c, h, w = x.shape
-        k = self.kernel_size
-        if self._patches_tile():  # the forward's permutation, inverted: one copy
-            dcols = dout.reshape(n, self.out_channels, h, k, w, k).transpose(0, 1, 3, 5, 2, 4)
-            dcols = dcols.reshape(n, self.out_channels * k * k, h * w)
-        else:
-            dcols = im2col(dout, k, k, self.stride, self.padding, self.dilation)
-        # dcols: (N, K*k*k, H*W)
-        weight = self.params["weight"]
-        x2 = x.reshape(n, c, h * w)
-        dw = cpu.batched_matmul(x2, dcols.transpose(0, 2, 1)).sum(axis=0)  # (C_in, K*k*k)
-        weight.grad += dw.reshape(weight.shape)
-        if "bias" in self.params:
-            self.params["bias"].grad += dout.sum(axis=(0, 2, 3))
-        dx = cpu.batched_matmul(weight.data.reshape(c, -1), dcols)  # (N, C_in, H*W)
-        return dx.reshape(x.shape)

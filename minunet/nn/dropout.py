@@ -6,6 +6,8 @@ survivors by 1/(1-p), so evaluation needs no rescaling and is the identity.
 
 The masks come from a generator seeded by (seed, call count), and the call count is a
 buffer saved in checkpoints, so a resumed run draws the same masks as an unbroken one.
+
+No fast path: a mask and a product each way.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""ReLU: out = max(x, 0); the gradient passes where x > 0 and stops elsewhere."""
+"""ReLU: out = max(x, 0); the gradient passes where x > 0 and stops elsewhere.
+
+No fast path: one array operation each way is already one pass over memory. (In the
+U-Net, BatchNorm2d(relu=True) applies the ReLU inside its own pass.)
+"""
 
 from __future__ import annotations
 

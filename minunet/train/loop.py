@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from minunet.accel import accelerate
 from minunet.core.backend import backend_name, get_backend, seed_everything, to_numpy
 from minunet.data.augment import AugmentConfig
 from minunet.data.loader import DEFAULT_MEAN, DEFAULT_STD, DeviceLoader
@@ -44,6 +45,7 @@ from minunet.nn.concat import centre_crop_box
 from minunet.nn.losses import SoftmaxCrossEntropy
 from minunet.nn.metrics import confusion_matrix, metrics_from_confusion
 from minunet.nn.optim import clip_grad_norm, learning_rate, make_optimizer
+from minunet.nn.sync_batchnorm import use_sync_batchnorm
 from minunet.train.distributed import Communicator, make_communicator
 from minunet.train.plots import plot_curves, plot_predictions
 
@@ -245,7 +247,7 @@ class _Data:
 
     train: Any
     val: Any
-    loader: Any  # DeviceLoader or CropLoader: .epoch(e) yields (x, y, w) batches
+    loader: DeviceLoader  # .epoch(e, start) yields this rank's (x, y, w) batches
     num_classes: int
     ignore_index: int | None
     mean: Any
@@ -264,23 +266,26 @@ def _load_data(cfg: TrainConfig, xp: Any, comm: Communicator) -> _Data:
         data_opts = DataOptions(**{**asdict(cfg.data), "image_size": None})
     train_data, val_data = load_splits(data_opts)
     num_classes = train_data.num_classes
-    ignore_index = train_data.ignore_index
     mean, std = DEFAULT_MEAN, DEFAULT_STD
     augment = AugmentConfig(
         enabled=cfg.augment, flip=cfg.flip, scale=(cfg.scale_min, 1.0), jitter=cfg.jitter
     )
-    # The two loaders share one interface: native-size crops, or the resized split.
-    batching = dict(
-        augment=augment, seed=cfg.seed, mean=mean, std=std, rank=comm.rank, world_size=comm.size
+    # Native-size crops or the resized split; every augmentation, elastic included.
+    loader = DeviceLoader(
+        train_data,
+        xp,
+        cfg.batch_size,
+        crop=cfg.crop or None,
+        augment=augment,
+        elastic=cfg.elastic,
+        seed=cfg.seed,
+        mean=mean,
+        std=std,
+        rank=comm.rank,
+        world_size=comm.size,
     )
-    if cfg.crop:
-        from minunet.data.folder import CropLoader
-
-        loader = CropLoader(train_data, xp, cfg.batch_size, crop=cfg.crop, **batching)
-        ignore_index = loader.ignore_index
-    else:
-        loader = DeviceLoader(train_data, xp, cfg.batch_size, **batching)
-    return _Data(train_data, val_data, loader, num_classes, ignore_index, mean, std)
+    # Crops pad small samples with the ignore label, which the loss must then skip.
+    return _Data(train_data, val_data, loader, num_classes, loader.ignore_index, mean, std)
 
 
 def _build_model(
@@ -303,20 +308,21 @@ def _build_model(
     ).to(xp)
     comm.broadcast_model(model)  # every replica starts from rank 0's weights
     if cfg.sync_bn:
-        for layer in _batchnorms(model):
-            layer.sync = comm.allreduce_sum
+        use_sync_batchnorm(model, comm.allreduce_sum)
     if cfg.padding == "valid" and not cfg.crop:
         raise MinunetError(
             "padding='valid' shrinks the output; train it with --crop N "
             "(folder/isbi2012 data) or use --padding same"
         )
     opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum)
+    accelerate(opt)  # the optimiser's and the loss's fast paths, as UNet takes its layers'
     weights = None
     if cfg.class_weights != "none":
-        from minunet.data.folder import class_weights
+        from minunet.data.class_weights import class_weights
 
         weights = xp.asarray(class_weights(data.train, cfg.class_weights))
     loss_fn = SoftmaxCrossEntropy(weights, ignore_index=data.ignore_index, check_targets=False)
+    accelerate(loss_fn)
     return model, opt, loss_fn
 
 
@@ -497,12 +503,9 @@ def _train_epoch(
     bar = _progress(
         steps_per_epoch, run.skip, cfg.progress and run.main, f"epoch {run.epoch + 1}/{cfg.epochs}"
     )
-    for i, batch in enumerate(loader.epoch(run.epoch)):
-        if i < run.skip:  # resumed mid-epoch: same batches, skipped
-            continue
-        x, y, w = batch
-        if cfg.elastic > 0:
-            x, y, w = _elastic(x, y, w, cfg, run.epoch, i, xp)
+    i = run.skip - 1  # the last batch gone through (a resume may start past them all)
+    # Resumed mid-epoch: the loader skips the batches already trained on, unbuilt.
+    for i, (x, y, w) in enumerate(loader.epoch(run.epoch, start=run.skip), start=run.skip):
         opt.lr = learning_rate(
             run.step,
             total_steps,
@@ -620,34 +623,6 @@ def validate(
 
 def _silent(*args: Any, **kwargs: Any) -> None:
     pass
-
-
-def _batchnorms(model: UNet) -> list[Any]:
-    """Every BatchNorm2d in the model, depth first."""
-    from minunet.nn import BatchNorm2d
-
-    found = []
-
-    def walk(layer: Any) -> None:
-        if isinstance(layer, BatchNorm2d):
-            found.append(layer)
-        for child in layer.children().values():
-            walk(child)
-
-    walk(model)
-    return found
-
-
-def _elastic(
-    x: Any, y: Any, w: Any, cfg: TrainConfig, epoch: int, i: int, xp: Any
-) -> tuple[Any, Any, Any]:
-    """The U-Net paper's elastic deformation of one batch (a seeded function of the step)."""
-    from minunet.data.elastic import elastic_deform
-
-    rng = xp.random.default_rng(((cfg.seed * 100_003 + epoch) * 1_000_003 + i) % 2**63)
-    nhwc = x.transpose(0, 2, 3, 1)
-    warped, y, w = elastic_deform(nhwc, y, w, rng, sigma=cfg.elastic)
-    return xp.ascontiguousarray(warped.transpose(0, 3, 1, 2)).astype(x.dtype), y, w
 
 
 def _preview(

@@ -3,9 +3,11 @@
 Most of minunet runs on the GPU through CuPy's NumPy-like API, one kernel launch per
 array operation. Where that generic path does many passes over memory for one idea
 (im2col as nine slice copies, a max-pool as a tournament of comparisons, BatchNorm as a
-dozen broadcasts), a short CUDA kernel does the same arithmetic in one pass. Each kernel
-sits in the module of the layer it serves, next to the NumPy code it replaces, and a test
-compares the two. Set ``MINUNET_CUDA_KERNELS=0`` to run CuPy through the generic path.
+dozen broadcasts), a short CUDA kernel does the same arithmetic in one pass. Each family
+of kernels has its own module in ``minunet.accel.cuda`` (im2col, pool, batchnorm, loss,
+optim), with the layer class that uses them, a subclass of the reference layer it
+replaces; a test compares the two. Set ``MINUNET_CUDA_KERNELS=0`` to run CuPy through the
+reference layers' array code instead.
 
 Every kernel here follows one rule: **one logical thread computes one independent output
 and reads whatever it needs** (a gather). No two threads write the same element, so there
@@ -46,7 +48,10 @@ from minunet.core.backend import get_array_module
 ENABLED = os.environ.get("MINUNET_CUDA_KERNELS", "1") != "0"
 
 THREADS_PER_BLOCK = 256
-MAX_BLOCKS = 8192  # 132 SMs x ~62 resident blocks: more would only queue
+# A cap on the grid: an H100 holds 132 SMs x 8 resident blocks of 256 threads (2048 threads
+# per SM), so 8192 blocks are about 8 full waves. Larger launches gain nothing from more
+# blocks, which would only queue; the grid-stride loop gives each thread more items instead.
+MAX_BLOCKS = 8192
 
 # Put in front of every kernel: the grid-stride loop (see the module docstring).
 PRELUDE = r"""
@@ -67,10 +72,9 @@ _POINTEES = {
 C_TYPES = {np.float32: "float", np.float64: "double"}  # the dtypes a kernel's T can be
 _SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
 
-KERNELS: list[Kernel] = []  # every kernel defined, for the compile tests
-
-# Tests set this to run kernels on NumPy arrays with a CPU compiler (minunet.accel.cuda.emulator),
-# and with ``route_numpy`` also send the layers' NumPy arrays down the kernel paths.
+# ``minunet.accel.cuda.emulator.emulate()`` sets these: kernels then run on NumPy arrays
+# with a CPU compiler, and with ``route_numpy`` the layers send NumPy arrays down their
+# kernel paths too.
 emulator: Callable[[Kernel, np.dtype, int, list[Any]], None] | None = None
 route_numpy = False
 
@@ -101,7 +105,6 @@ class Kernel:
             pointer = "*" in ctype
             self.params.append((" ".join(w for w in ctype if w != "*"), pointer, name))
         self._compiled: dict[str, Any] = {}
-        KERNELS.append(self)
 
     def arguments(self, dtype: np.dtype, args: tuple[Any, ...]) -> list[Any]:
         """Check arrays against the declared pointer types; give scalars their C type."""
