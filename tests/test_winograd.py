@@ -128,3 +128,88 @@ def test_a_wrong_transform_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(winograd, "toom_cook", lambda m: (at, g, broken))
     bad = winograd.conv2d_forward(x, wt, None, 1, 2)
     assert np.abs(bad - good).max() > 1e-3
+
+
+def test_the_rule_picks_winograd_only_for_deep_3x3_stride_1_numpy_layers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deep = np.zeros((1, winograd.MIN_CHANNELS, 4, 4), dtype=np.float32)
+    shallow = np.zeros((1, winograd.MIN_CHANNELS - 1, 4, 4), dtype=np.float32)
+    c = winograd.MIN_CHANNELS
+    assert winograd.tile_for(deep, c, 3, 1, 1, 1) == winograd.TILE
+    assert winograd.tile_for(shallow, c, 3, 1, 1, 1) == 0  # too few input channels
+    assert winograd.tile_for(deep, c - 1, 3, 1, 1, 1) == 0  # too few output channels
+    assert winograd.tile_for(deep, c, 1, 1, 1, 0) == 0  # 1x1
+    assert winograd.tile_for(deep, c, 3, 2, 1, 1) == 0  # stride 2
+    assert winograd.tile_for(deep, c, 3, 1, 2, 1) == 0  # dilated
+    assert winograd.tile_for(deep, c, 3, 1, 1, 3) == 0  # dx would need padding -1
+    assert winograd.tile_for(deep.astype(np.float16), c, 3, 1, 1, 1) == 0
+    monkeypatch.setattr(winograd, "ENABLED", False)
+    assert winograd.tile_for(deep, c, 3, 1, 1, 1) == 0
+
+
+def test_fast_conv2d_takes_winograd_and_matches_the_reference_layer() -> None:
+    """Through the layer: FastConv2d on a deep layer runs Winograd (its cache says so), and
+    its forward and gradients equal the reference Conv2d's within the float64 bound."""
+    from minunet.accel import accelerate
+    from minunet.accel.conv import WinogradCache
+    from minunet.nn import Conv2d
+
+    c = winograd.MIN_CHANNELS
+    rng = np.random.default_rng(3)
+    ref = Conv2d(c, c, 3, padding=1, dtype=np.float64, rng=np.random.default_rng(4))
+    fast = accelerate(Conv2d(c, c, 3, padding=1, dtype=np.float64, rng=np.random.default_rng(4)))
+    x = rng.standard_normal((2, c, 5, 6))
+    out, out_ref = fast.forward(x), ref.forward(x)
+    assert isinstance(fast._cache, WinogradCache)
+    dout = rng.standard_normal(out.shape)
+    dx, dx_ref = fast.backward(dout), ref.backward(dout)
+    w = ref.params["weight"].data
+    np.testing.assert_allclose(
+        out,
+        out_ref,
+        rtol=0,
+        atol=bound(2, np.float64, 9 * c + 1, np.abs(x).max() * np.abs(w).max()),
+    )
+    np.testing.assert_allclose(
+        dx, dx_ref, rtol=0, atol=bound(2, np.float64, 9 * c, np.abs(dout).max() * np.abs(w).max())
+    )
+    np.testing.assert_allclose(
+        fast.params["weight"].grad,
+        ref.params["weight"].grad,
+        rtol=0,
+        atol=bound(2, np.float64, 2 * 5 * 6, np.abs(dout).max() * np.abs(x).max()),
+    )
+    np.testing.assert_allclose(fast.params["bias"].grad, ref.params["bias"].grad, rtol=1e-12)
+
+
+def test_a_short_training_run_with_winograd_tracks_the_blocked_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five Adam steps of a U-Net whose deepest convolutions take Winograd, in float32,
+    against the same run on the blocked path: the losses agree to float32 noise, grown by
+    F(2,3)'s transforms and the steps (each step's rounding feeds the next)."""
+    from minunet.model import UNet
+    from minunet.nn.losses import SoftmaxCrossEntropy
+    from minunet.nn.optim import Adam
+
+    def run() -> list[float]:
+        net = UNet(3, 3, base_channels=64, depth=1, seed=0)
+        loss_fn, opt = SoftmaxCrossEntropy(), Adam(net.parameters(), lr=1e-3)
+        data = np.random.default_rng(1)
+        x = data.standard_normal((2, 3, 16, 16)).astype(np.float32)
+        y = data.integers(0, 3, (2, 16, 16))
+        losses = []
+        for _ in range(5):
+            opt.zero_grad()
+            losses.append(float(loss_fn.forward(net.forward(x), y)))
+            net.backward(loss_fn.backward())
+            opt.step()
+        return losses
+
+    with_winograd = run()
+    monkeypatch.setattr(winograd, "ENABLED", False)
+    blocked = run()
+    assert with_winograd != blocked, "the deep layers did not take Winograd"
+    tolerance = 5 * growth(2) * np.finfo(np.float32).eps  # relative: 5 steps of F(2,3) rounding
+    np.testing.assert_allclose(with_winograd, blocked, rtol=tolerance)

@@ -3,7 +3,10 @@
 Both do the reference's arithmetic (``minunet.nn.conv``, ``minunet.nn.conv_transpose``)
 with faster pieces, chosen per call from the arrays they meet:
 
-* NumPy, stride 1, dilation 1, at least ``cpu.MIN_CHANNELS`` input channels (every 3x3
+* NumPy, 3x3, stride 1, at least ``winograd.MIN_CHANNELS`` input and output channels (the
+  U-Net's deep layers): Winograd F(2x2, 3x3) (``minunet.accel.winograd``), 16
+  multiplications per output tile instead of 36.
+* NumPy, stride 1, dilation 1, at least ``cpu.MIN_CHANNELS`` input channels (every other 3x3
   convolution of the U-Net after the first): the blocked channels-last convolution of
   ``minunet.accel.cpu``, which keeps only the input for the backward.
 * Otherwise the im2col formulation, with its products split over images and threads on
@@ -19,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from minunet.accel import cpu
+from minunet.accel import cpu, winograd
 from minunet.accel.cuda import im2col as cuda_im2col
 from minunet.nn.conv import Conv2d, Im2colCache
 from minunet.nn.conv_transpose import ConvTranspose2d
@@ -30,6 +33,14 @@ class BlockedConvCache:
     """The blocked convolution's backward rebuilds the columns block by block from x."""
 
     x: Any  # (N, C, H, W)
+
+
+@dataclass
+class WinogradCache:
+    """The Winograd backward re-transforms x's tiles: x (N, C, H, W) and the tile size m."""
+
+    x: Any
+    tile: int
 
 
 class FastConv2d(Conv2d):
@@ -43,6 +54,10 @@ class FastConv2d(Conv2d):
         weight = self.params["weight"].data
         bias = self.params["bias"].data if "bias" in self.params else None
         k = self.kernel_size
+        tile = winograd.tile_for(x, self.out_channels, k, self.stride, self.dilation, self.padding)
+        if tile:
+            self._cache = WinogradCache(x, tile)
+            return winograd.conv2d_forward(x, weight, bias, self.padding, tile)
         if cpu.fast_conv_ok(x, self.stride, self.dilation, self.padding, k):
             self._cache = BlockedConvCache(x)
             return cpu.conv2d_forward(x, weight, bias, self.padding)
@@ -56,7 +71,11 @@ class FastConv2d(Conv2d):
     def backward(self, dout: Any, input_grad: bool = True) -> Any:
         weight, cache = self.params["weight"], self._cache
         has_bias = "bias" in self.params
-        if isinstance(cache, BlockedConvCache):
+        if isinstance(cache, WinogradCache):
+            dx, dw, db = winograd.conv2d_backward(
+                cache.x, weight.data, dout, self.padding, has_bias, input_grad, cache.tile
+            )
+        elif isinstance(cache, BlockedConvCache):
             dx, dw, db = cpu.conv2d_backward(
                 cache.x, weight.data, dout, self.padding, has_bias, input_grad
             )

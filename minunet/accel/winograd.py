@@ -37,15 +37,27 @@ rows of C values) and NCHW at the edges, like ``minunet.accel.cpu``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
 import numpy as np
 
+from minunet.accel import cpu
 from minunet.accel.cpu import parallel
 
 KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
+
+# MINUNET_WINOGRAD=0 keeps every convolution on the blocked path (MINUNET_FAST_CPU=0 and
+# MINUNET_ACCEL=0 switch it off too, with the other CPU fast paths).
+ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
+
+# The selection rule (``tile_for``): Winograd where both channel counts are at least this
+# many. Below it the transforms, which run at memory speed, cost more than the products
+# they save; the measurement that set it is in benchmarks/RESULTS.md (benchmarks/layers.py).
+MIN_CHANNELS = 128
+TILE = 2  # F(2x2, 3x3): F(4x4, 3x3) saves more products but its float32 error is 10x larger
 
 # The finite interpolation points of each tile size (infinity is always the last point).
 POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, -2)}
@@ -84,6 +96,27 @@ def toom_cook(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     bt, *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
     bt = np.round(bt.reshape(n, n), 9) + 0.0  # exact small integers, less lstsq's rounding
     return at, g, bt
+
+
+def tile_for(
+    x: Any, out_channels: int, kernel: int, stride: int, dilation: int, padding: int
+) -> int:
+    """The Winograd tile size m to use for this convolution, or 0 for the blocked path.
+
+    Winograd applies to NumPy float arrays, 3x3 kernels, stride 1, dilation 1 and padding at
+    most 2 (so the input gradient's padding 2 - p is >= 0), and is chosen where both channel
+    counts reach ``MIN_CHANNELS``: the U-Net's deep, small layers.
+    """
+    ok = (
+        ENABLED
+        and cpu.ENABLED
+        and type(x) is np.ndarray
+        and x.dtype in (np.float32, np.float64)
+        and (kernel, stride, dilation) == (KERNEL, 1, 1)
+        and padding <= KERNEL - 1
+        and min(x.shape[1], out_channels) >= MIN_CHANNELS
+    )
+    return TILE if ok else 0
 
 
 def _combine(coefficients: np.ndarray, terms: Sequence[Any], out: np.ndarray) -> None:
