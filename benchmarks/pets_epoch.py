@@ -53,7 +53,7 @@ from minunet.nn.optim import make_optimizer  # noqa: E402
 ENV_DATA = "MINUNET_PETS_SAMPLE"
 # The training loop's augmentation with everything but the flip switched off.
 FLIPS = AugmentConfig(enabled=True, flip=True, scale=(1.0, 1.0), jitter=0.0)
-QUICK = dict(rounds=2, steps=2)  # --quick: 3 steps per side per round
+QUICK = dict(rounds=2, steps=1)  # --quick: 2 rounds of a warm-up and 1 timed step per side
 
 
 def data_folder(arg: str | None) -> Path:
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     p.add_argument("--rounds", type=int, default=5, help="interleaved blocks per side")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per block")
-    p.add_argument("--quick", action="store_true", help="smoke run: --rounds 2 --steps 2")
+    p.add_argument("--quick", action="store_true", help="smoke run: --rounds 2 --steps 1")
     p.add_argument("--size", type=int, default=128, help="image side the data is resized to")
     p.add_argument("--base", type=int, default=16, help="channels of the first level")
     p.add_argument("--depth", type=int, default=4)

@@ -141,11 +141,16 @@ def _logits(model: Any, image: np.ndarray, mean: Any, std: Any) -> np.ndarray:
     return np.asarray(model.forward(x, train=False, keep_cache=False))[0]
 
 
-def predict_resized(model: Any, image: np.ndarray, size: int, mean: Any, std: Any) -> np.ndarray:
-    """Classes (H, W) of an (H, W, 3) image: model at size x size, logits upsampled back."""
+def resized_logits(model: Any, image: np.ndarray, size: int, mean: Any, std: Any) -> np.ndarray:
+    """Logits (K, H, W) of an (H, W, 3) image: model at size x size, upsampled back."""
     small = resize_image(image, (size, size))  # what the training data went through
     logits = _logits(model, small, mean, std)  # (K, S, S)
-    return upsample_bilinear(logits, image.shape[:2]).argmax(axis=0)
+    return upsample_bilinear(logits, image.shape[:2])
+
+
+def predict_resized(model: Any, image: np.ndarray, size: int, mean: Any, std: Any) -> np.ndarray:
+    """Classes (H, W) of an (H, W, 3) image, the model run at size x size."""
+    return resized_logits(model, image, size, mean, std).argmax(axis=0)
 
 
 def predict_native(model: Any, image: np.ndarray, mean: Any, std: Any) -> np.ndarray:
