@@ -29,7 +29,6 @@ step, times the steps of an epoch; the ratio is the median of the per-round rati
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Iterator
 from itertools import count
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PAUSE_S, Device, compare, load_line, setup, table  # noqa: E402
+from pets_score import ENV_DATA, data_folder  # noqa: E402  (the same --data-dir rules)
 
 from minunet.data.augment import AugmentConfig  # noqa: E402
 from minunet.data.dataset import SegmentationData  # noqa: E402
@@ -50,27 +50,9 @@ from minunet.model import UNet  # noqa: E402
 from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 from minunet.nn.optim import make_optimizer  # noqa: E402
 
-ENV_DATA = "MINUNET_PETS_SAMPLE"
 # The training loop's augmentation with everything but the flip switched off.
 FLIPS = AugmentConfig(enabled=True, flip=True, scale=(1.0, 1.0), jitter=0.0)
 QUICK = dict(rounds=2, steps=1)  # --quick: 2 rounds of a warm-up and 1 timed step per side
-
-
-def data_folder(arg: str | None) -> Path:
-    """``--data-dir``, else $MINUNET_PETS_SAMPLE; a one-line exit when neither works."""
-    value = arg or os.environ.get(ENV_DATA)
-    if not value:
-        raise SystemExit(
-            f"no data folder: pass --data-dir DIR or set {ENV_DATA} to the Pets sample "
-            "(the folder holding images/ and annotations/)"
-        )
-    root = Path(value).expanduser()
-    if not (root / "annotations" / "trainval.txt").is_file() or not (root / "images").is_dir():
-        raise SystemExit(
-            f"{root}: not an Oxford-IIIT Pets folder (needs images/ and "
-            f"annotations/trainval.txt); pass --data-dir DIR or set {ENV_DATA}"
-        )
-    return root
 
 
 def endless(loader: DeviceLoader) -> Iterator[Batch]:
@@ -164,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(
             f"--rounds and --steps must be at least 1, got {args.rounds}, {args.steps}"
         )
-    root = data_folder(args.data_dir)
+    root = data_folder(args.data_dir, "trainval")
     dev = setup(args.backend, tf32=False)
     try:
         data = load_pets(root, args.size, "trainval", download=False, progress=False)

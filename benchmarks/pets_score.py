@@ -196,8 +196,9 @@ def score(
 # --------------------------------------------------------------------------------- CLI
 
 
-def data_folder(arg: str | None) -> Path:
-    """``--data-dir``, else $MINUNET_PETS_SAMPLE; a one-line exit when neither works."""
+def data_folder(arg: str | None, split: str = "test") -> Path:
+    """``--data-dir``, else $MINUNET_PETS_SAMPLE: a folder with images/ and the list of
+    ``split``; a one-line exit when neither is given or the folder is not one."""
     value = arg or os.environ.get(ENV_DATA)
     if not value:
         raise SystemExit(
@@ -205,10 +206,10 @@ def data_folder(arg: str | None) -> Path:
             "(the folder holding images/ and annotations/)"
         )
     root = Path(value).expanduser()
-    if not (root / "annotations" / "test.txt").is_file() or not (root / "images").is_dir():
+    if not (root / "annotations" / f"{split}.txt").is_file() or not (root / "images").is_dir():
         raise SystemExit(
-            f"{root}: not an Oxford-IIIT Pets folder (needs images/ and annotations/test.txt); "
-            f"pass --data-dir DIR or set {ENV_DATA}"
+            f"{root}: not an Oxford-IIIT Pets folder (needs images/ and annotations/"
+            f"{split}.txt); pass --data-dir DIR or set {ENV_DATA}"
         )
     return root
 
@@ -247,6 +248,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         names = list(
             data_meta.get("class_names") or [f"class {c}" for c in range(model.num_classes)]
         )
+        if len(names) != model.num_classes:
+            raise MinunetError(
+                f"{args.checkpoint}: {len(names)} class names for {model.num_classes} classes"
+            )
         mean, std = ckpt.normalization
         conf, images = score(model, root, size=size, limit=args.limit, mean=mean, std=std)
     except MinunetError as exc:
