@@ -1,8 +1,15 @@
-"""An independent scorer of a minunet checkpoint on the Oxford-IIIT Pets test list.
+r"""An independent scorer of a minunet checkpoint on the Oxford-IIIT Pets test list.
 
     python benchmarks/pets_score.py --checkpoint runs/pets-sample/best.npz
     python benchmarks/pets_score.py --checkpoint runs/pets-sample/best.npz --native
     python benchmarks/pets_score.py --checkpoint CKPT --data-dir DIR --size 128 --limit 120
+
+    # a small checkpoint to try it on (one epoch at 64 px, base 8), then both modes:
+    python -m minunet.train --data pets --data-dir "$MINUNET_PETS_SAMPLE" --no-download \
+        --image-size 64 --base-channels 8 --depth 3 --epochs 1 --batch-size 8 --seed 7 \
+        --out runs/pets64 --no-progress
+    python benchmarks/pets_score.py --checkpoint runs/pets64/best.npz
+    python benchmarks/pets_score.py --checkpoint runs/pets64/best.npz --native
 
 It judges ``python -m minunet.evaluate`` and ``minunet.infer``, so it uses neither: only the
 model itself (``model.forward``), the image decoder and resize the training data went
