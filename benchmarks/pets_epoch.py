@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"# {dev.describe()}")
     print(load_line())
     print(
-        f"# {args.rounds} interleaved rounds of {args.steps} steps per side, each after a "
+        f"# {args.rounds} interleaved rounds of {args.steps} timed step(s) per side, each after a "
         f"{PAUSE_S if dev.backend == 'numpy' else 0} s pause and a warm-up step; "
         "s/epoch = median s/step x steps per epoch; ratio = time / torch NCHW time"
     )
