@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Device, compare, load_line, setup, table  # noqa: E402
 
-from minunet.accel import accelerate, fast_paths  # noqa: E402
+from minunet.accel import accelerate, fast_paths, winograd  # noqa: E402
 from minunet.nn import BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, ReLU  # noqa: E402
 from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 
@@ -36,7 +36,9 @@ def cases(batch: int) -> list[tuple[str, str, tuple[int, ...]]]:
     return [
         ("Conv2d 3x3 32->32", "conv", (n, 32, 128, 128)),
         ("Conv2d 3x3 64->64", "conv", (n, 64, 64, 64)),
+        ("Conv2d 3x3 128->128", "conv", (n, 128, 32, 32)),
         ("Conv2d 3x3 256->256", "conv", (n, 256, 16, 16)),
+        ("Conv2d 3x3 512->512", "conv", (n, 512, 8, 8)),
         ("Conv2d 3x3 3->32", "conv_in", (n, 3, 128, 128)),
         ("MaxPool2d 2x2", "pool", (n, 32, 128, 128)),
         ("ConvTranspose2d 2x2 s2 64->32", "upconv", (n, 64, 64, 64)),
@@ -108,6 +110,22 @@ def build(kind: str, shape: tuple[int, ...], dev: Device) -> dict[str, Callable]
                 vars(layer).pop("_patches_tile")
 
         contenders["reference"] = reference
+    if dev.backend == "numpy" and kind == "conv":
+
+        def with_min_channels(channels: int) -> Callable[[], None]:
+            def run() -> None:
+                saved = winograd.MIN_CHANNELS
+                winograd.MIN_CHANNELS = channels
+                try:
+                    ours()
+                finally:
+                    winograd.MIN_CHANNELS = saved
+
+            return run
+
+        # Each 3x3 path forced, whatever the rule picks: the measurement behind the rule.
+        contenders["blocked"] = with_min_channels(1 << 30)
+        contenders["winograd"] = with_min_channels(1)
     return contenders
 
 
@@ -153,6 +171,10 @@ def main(argv: list[str] | None = None) -> None:
         contenders = build(kind, shape, dev)
         t = compare(contenders, dev, args.rounds, calls)
         has_ref = "reference" in contenders
+        paths = [
+            f"{t.ratio(path, 'torch'):.2f}" if path in contenders else "-"
+            for path in ("blocked", "winograd")
+        ]
         rows.append(
             [
                 name,
@@ -162,15 +184,20 @@ def main(argv: list[str] | None = None) -> None:
                 f"{t.ratio('minunet', 'torch'):.2f}",
                 f"{t.best_ratio('minunet', 'torch'):.2f}",
                 f"{t.ratio('reference', 'torch'):.2f}" if has_ref else "-",
+                *paths,
             ]
         )
         print(f"  {name}: {rows[-1][4]}x", file=sys.stderr, flush=True)
     header = ["layer", "input", "minunet ms", "torch ms", "ratio", "best ratio", "ref. ratio"]
+    header += ["blocked ratio", "winograd ratio"]
     print(table(header, rows))
     print(load_line())
     if dev.backend == "numpy":
         print("# best ratio: fastest round / fastest round (least disturbed by other processes)")
         print("# ref. ratio: the plain im2col/col2im path that the CPU fast path replaced")
+        print(
+            "# blocked / winograd ratio: that 3x3 path forced (minunet picks by winograd.tile_for)"
+        )
 
 
 if __name__ == "__main__":
