@@ -1,0 +1,250 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 12: seeing inside a U-Net
+#
+# Three ways to look inside: how far each output pixel can see (the receptive field,
+# computed layer by layer and then measured by back-propagating one pixel's gradient),
+# what the layers compute (feature maps per level and the first layer's filters of a
+# briefly trained net), and why the paper predicts large images in overlapping tiles
+# with mirrored borders (its Fig. 2), checked against `minunet.infer.tiling`.
+
+# %%
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from minunet.data.loader import normalize
+from minunet.data.synthetic import make_toy_pets
+from minunet.infer.tiling import predict_tiled, valid_output_size
+from minunet.model import UNet
+from minunet.nn.losses import SoftmaxCrossEntropy
+from minunet.nn.optim import Adam
+
+SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
+plt.rcParams["figure.dpi"] = 64
+DEPTH = 2 if SMALL else 3
+
+# %% [markdown]
+# ## The receptive field, layer by layer
+#
+# The receptive field `r` of a unit is the side of the input square it depends on. Walk
+# the layers from the input keeping two numbers: `r`, and the **jump** `j`, the distance in
+# input pixels between neighbouring units of the current map. A layer with kernel `k`
+# and stride `s` widens the field by `(k - 1)` units of the current map and multiplies
+# the jump by `s`:
+#
+# $$r \leftarrow r + (k - 1)\, j, \qquad j \leftarrow j\, s.$$
+#
+# A 2x2 transposed convolution with stride 2 divides the jump by 2 and adds nothing:
+# each output pixel comes from exactly one input pixel. A skip connection joins a
+# shallow branch with a smaller field; the concatenation sees the larger of the two,
+# which is the deep path's. So the walk follows the deep path: down the encoder, through
+# the bottleneck, and up the decoder.
+
+
+# %%
+def receptive_field_walk(depth: int) -> list[tuple[str, int, float]]:
+    """(layer, r, jump) after each layer on a U-Net's deepest path, valid or same padding."""
+    r, j, rows = 1, 1.0, []
+
+    def layer(name, k, s=1, transpose=False):
+        nonlocal r, j
+        if transpose:
+            j /= s  # k == s: each output pixel has one input pixel, r is unchanged
+        else:
+            r += int((k - 1) * j)
+            j *= s
+        rows.append((name, r, j))
+
+    for level in range(depth):
+        layer(f"encoder.{level}.conv1", 3)
+        layer(f"encoder.{level}.conv2", 3)
+        layer(f"pools.{level}", 2, 2)
+    layer("bottleneck.conv1", 3)
+    layer("bottleneck.conv2", 3)
+    for i in range(depth):
+        layer(f"upconvs.{i}", 2, 2, transpose=True)
+        layer(f"decoder.{i}.conv1", 3)
+        layer(f"decoder.{i}.conv2", 3)
+    layer("head", 1)
+    return rows
+
+
+for name, r, j in receptive_field_walk(DEPTH):
+    print(f"{name:>18}: r = {r:4d}, jump {j:g}")
+RF = receptive_field_walk(DEPTH)[-1][1]
+print(f"the paper's depth-4 U-Net: r = {receptive_field_walk(4)[-1][1]}")
+
+# %% [markdown]
+# ## The effective receptive field, by back-propagation
+#
+# The gradient of one output logit with respect to the input is nonzero exactly where
+# the input can change that logit: send a one-hot `dlogits` (1 at one pixel of one
+# class) through `UNet.backward` and look at `dx`. For one image, max pooling routes the
+# gradient through one pixel of each window and ReLUs stop it where they are off, so the
+# support is a sparse subset of the field; over a batch of random images (each its own
+# one-hot, the net without BatchNorm so that images do not mix) the union of supports
+# spans the whole field. Its bounding box must be exactly `r x r`.
+#
+# The net: valid padding, float64, an input a little larger than the field (so the
+# centre pixel's whole field lies inside it).
+
+# %%
+side = next(s for s in range(RF + 8, 400) if valid_output_size(s, DEPTH))
+net = UNet(3, 2, 4, DEPTH, padding="valid", batchnorm=False, dtype=np.float64, seed=0)
+images = np.random.default_rng(0).standard_normal((8, 3, side, side))
+logits = net.forward(images, train=True)
+out_side = logits.shape[-1]
+assert out_side == valid_output_size(side, DEPTH) == net.output_size(side)
+centre = out_side // 2
+onehot = np.zeros_like(logits)
+onehot[:, 0, centre, centre] = 1.0
+dx = net.backward(onehot)  # (8, 3, side, side)
+erf = np.abs(dx).sum(axis=(0, 1))  # (side, side)
+rows, cols = np.flatnonzero(erf.any(axis=1)), np.flatnonzero(erf.any(axis=0))
+box = (rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+print(f"input {side}, output {out_side}: support of d logit / d input is {box[0]} x {box[1]}")
+assert box == (RF, RF), f"the measured support {box} must be the computed field {RF}"
+
+fig, ax = plt.subplots(figsize=(4.5, 4))
+shown = ax.imshow(np.log10(erf + 1e-12 * erf.max()), cmap="magma")
+ax.add_patch(plt.Rectangle((cols[0] - 0.5, rows[0] - 0.5), RF, RF, fill=False, ec="c", lw=1.5))
+ax.set_title(f"log10 |d logit / d x|, one output pixel\n(cyan: the {RF} x {RF} field)", fontsize=9)
+fig.colorbar(shown, ax=ax)
+plt.show()
+
+# %% [markdown]
+# The field is not uniform: its centre, reached by many more paths, weighs far more than
+# its edges (Luo et al., 2016, "effective receptive field"). The share of the gradient
+# inside the central half of the box:
+
+# %%
+half = RF // 4
+inner = erf[rows[0] + half : rows[-1] - half + 1, cols[0] + half : cols[-1] - half + 1]
+share = inner.sum() / erf.sum()
+print(
+    f"central {inner.shape[0]} x {inner.shape[1]} ({inner.size / RF**2:.0%} of the area): {share:.0%} of |dx|"
+)
+assert share > inner.size / RF**2
+
+# %% [markdown]
+# ## Feature maps and filters of a briefly trained net
+#
+# A small same-padding U-Net, trained for a few dozen steps on toy pets. The encoder
+# outputs at each level are the maps the skip connections carry; the first level keeps
+# full resolution and responds to colour and edges, deeper levels are coarser and
+# respond to larger parts of the animal. The first layer's filters are 3x3 RGB patches,
+# drawn as tiny images.
+
+# %%
+size, steps = (32, 15) if SMALL else (64, 60)
+pets = make_toy_pets(16, image_size=size, seed=0)
+x, y = normalize(pets.images), pets.masks.astype(np.int64)
+model = UNet(3, 3, 8, DEPTH, seed=0)
+criterion, opt = SoftmaxCrossEntropy(), Adam(model.parameters(), lr=3e-3)
+losses = []
+for step in range(steps):
+    batch = slice(8 * (step % 2), 8 * (step % 2) + 8)
+    losses.append(float(criterion(model.forward(x[batch], train=True), y[batch])))
+    opt.zero_grad()
+    model.backward(criterion.backward(), input_grad=False)
+    opt.step()
+print(f"{steps} steps: training loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+assert losses[-1] < losses[0]
+
+# The maps each encoder level hands its skip connection, by recording the block outputs
+# during an ordinary eval forward (an instance attribute shadows the method).
+maps = []
+for block in model.encoder:
+
+    def recording(h, keep_cache=True, block=block):
+        out = type(block).forward(block, h, keep_cache)
+        maps.append(out)
+        return out
+
+    block.forward = recording
+model.infer(x[:1])
+for level, m in enumerate(maps):
+    assert m.shape == (1, 8 * 2**level, size // 2**level, size // 2**level)
+
+fig, axes = plt.subplots(len(maps), 5, figsize=(8, 1.7 * len(maps)))
+for level, m in enumerate(maps):
+    axes[level, 0].imshow(pets.images[0])
+    axes[level, 0].set_title(f"level {level}", fontsize=8, loc="left")
+    for c in range(4):
+        axes[level, c + 1].imshow(m[0, c], cmap="gray")
+for ax in axes.flat:
+    ax.axis("off")
+plt.tight_layout()
+plt.show()
+
+w = model.encoder[0].conv1.params["weight"].data  # (8, 3, 3, 3)
+fig, axes = plt.subplots(1, w.shape[0], figsize=(8, 1.2))
+for i, ax in enumerate(axes):
+    filt = w[i].transpose(1, 2, 0)
+    ax.imshow((filt - filt.min()) / (filt.max() - filt.min() + 1e-12))
+    ax.axis("off")
+fig.suptitle("first-layer filters (each rescaled to 0..1)", fontsize=9)
+plt.show()
+
+# %% [markdown]
+# ## Overlap-tile prediction, the paper's Fig. 2
+#
+# A valid-padding U-Net's output is smaller than its input: each output pixel needs its
+# whole field around it. To segment an image of any size, the paper predicts it tile by
+# tile: each input tile is `t` pixels, its output is the central `t - 2 * shrink`; tiles
+# are placed so the outputs cover the image exactly, and the context missing beyond the
+# image border is filled by **mirroring** the image. `minunet.infer.tiling.predict_tiled`
+# does that. The check: tile by tile, the result is exactly the net run once on the
+# whole mirror-padded image (where that fits in memory).
+
+# %%
+tile = next(s for s in range(side, 400) if (valid_output_size(s, DEPTH) or 0) >= 8)
+out_tile = valid_output_size(tile, DEPTH)
+shrink = (tile - out_tile) // 2
+image = normalize(make_toy_pets(1, image_size=2 * out_tile, seed=3).images)[0]  # (3, H, W)
+h = image.shape[1]
+valid_net = UNet(3, 3, 4, DEPTH, padding="valid", seed=1)
+tiled = predict_tiled(
+    valid_net.infer, image, tile, num_classes=3, depth=DEPTH, valid_shrink=shrink, batch=2
+)
+mirrored = np.pad(image, [(0, 0), (shrink, shrink), (shrink, shrink)], mode="reflect")
+assert valid_output_size(mirrored.shape[1], DEPTH) == h  # the whole padded image fits
+whole = valid_net.infer(mirrored[None])[0]
+# float32 both ways; a tile's pixel is the same sum in the same order as the whole
+# image's, so agreement is to a few float32 roundings at most.
+np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-5)
+print(f"{h}x{h} image in {(h // out_tile) ** 2} tiles of {tile} -> {out_tile}: == the whole image")
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+axes[0].imshow(np.clip(mirrored.transpose(1, 2, 0) * 0.25 + 0.5, 0, 1))
+axes[0].add_patch(plt.Rectangle((-0.5, -0.5), tile, tile, fill=False, ec="b", lw=2))
+axes[0].add_patch(
+    plt.Rectangle((shrink - 0.5, shrink - 0.5), out_tile, out_tile, fill=False, ec="y", lw=2)
+)
+axes[0].add_patch(plt.Rectangle((shrink - 0.5, shrink - 0.5), h, h, fill=False, ec="w", ls="--"))
+axes[0].set_title("mirror-padded image: blue input tile, yellow its output", fontsize=8)
+axes[1].imshow(tiled.argmax(axis=0), cmap="viridis")
+axes[1].set_title("tiled prediction (untrained net)", fontsize=8)
+for ax in axes:
+    ax.axis("off")
+plt.show()
+
+# %% [markdown]
+# ## What to remember
+#
+# - Receptive field: `r += (k - 1) j; j *= s`, along the deepest path; a U-Net of depth 4
+#   sees far more than its 3x3 kernels suggest, and its centre counts most.
+# - One output's gradient with respect to the input shows where it looks.
+# - Record what a layer returns by shadowing its `forward` on the instance.
+# - Overlap-tile with mirroring gives exactly the whole-image result, in bounded memory.
