@@ -86,6 +86,41 @@ RF = receptive_field_walk(DEPTH)[-1][1]
 print(f"the paper's depth-4 U-Net: r = {receptive_field_walk(4)[-1][1]}")
 
 # %% [markdown]
+# ## Exact, per position: the walk with intervals
+#
+# The walk is exact on the way down. On the way up it is only an average: a 2x2
+# transposed convolution gives both pixels of a pair the same input pixel, so a 3x3 conv
+# after it reaches one more input unit on one side for some positions and not for
+# others, and the field **depends on the output position modulo 2^depth**. The exact
+# version carries, for every unit of a map (one axis; the field is a square), the
+# interval `[lo, hi]` of input pixels it depends on, layer by layer on a valid-padding
+# net: a 3x3 conv joins units `u .. u + 2`, a pool units `2u, 2u + 1`, an up-convolution
+# repeats each unit twice, a concatenation takes the union with the centre-cropped skip.
+
+
+# %%
+def field_intervals(side: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) input interval of every output position of a valid U-Net, one axis."""
+
+    def conv(m):  # valid 3x3: output u sees input units u, u + 1, u + 2
+        return m[0][:-2], m[1][2:]
+
+    m, skips = (np.arange(side), np.arange(side)), []
+    for _ in range(depth):
+        m = conv(conv(m))
+        skips.append(m)
+        m = m[0][0::2], m[1][1::2]  # 2x2 pool, stride 2
+    m = conv(conv(m))
+    for _ in range(depth):
+        m = np.repeat(m[0], 2), np.repeat(m[1], 2)  # 2x2 up-convolution, stride 2
+        skip, n = skips.pop(), len(m[0])
+        off = (len(skip[0]) - n) // 2  # the centre crop of the skip connection
+        m = np.minimum(skip[0][off : off + n], m[0]), np.maximum(skip[1][off : off + n], m[1])
+        m = conv(conv(m))
+    return m
+
+
+# %% [markdown]
 # ## The effective receptive field, by back-propagation
 #
 # The gradient of one output logit with respect to the input is nonzero exactly where
@@ -94,32 +129,41 @@ print(f"the paper's depth-4 U-Net: r = {receptive_field_walk(4)[-1][1]}")
 # gradient through one pixel of each window and ReLUs stop it where they are off, so the
 # support is a sparse subset of the field; over a batch of random images (each its own
 # one-hot, the net without BatchNorm so that images do not mix) the union of supports
-# spans the whole field. Its bounding box must be exactly `r x r`.
+# spans the whole field. Its bounding box must be exactly the interval computed above,
+# for every output position we try.
 #
-# The net: valid padding, float64, an input a little larger than the field (so the
-# centre pixel's whole field lies inside it).
+# The net: valid padding, float64, an input a little larger than the field.
 
 # %%
 side = next(s for s in range(RF + 8, 400) if valid_output_size(s, DEPTH))
 net = UNet(3, 2, 4, DEPTH, padding="valid", batchnorm=False, dtype=np.float64, seed=0)
 images = np.random.default_rng(0).standard_normal((8, 3, side, side))
-logits = net.forward(images, train=True)
-out_side = logits.shape[-1]
+lo, hi = field_intervals(side, DEPTH)
+out_side = len(lo)
 assert out_side == valid_output_size(side, DEPTH) == net.output_size(side)
-centre = out_side // 2
-onehot = np.zeros_like(logits)
-onehot[:, 0, centre, centre] = 1.0
-dx = net.backward(onehot)  # (8, 3, side, side)
-erf = np.abs(dx).sum(axis=(0, 1))  # (side, side)
-rows, cols = np.flatnonzero(erf.any(axis=1)), np.flatnonzero(erf.any(axis=0))
-box = (rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
-print(f"input {side}, output {out_side}: support of d logit / d input is {box[0]} x {box[1]}")
-assert box == (RF, RF), f"the measured support {box} must be the computed field {RF}"
+widths = hi - lo + 1
+print(f"input {side}, output {out_side}: field width per output position {widths}")
+period = widths[: 2**DEPTH]  # the pattern repeats every 2**depth output pixels
+print(f"the walk's r = {RF} is their mean over one period: {period.mean():g}")
+assert period.mean() == RF and np.array_equal(np.resize(period, out_side), widths)
+for pos in sorted({0, out_side // 2, out_side - 1, 2**DEPTH // 2}):
+    logits = net.forward(images, train=True)
+    onehot = np.zeros_like(logits)
+    onehot[:, 0, pos, pos] = 1.0
+    erf = np.abs(net.backward(onehot)).sum(axis=(0, 1))  # (side, side)
+    rows, cols = np.flatnonzero(erf.any(axis=1)), np.flatnonzero(erf.any(axis=0))
+    print(
+        f"output ({pos}, {pos}): gradient support rows {rows[0]}..{rows[-1]}, cols {cols[0]}..{cols[-1]}"
+    )
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (lo[pos], hi[pos], lo[pos], hi[pos])
+RF = widths[pos]  # the field of the last pixel tried, drawn below
 
 fig, ax = plt.subplots(figsize=(4.5, 4))
 shown = ax.imshow(np.log10(erf + 1e-12 * erf.max()), cmap="magma")
 ax.add_patch(plt.Rectangle((cols[0] - 0.5, rows[0] - 0.5), RF, RF, fill=False, ec="c", lw=1.5))
-ax.set_title(f"log10 |d logit / d x|, one output pixel\n(cyan: the {RF} x {RF} field)", fontsize=9)
+ax.set_title(
+    f"log10 |d logit / d x|, output ({pos}, {pos})\n(cyan: its {RF} x {RF} field)", fontsize=9
+)
 fig.colorbar(shown, ax=ax)
 plt.show()
 
@@ -209,7 +253,9 @@ plt.show()
 # whole mirror-padded image (where that fits in memory).
 
 # %%
-tile = next(s for s in range(side, 400) if (valid_output_size(s, DEPTH) or 0) >= 8)
+# A tile whose output side is a multiple of 2**depth: then an image of two tiles' output,
+# mirror-padded, is itself a valid input, and the whole-image run exists to compare with.
+tile = next(s for s in range(side, 400) if (valid_output_size(s, DEPTH) or 1) % 2**DEPTH == 0)
 out_tile = valid_output_size(tile, DEPTH)
 shrink = (tile - out_tile) // 2
 image = normalize(make_toy_pets(1, image_size=2 * out_tile, seed=3).images)[0]  # (3, H, W)
