@@ -249,30 +249,53 @@ plt.show()
 # tile: each input tile is `t` pixels, its output is the central `t - 2 * shrink`; tiles
 # are placed so the outputs cover the image exactly, and the context missing beyond the
 # image border is filled by **mirroring** the image. `minunet.infer.tiling.predict_tiled`
-# does that. The check: tile by tile, the result is exactly the net run once on the
-# whole mirror-padded image (where that fits in memory).
+# does that.
+#
+# Is the result the same as running the net once on the whole mirror-padded image? Only
+# if every tile starts on the whole image's **pooling grid**: a 2x2 pool pairs pixels
+# (0, 1), (2, 3), ..., so a tile that starts at an odd offset pairs them differently and
+# computes a different (equally valid) function near its start. Tiles start every
+# `out` pixels, so the condition is that `out` is a multiple of `2^depth`. For depth 2
+# it is (valid outputs are multiples of 4); for depth 3 and for the paper's depth 4 it
+# is not (388 = 16 * 24 + 4): there each tile is exact for its own input, but a tiled
+# image and a whole-image pass differ after the first tile.
+
 
 # %%
-# A tile whose output side is a multiple of 2**depth: then an image of two tiles' output,
-# mirror-padded, is itself a valid input, and the whole-image run exists to compare with.
-tile = next(s for s in range(side, 400) if (valid_output_size(s, DEPTH) or 1) % 2**DEPTH == 0)
-out_tile = valid_output_size(tile, DEPTH)
-shrink = (tile - out_tile) // 2
-image = normalize(make_toy_pets(1, image_size=2 * out_tile, seed=3).images)[0]  # (3, H, W)
-h = image.shape[1]
-valid_net = UNet(3, 3, 4, DEPTH, padding="valid", seed=1)
-tiled = predict_tiled(
-    valid_net.infer, image, tile, num_classes=3, depth=DEPTH, valid_shrink=shrink, batch=2
-)
-mirrored = np.pad(image, [(0, 0), (shrink, shrink), (shrink, shrink)], mode="reflect")
-assert valid_output_size(mirrored.shape[1], DEPTH) == h  # the whole padded image fits
-whole = valid_net.infer(mirrored[None])[0]
-# float32 both ways; a tile's pixel is the same sum in the same order as the whole
+def tiling_against_whole(depth: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """Tiled and whole-image logits (K, H, W) of a valid U-Net; and tile, out, shrink."""
+    start = next(s for s in range(16, 400) if valid_output_size(s, depth))
+    t = next(s for s in range(start, 400) if (valid_output_size(s, depth) or 0) >= 8)
+    out = valid_output_size(t, depth)
+    pad = (t - out) // 2
+    # An image of n tiles' outputs per side, for the smallest n >= 2 whose mirror-padded
+    # image is itself a valid input: then the whole-image run exists to compare with.
+    n = next(n for n in range(2, 9) if valid_output_size(n * out + 2 * pad, depth))
+    img = normalize(make_toy_pets(1, image_size=n * out, seed=3).images)[0]  # (3, H, W)
+    net = UNet(3, 3, 4, depth, padding="valid", seed=1)
+    tiled = predict_tiled(net.infer, img, t, num_classes=3, depth=depth, valid_shrink=pad)
+    mirrored = np.pad(img, [(0, 0), (pad, pad), (pad, pad)], mode="reflect")
+    return tiled, net.infer(mirrored[None])[0], t, out, pad
+
+
+tiled, whole, tile, out_tile, shrink = tiling_against_whole(2)
+h = tiled.shape[1]
+print(f"depth 2: {h}x{h} image in {(h // out_tile) ** 2} tiles of {tile} -> {out_tile}")
+# float32 both ways; a tile's pixel is the same sum of the same products as the whole
 # image's, so agreement is to a few float32 roundings at most.
 np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-5)
-print(f"{h}x{h} image in {(h // out_tile) ** 2} tiles of {tile} -> {out_tile}: == the whole image")
+print("  tiled == whole mirror-padded image, everywhere")
+
+tiled3, whole3, _, out3, _ = tiling_against_whole(3)
+print(f"depth 3: tiles of output {out3} = {out3 // 8} * 8 + {out3 % 8}: off the pooling grid")
+np.testing.assert_allclose(tiled3[:, :out3, :out3], whole3[:, :out3, :out3], rtol=1e-5, atol=1e-5)
+seams = np.abs(tiled3 - whole3)[:, out3:, out3:].max()
+print(f"  the first tile == whole; the next tiles differ by up to {seams:.2f}")
+assert out3 % 8 and seams > 1e-2
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+image = normalize(make_toy_pets(1, image_size=h, seed=3).images)[0]
+mirrored = np.pad(image, [(0, 0), (shrink, shrink), (shrink, shrink)], mode="reflect")
 axes[0].imshow(np.clip(mirrored.transpose(1, 2, 0) * 0.25 + 0.5, 0, 1))
 axes[0].add_patch(plt.Rectangle((-0.5, -0.5), tile, tile, fill=False, ec="b", lw=2))
 axes[0].add_patch(
@@ -293,4 +316,5 @@ plt.show()
 #   sees far more than its 3x3 kernels suggest, and its centre counts most.
 # - One output's gradient with respect to the input shows where it looks.
 # - Record what a layer returns by shadowing its `forward` on the instance.
-# - Overlap-tile with mirroring gives exactly the whole-image result, in bounded memory.
+# - Overlap-tile with mirroring segments any image in bounded memory; it equals one
+#   whole-image pass when the tiles' output side is a multiple of `2^depth`.
