@@ -437,3 +437,49 @@ assert distances["Nesterov 0.9"] < distances["momentum 0.9"] / 2
 #   scaling.
 #
 # Next: [lesson 11](11_debugging.ipynb), when the net does not learn.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in each stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solutions:
+# [solutions/10_init_and_optimisers.py](solutions/10_init_and_optimisers.py).
+#
+# 1. `my_adam(p, g, m, v, t, lr, b1, b2, eps)`: one Adam step with bias correction
+#    (`t` counts from 1), returning the new `(p, m, v)`; checked over six steps against
+#    `Adam`.
+# 2. `my_nesterov(p, g, v, lr, mu)`: one step of SGD with Nesterov momentum in minunet's
+#    (PyTorch's) form, returning `(p, v)`.
+# 3. **A mutation.** In `Adam._update` (`minunet/nn/optim.py`), change
+#    `c1 = 1 - self.beta1**self.steps` to `c1 = 1.0`. Which of these checks would fail?
+#    - `"first_step_is_lr_sign"`: Adam's first step is `lr * sign(g)`;
+#    - `"adamw_idle_shrink"`: AdamW shrinks a weight with no gradient by `1 - lr * wd`;
+#    - `"sgd_momentum"`: two steps of SGD with momentum.
+#
+#    Set `answer_bias_correction_mutation` to the set of names; the check runs the
+#    mutated code.
+
+# %%
+from exercises import (  # noqa: E402
+    check_answer_bias_correction_mutation,
+    check_my_adam,
+    check_my_nesterov,
+    report,
+)
+
+
+def my_adam(p, g, m, v, t, lr, b1, b2, eps):
+    """One Adam step; returns (p, m, v)."""
+    ...  # TODO
+
+
+def my_nesterov(p, g, v, lr, mu):
+    """One Nesterov step; returns (p, v)."""
+    ...  # TODO
+
+
+answer_bias_correction_mutation = None  # TODO: a set of check names
+
+report(check_my_adam, my_adam)
+report(check_my_nesterov, my_nesterov)
+report(check_answer_bias_correction_mutation, answer_bias_correction_mutation)

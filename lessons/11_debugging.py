@@ -372,3 +372,48 @@ print("every broken run shows its symptom")
 # - Unlabelled pixels: `ignore_index`, never a clip into a real class.
 #
 # Next: [lesson 12](12_seeing_inside.ipynb), looking inside a trained U-Net.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in each stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solutions:
+# [solutions/11_debugging.py](solutions/11_debugging.py).
+#
+# 1. `my_prior_baseline(labels, k)`: the loss of the best image-blind predictor for these
+#    labels, as a float (the check computes it with `SoftmaxCrossEntropy`).
+# 2. `my_dead_channels(activations)`: which channels of a `(N, C, H, W)` ReLU output are
+#    dead on this batch (zero at every pixel of every image), as a `(C,)` bool array.
+# 3. **A mutation.** In `SoftmaxCrossEntropy.forward` (`minunet/nn/losses.py`), change
+#    `valid = target != self.ignore_index` to `valid = target >= 0`. Which of these
+#    checks would fail?
+#    - `"ignored_get_no_gradient"`: pixels labelled `ignore_index` get a zero gradient;
+#    - `"plain_mean"`: without weights the loss is the mean over pixels;
+#    - `"class_weights"`: class weights all 1 give the plain loss.
+#
+#    Set `answer_ignore_mutation` to the set of names; the check runs the mutated code.
+
+# %%
+from exercises import (  # noqa: E402
+    check_answer_ignore_mutation,
+    check_my_dead_channels,
+    check_my_prior_baseline,
+    report,
+)
+
+
+def my_prior_baseline(labels, k):
+    """labels (N, H, W) ints in [0, k) -> the prior baseline's cross-entropy."""
+    ...  # TODO
+
+
+def my_dead_channels(activations):
+    """(N, C, H, W) -> (C,) bool."""
+    ...  # TODO
+
+
+answer_ignore_mutation = None  # TODO: a set of check names
+
+report(check_my_prior_baseline, my_prior_baseline)
+report(check_my_dead_channels, my_dead_channels)
+report(check_answer_ignore_mutation, answer_ignore_mutation)

@@ -318,3 +318,37 @@ plt.show()
 # - Record what a layer returns by shadowing its `forward` on the instance.
 # - Overlap-tile with mirroring segments any image in bounded memory; it equals one
 #   whole-image pass when the tiles' output side is a multiple of `2^depth`.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in each stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solutions:
+# [solutions/12_seeing_inside.py](solutions/12_seeing_inside.py).
+#
+# 1. `my_receptive_field(layers)`: the receptive field of a chain of unpadded layers,
+#    given as `[("conv", k), ("pool", k), ...]` (a pool's stride is its size). The check
+#    builds each chain from minunet's `Conv2d` and `MaxPool2d` and measures the support
+#    of one output's gradient.
+# 2. **A mutation.** In `_mirror` (`minunet/infer/tiling.py`), change
+#    `mode = "reflect" if` to `mode = "symmetric" if` (NumPy's other mirror, which repeats
+#    the edge pixel). Which of these checks would fail?
+#    - `"tiled_equals_whole"`: tiled == the net on the whole reflect-padded image;
+#    - `"tiled_shape"`: the tiled logits are `(K, H, W)`;
+#    - `"tiled_class_map"`: `output="classes"` is the argmax of `output="logits"`.
+#
+#    Set `answer_mirror_mutation` to the set of names; the check runs the mutated code.
+
+# %%
+from exercises import check_answer_mirror_mutation, check_my_receptive_field, report  # noqa: E402
+
+
+def my_receptive_field(layers):
+    """[("conv" | "pool", k), ...] -> the side of one output's receptive field."""
+    ...  # TODO
+
+
+answer_mirror_mutation = None  # TODO: a set of check names
+
+report(check_my_receptive_field, my_receptive_field)
+report(check_answer_mirror_mutation, answer_mirror_mutation)
