@@ -289,7 +289,7 @@ print(f"loss with ignore_index {loss_right:.4f} (labelled pixels only); leaking 
 # | run | the bug | the symptom to recognise |
 # |-----|---------|--------------------------|
 # | lr too high | SGD with momentum at lr 10 | the loss jumps far above where it started and stays high (without BatchNorm: `nan` within a few steps) |
-# | forgot `zero_grad` | gradients summed over all past steps | the gradient norm grows step after step; the loss oscillates |
+# | forgot `zero_grad` | gradients summed over all past steps | the gradient norm climbs an order of magnitude above the correct run's and stays there; the loss stalls |
 # | labels shuffled | masks paired with the wrong images | the training loss falls just as well (8 images are easy to memorise), but on held-out images the net is no better than image-blind |
 # | BN in eval mode | `model.eval()` during training | running statistics never move; slower, worse training |
 # | no input normalisation (no BN) | raw 0-255 pixels into a net without BatchNorm | a first loss far above `ln K` |
@@ -311,8 +311,8 @@ for label, run in runs.items():
     losses = np.array(run["loss"])
     ax0.semilogy(np.where(np.isfinite(losses), losses, np.nan), label=label)
     ax1.semilogy(run["grad_norm"], label=label)
+ax0.axhline(entropy, color="0.5", ls=":", lw=1)
 for ax in (ax0, ax1):
-    ax.axhline(entropy, color="0.5", ls=":", lw=1)
     ax.set_xlabel("step")
 ax0.set_ylabel("training loss (dotted: prior baseline)")
 ax1.set_ylabel("global gradient norm")

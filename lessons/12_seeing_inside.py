@@ -268,9 +268,9 @@ def tiling_against_whole(depth: int) -> tuple[np.ndarray, np.ndarray, int, int, 
     t = next(s for s in range(start, 400) if (valid_output_size(s, depth) or 0) >= 8)
     out = valid_output_size(t, depth)
     pad = (t - out) // 2
-    # An image of n tiles' outputs per side, for the smallest n >= 2 whose mirror-padded
+    # An image of n tiles' outputs per side, for the smallest n >= 4 whose mirror-padded
     # image is itself a valid input: then the whole-image run exists to compare with.
-    n = next(n for n in range(2, 9) if valid_output_size(n * out + 2 * pad, depth))
+    n = next(n for n in range(4, 12) if valid_output_size(n * out + 2 * pad, depth))
     img = normalize(make_toy_pets(1, image_size=n * out, seed=3).images)[0]  # (3, H, W)
     net = UNet(3, 3, 4, depth, padding="valid", seed=1)
     tiled = predict_tiled(net.infer, img, t, num_classes=3, depth=depth, valid_shrink=pad)
@@ -294,9 +294,8 @@ print(f"  the first tile == whole; the next tiles differ by up to {seams:.2f}")
 assert out3 % 8 and seams > 1e-2
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-image = normalize(make_toy_pets(1, image_size=h, seed=3).images)[0]
-mirrored = np.pad(image, [(0, 0), (shrink, shrink), (shrink, shrink)], mode="reflect")
-axes[0].imshow(np.clip(mirrored.transpose(1, 2, 0) * 0.25 + 0.5, 0, 1))
+photo = make_toy_pets(1, image_size=h, seed=3).images[0]  # (H, W, 3) uint8, for display
+axes[0].imshow(np.pad(photo, [(shrink, shrink), (shrink, shrink), (0, 0)], mode="reflect"))
 axes[0].add_patch(plt.Rectangle((-0.5, -0.5), tile, tile, fill=False, ec="b", lw=2))
 axes[0].add_patch(
     plt.Rectangle((shrink - 0.5, shrink - 0.5), out_tile, out_tile, fill=False, ec="y", lw=2)
