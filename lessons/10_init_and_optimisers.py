@@ -72,8 +72,10 @@ print(f"its std {conv.params['weight'].data.std():.4f}, He's {np.sqrt(2 / fan_in
 # ReLU` layers and print the second moment of each conv's output, averaged over a few
 # draws of the weights (the derivation is about the average over draws: one draw
 # fluctuates around it, and those fluctuations multiply from layer to layer). With He's
-# `s` it stays near 1; with half of it, it falls by `(1/2)^2 = 1/4` per layer, as the
-# formula says.
+# `s` it stays at one level, about 2 (the first layer's input is raw noise with
+# `E[x^2] = 1` rather than a ReLU output, so `E[y^2] = fan_in s^2 = 2` there, and the
+# rule keeps it); with half of `s`, it falls by `(1/2)^2 = 1/4` per layer, as the formula
+# says.
 
 # %%
 channels, side, n_layers, draws = (16, 12, 6, 3) if SMALL else (32, 16, 10, 6)
