@@ -311,8 +311,9 @@ np.testing.assert_allclose(p_text, hand_momentum(lr, mu, False), rtol=1e-13, ato
 # **Why the correction.** `m` and `v` start at 0, so after `t` steps `m` is a weighted sum
 # of gradients whose weights `(1 - b1) b1^(t-1-s)` add up to `1 - b1^t`, not 1: early on
 # the averages are biased towards 0. Dividing by `1 - b^t` makes the weights sum to 1.
-# Without it the first steps would be `sqrt(1 - b2) / (1 - b1) = 0.32` times too small
-# (for the default betas), and from then on wrong in a way that drifts.
+# Without either correction the first step would be `(1 - b1) / sqrt(1 - b2) = 3.2` times
+# too large (for the default betas); without the first one alone, ten times too small.
+# Both errors fade as `b^t -> 0`, the second much more slowly (`0.999^t`).
 #
 # At step 1 the corrected `m_hat = g` and `v_hat = g^2`, so the first step is
 # `lr * g / (|g| + eps)`: almost exactly `lr * sign(g)` in every coordinate.
