@@ -185,9 +185,9 @@ assert share > inner.size / RF**2
 # ## Feature maps and filters of a briefly trained net
 #
 # A small same-padding U-Net, trained for a few dozen steps on toy pets. The encoder
-# outputs at each level are the maps the skip connections carry; the first level keeps
-# full resolution and responds to colour and edges, deeper levels are coarser and
-# respond to larger parts of the animal. The first layer's filters are 3x3 RGB patches,
+# outputs at each level are the maps the skip connections carry. The first level keeps
+# full resolution, and its channels typically pick out colours and edges; deeper levels
+# are coarser, each unit summarising a larger patch of the image. The first layer's filters are 3x3 RGB patches,
 # drawn as tiny images.
 
 # %%
@@ -303,7 +303,10 @@ axes[0].add_patch(
 axes[0].add_patch(plt.Rectangle((shrink - 0.5, shrink - 0.5), h, h, fill=False, ec="w", ls="--"))
 axes[0].set_title("mirror-padded image: blue input tile, yellow its output", fontsize=8)
 axes[1].imshow(tiled.argmax(axis=0), cmap="viridis")
-axes[1].set_title("tiled prediction (untrained net)", fontsize=8)
+for edge in range(out_tile, h, out_tile):  # where one tile's output meets the next
+    axes[1].axhline(edge - 0.5, color="w", lw=1)
+    axes[1].axvline(edge - 0.5, color="w", lw=1)
+axes[1].set_title("tiled prediction of an untrained net, tile by tile", fontsize=8)
 for ax in axes:
     ax.axis("off")
 plt.show()
