@@ -195,3 +195,32 @@ else:
 #
 # Next: [lesson 01](01_convolution_im2col.ipynb) turns a convolution into one matrix
 # multiply.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in each stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solutions:
+# [solutions/00_arrays_and_backend.py](solutions/00_arrays_and_backend.py).
+#
+# 1. `my_normalize(images)`: `(N, H, W, C)` uint8 to the network's `(N, C, H, W)` float32,
+#    `(u8 / 255 - DEFAULT_MEAN) / DEFAULT_STD`, C-contiguous, like `normalize`.
+# 2. `my_add_bias(out, bias)`: add a `(K,)` bias to every pixel of an `(N, K, H, W)`
+#    batch, with broadcasting and no loop.
+
+# %%
+from exercises import check_my_add_bias, check_my_normalize, report  # noqa: E402
+
+
+def my_normalize(images):
+    """(N, H, W, C) uint8 -> (N, C, H, W) float32."""
+    ...  # TODO
+
+
+def my_add_bias(out, bias):
+    """(N, K, H, W) + (K,) -> (N, K, H, W)."""
+    ...  # TODO
+
+
+report(check_my_normalize, my_normalize)
+report(check_my_add_bias, my_add_bias)

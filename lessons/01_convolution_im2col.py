@@ -297,3 +297,34 @@ print(f"columns for a batch of {batch}: {batch * c_in * 9 * p * 4 / 2**20:.0f} M
 # - minunet builds `cols` with `kh*kw` strided slices, never a loop over pixels.
 #
 # Next: [lesson 02](02_backprop_conv.ipynb) runs this backwards.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in each stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solutions:
+# [solutions/01_convolution_im2col.py](solutions/01_convolution_im2col.py).
+#
+# 1. `my_conv_output_size(size, k, stride, padding, dilation)`: the output length along
+#    one axis. Hint: a dilated kernel spans `dilation * (k - 1) + 1` pixels; count the
+#    window starts that fit in the padded input.
+# 2. `my_im2col(x, k, stride, padding)`: `(N, C, H, W)` to `(N, C*k*k, Ho*Wo)`, the
+#    columns in minunet's order (channel, then kernel row, then kernel column; output
+#    pixels row by row). A loop over output pixels is fine.
+
+# %%
+from exercises import check_my_conv_output_size, check_my_im2col, report  # noqa: E402
+
+
+def my_conv_output_size(size, k, stride, padding, dilation):
+    """Output length of a convolution along one axis."""
+    ...  # TODO
+
+
+def my_im2col(x, k, stride, padding):
+    """x (N, C, H, W) -> cols (N, C*k*k, Ho*Wo)."""
+    ...  # TODO
+
+
+report(check_my_conv_output_size, my_conv_output_size)
+report(check_my_im2col, my_im2col)

@@ -436,3 +436,35 @@ print("d/da sum(a^3) = 3 a^2: OK")
 
 # %% [markdown]
 # Next: [lesson 03](03_pool_and_upsample.ipynb), the layers that change resolution.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in each stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solutions:
+# [solutions/02_backprop_conv.py](solutions/02_backprop_conv.py).
+#
+# 1. `my_col2im(cols, x_shape, k, stride, padding)`: the adjoint of im2col, `(N, C*k*k,
+#    Ho*Wo)` to `(N, C, H, W)`: add every column back onto the patch it came from.
+# 2. **A mutation.** In `col2im` (`minunet/core/im2col.py`), change the `+=` of the line
+#    `x_pad[...] += (` to `=`. Which of these checks would then fail?
+#    - `"adjoint_k3_s1"`: the adjoint identity for a 3x3 kernel, stride 1;
+#    - `"adjoint_k2_s2"`: the same for a 2x2 kernel, stride 2;
+#    - `"one_by_one"`: the same for a 1x1 kernel.
+#
+#    Predict first. Set `answer_col2im_mutation` to the set of names: the check applies
+#    the change to a copy of the module, runs the three checks on it, and compares.
+
+# %%
+from exercises import check_answer_col2im_mutation, check_my_col2im, report  # noqa: E402
+
+
+def my_col2im(cols, x_shape, k, stride, padding):
+    """cols (N, C*k*k, Ho*Wo) -> (N, C, H, W), x_shape = (N, C, H, W)."""
+    ...  # TODO
+
+
+answer_col2im_mutation = None  # TODO: a set of check names, e.g. {"one_by_one"}
+
+report(check_my_col2im, my_col2im)
+report(check_answer_col2im_mutation, answer_col2im_mutation)

@@ -262,3 +262,33 @@ plt.show()
 #   does not.
 #
 # Next: [lesson 04](04_unet.ipynb) wires these layers into a U-Net.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in each stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solutions:
+# [solutions/03_pool_and_upsample.py](solutions/03_pool_and_upsample.py).
+#
+# 1. `my_maxpool_backward(x, dout)`: the backward of a 2x2, stride-2 max pool without a
+#    loop over windows. Each window's gradient goes to its maximum; on a tie, to the
+#    first maximum in row-major order, as `MaxPool2d` does (the check has ties).
+# 2. `my_upconv2x2(x, weight)`: the U-Net's up-convolution (`k = s = 2`, no bias) as
+#    one `einsum` and a reshape; `weight` is `(C_in, C_out, 2, 2)`.
+
+# %%
+from exercises import check_my_maxpool_backward, check_my_upconv2x2, report  # noqa: E402
+
+
+def my_maxpool_backward(x, dout):
+    """x (N, C, H, W), dout (N, C, H/2, W/2) -> dx (N, C, H, W)."""
+    ...  # TODO
+
+
+def my_upconv2x2(x, weight):
+    """x (N, C_in, H, W), weight (C_in, C_out, 2, 2) -> (N, C_out, 2H, 2W)."""
+    ...  # TODO
+
+
+report(check_my_maxpool_backward, my_maxpool_backward)
+report(check_my_upconv2x2, my_upconv2x2)

@@ -278,3 +278,34 @@ assert worst < 1e-5
 #   `summary()` shows every shape, and the library asserts match the paper.
 #
 # Next: [lesson 05](05_loss_and_metrics.ipynb), from logits to a loss and to scores.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in each stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solutions: [solutions/04_unet.py](solutions/04_unet.py).
+#
+# 1. `my_valid_output_size(size, depth)`: the output side of a valid-padding U-Net for an
+#    input side, or `None` where the input does not fit (a pooled map with an odd side,
+#    or nothing left). 572 must give 388 at depth 4.
+# 2. **A mutation.** In `UNet.backward` (`minunet/model/unet.py`), change
+#    `d += dskips.pop()` to `d = dskips.pop()`. Which of these checks would fail?
+#    - `"output_shape"`: the forward's output shape;
+#    - `"gradient_head"`: a gradient check of the head's weight;
+#    - `"gradient_first_conv"`: a gradient check of the first conv's weight.
+#
+#    Set `answer_skip_mutation` to the set of names; the check runs the mutated code.
+
+# %%
+from exercises import check_answer_skip_mutation, check_my_valid_output_size, report  # noqa: E402
+
+
+def my_valid_output_size(size, depth):
+    """Output side of a valid-padding U-Net, or None."""
+    ...  # TODO
+
+
+answer_skip_mutation = None  # TODO: a set of check names
+
+report(check_my_valid_output_size, my_valid_output_size)
+report(check_answer_skip_mutation, answer_skip_mutation)

@@ -251,3 +251,32 @@ assert m_lazy["iou"]["pet"] == 0.0
 # - Report IoU per class, not just pixel accuracy.
 #
 # Next: [lesson 06](06_data.ipynb), the data the loss is computed on.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in each stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solutions:
+# [solutions/05_loss_and_metrics.py](solutions/05_loss_and_metrics.py).
+#
+# 1. `my_iou(conf)`: the IoU of every class, `(K,)`, from a `(K, K)` confusion matrix
+#    (rows true, columns predicted), as `metrics_from_confusion` computes it.
+# 2. `my_weighted_ce(z, y, class_weights)`: the class-weighted mean cross-entropy, the
+#    number `SoftmaxCrossEntropy(class_weights=...)` returns. Stay stable for large logits.
+
+# %%
+from exercises import check_my_iou, check_my_weighted_ce, report  # noqa: E402
+
+
+def my_iou(conf):
+    """(K, K) counts -> (K,) IoU per class."""
+    ...  # TODO
+
+
+def my_weighted_ce(z, y, class_weights):
+    """z (N, K, H, W), y (N, H, W), class_weights (K,) -> scalar loss."""
+    ...  # TODO
+
+
+report(check_my_iou, my_iou)
+report(check_my_weighted_ce, my_weighted_ce)

@@ -296,3 +296,25 @@ plt.show()
 # - Border weights emphasise the thin gaps between objects.
 #
 # Next: [lesson 07](07_training.ipynb) puts it all together and trains.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in the stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solution: [solutions/06_data.py](solutions/06_data.py).
+#
+# 1. `my_bilinear(image, y, x)`: the bilinear interpolation of a 2-D `image` at one
+#    fractional position, in pixel-centre coordinates (`(2.0, 3.0)` is pixel `[2, 3]`
+#    itself), from its four neighbours, as `sample_bilinear` computes it. Positions on
+#    the last row or column must work too.
+
+# %%
+from exercises import check_my_bilinear, report  # noqa: E402
+
+
+def my_bilinear(image, y, x):
+    """image (H, W), a position (y, x) inside it -> the interpolated value."""
+    ...  # TODO
+
+
+report(check_my_bilinear, my_bilinear)

@@ -241,3 +241,26 @@ print(f"pet IoU per image: median {np.median(per_image):.2f}, worst {min(per_ima
 #   ~0.4).
 #
 # Next: [lesson 08](08_gpu.ipynb), the same code on a GPU.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in the stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solution:
+# [solutions/07_training.py](solutions/07_training.py).
+#
+# 1. `my_train_step(model, criterion, optimizer, x, y)`: one training step, as in the
+#    loop above, returning the loss as a float. The check starts your model with stale
+#    gradients in every `.grad` and compares every parameter after your step with one
+#    step of the library's pieces from the same start.
+
+# %%
+from exercises import check_my_train_step, report  # noqa: E402
+
+
+def my_train_step(model, criterion, optimizer, x, y):
+    """Forward, loss, backward, update; returns float(loss)."""
+    ...  # TODO
+
+
+report(check_my_train_step, my_train_step)

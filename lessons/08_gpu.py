@@ -228,3 +228,25 @@ else:
 #
 # Next (optional): [lesson 09](09_fast_numpy.ipynb) goes back to the CPU and shows how
 # minunet's convolutions are made fast there, without changing their maths.
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in the stub, then run the cell: `report` checks your version and says "passed"
+# or what is still wrong. Solution: [solutions/08_gpu.py](solutions/08_gpu.py).
+#
+# 1. `my_col2im_source_row(h, i, stride, pad, dil, ho)`: the heart of the `COL2IM`
+#    kernel's gather. Tap `i` of output row `oh` reads input row `oh*stride - pad + i*dil`;
+#    given an input row `h` and a tap `i`, return the output row that read it, or `None`
+#    if none did. The check compares with im2col's own indexing for several geometries.
+
+# %%
+from exercises import check_my_col2im_source_row, report  # noqa: E402
+
+
+def my_col2im_source_row(h, i, stride, pad, dil, ho):
+    """The output row oh whose tap i read input row h, or None."""
+    ...  # TODO
+
+
+report(check_my_col2im_source_row, my_col2im_source_row)

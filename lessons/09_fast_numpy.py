@@ -527,3 +527,25 @@ print(f"load average {load_average()}")
 # - `MINUNET_FAST_CPU=0` switches the fast paths off; `MINUNET_THREADS` sets the threads.
 #
 # Back to [the reading order](README.md).
+
+# %% [markdown]
+# ## Exercises
+#
+# Fill in the stub, then run the cell: `report` checks your version against minunet and
+# says "passed" or what is still wrong. Solution:
+# [solutions/09_fast_numpy.py](solutions/09_fast_numpy.py).
+#
+# 1. `my_flipped_kernel(weight)`: the kernel that turns the input gradient into a plain
+#    convolution: for a stride-1 `Conv2d` with padding `p`, a `Conv2d` with padding
+#    `k - 1 - p` and your kernel, applied to `dout`, must equal `Conv2d.backward(dout)`.
+
+# %%
+from exercises import check_my_flipped_kernel, report  # noqa: E402
+
+
+def my_flipped_kernel(weight):
+    """(K, C, k, k) -> (C, K, k, k)."""
+    ...  # TODO
+
+
+report(check_my_flipped_kernel, my_flipped_kernel)
