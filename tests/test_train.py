@@ -269,3 +269,36 @@ def test_predict_refuses_an_unreadable_image(tmp_path):
     bad.write_bytes(b"not an image at all")
     r = run_python("-m", "minunet.predict", "--checkpoint", str(out / "best.npz"), str(bad))
     assert r.returncode == 2 and "cannot decode" in r.stderr and "Traceback" not in r.stderr
+
+
+class _TwoRanks:
+    """Rank ``rank`` of two, the other rank's numbers given: allreduce_sum adds them."""
+
+    size = 2
+
+    def __init__(self, rank, other):
+        self.rank, self.other = rank, np.asarray(other, dtype=np.float64)
+        self.is_main = rank == 0
+
+    def allreduce_sum(self, array):
+        return array + self.other
+
+
+def test_the_logged_totals_are_over_every_rank():
+    """Each rank counts its own share; a read sums them: the loss is the mean of every
+    rank's losses, images are the global batch's, the first non-finite step is the
+    earliest of any rank, and a resumed epoch's totals count once (on rank 0)."""
+    from minunet.train.loop import _Tally, _Totals
+
+    # the other rank: losses summing to 6.0 over 2 steps, 4 images, first bad at step 2
+    other = [6.0, 2, 4, 0, 3]
+    tally = _Tally(np, _TwoRanks(0, other), start=_Totals(10.0, 4, 8, 1.0, 0.5))
+    for step, loss in ((3, 1.0), (4, 3.0)):
+        tally.add(np.asarray(loss, np.float32), step, images=2, lr=0.25)
+    totals = tally.read()
+    assert (totals.loss_sum, totals.losses, totals.images) == (20.0, 8, 16)
+    assert totals.loss == 2.5 and totals.lr == 0.25 and totals.first_bad == 2
+    assert totals.seconds >= 1.0 and totals.images_per_s == 16 / totals.seconds
+    assert tally.read() is totals  # no step since: no second allreduce
+    other_rank = _Tally(np, _TwoRanks(1, [0.0, 0, 0, 0, 0]), start=_Totals(10.0, 4, 8, 1.0, 0.5))
+    assert other_rank.read().loss_sum == 0.0 and other_rank.read().lr == 0.5
