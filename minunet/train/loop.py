@@ -7,16 +7,26 @@ One step, in the order the maths happens:
     model.backward(loss_fn.backward())         fills every Parameter.grad
     optimizer.step()                           p -= lr * update(grad)
 
+A run, as ``train`` reads:
+
+    check the configuration             (before anything is loaded)
+    start the backend, load the data, build the model, resume if asked
+    until _stop_reason says why not:    (Ctrl-C, --max-steps, a non-finite loss, the
+        train on the epoch's batches     caller, or all epochs done; asked after
+        validate, record the epoch       every step and every epoch)
+
 Nothing in a step reads a number back from the GPU: the loss is summed on the device and
 read once per ``log_every`` steps, validation counts go into a confusion matrix on the
-device and are read once per epoch.
+device and are read once per epoch. With several processes (``minunet.train.distributed``)
+those reads are summed over the ranks, so every logged number (train_loss, img/s, lr)
+means what it means for one process on the whole global batch.
 
 What a run leaves in ``out``: ``config.json``; ``metrics.jsonl`` (one line per epoch);
 ``last.npz`` (model + optimiser, to resume) and ``best.npz`` (the best validation mean
 IoU so far); ``curves.png``; ``predictions.png``. Every file is written atomically, so a
 crash or Ctrl-C leaves the last good one. Ctrl-C stops after the current step, saves and
 exits; ``resume=True`` continues from ``last.npz`` and, on NumPy, gives bit-for-bit the
-run that was never interrupted.
+run that was never interrupted, its metrics.jsonl included (but for the clock's img/s).
 """
 
 from __future__ import annotations
@@ -602,7 +612,7 @@ class _Tally:
         # The first non-finite step of each rank, in its own slot (0: none), so that the
         # sum over the ranks keeps them apart.
         numbers = np.zeros(3 + comm.size)
-        numbers[0] = float(self.loss_sum)  # the one host read of the device's queue
+        numbers[0] = float(self.loss_sum)  # the host reads: they wait for the device's queue
         numbers[1] = start.losses + self.steps
         numbers[2] = start.images + self.images
         numbers[3 + comm.rank] = int(self.first_bad) + 1
