@@ -17,7 +17,7 @@ import numpy as np
 
 from minunet.core.backend import to_device, to_numpy
 from minunet.data.loader import normalize
-from minunet.infer.tiling import mirror_pad
+from minunet.infer.tiling import mirror_pad, predict_tiled
 from minunet.model import UNet, geometry
 
 
@@ -27,7 +27,7 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     return mirror_pad(image, [(0, -h % multiple), (0, -w % multiple)] + [(0, 0)] * (image.ndim - 2))
 
 
-SMALLEST_DEFAULT_TILE = 256  # a valid net's default tile: the smallest accepted side >= this
+DEFAULT_TILE_MIN = 256  # a valid net's default tile: the smallest accepted side >= this
 
 
 def predict_logits(
@@ -41,8 +41,6 @@ def predict_logits(
     h, w = image.shape[:2]
     model.eval()
     if model.padding == "valid" or tile:
-        from minunet.infer.tiling import predict_tiled
-
         x = to_numpy(normalize(image[None], mean, std))[0]  # (C, H, W)
 
         def forward(batch: np.ndarray) -> np.ndarray:
@@ -50,9 +48,7 @@ def predict_logits(
             return to_numpy(out)
 
         if tile is None:
-            tile = geometry.nearest_input_sizes(SMALLEST_DEFAULT_TILE, model.depth, model.padding)[
-                1
-            ]
+            _, tile = geometry.nearest_input_sizes(DEFAULT_TILE_MIN, model.depth, model.padding)
         model.output_size(tile)  # a tile the net does not take: one line naming ones it does
         logits = predict_tiled(
             forward,
