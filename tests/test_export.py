@@ -20,7 +20,7 @@ import pytest
 from helpers_cli import run_python
 
 from minunet.io.checkpoint import load_checkpoint, save_checkpoint
-from minunet.model import UNet
+from minunet.model import UNet, geometry
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'minunet[export]')")
@@ -29,11 +29,7 @@ ort = pytest.importorskip(
 )
 
 from minunet.io import export as cli  # noqa: E402
-from minunet.io.interop.onnx_export import (  # noqa: E402
-    unet_to_onnx,
-    valid_input_side,
-    valid_shrink,
-)
+from minunet.io.interop.onnx_export import unet_to_onnx  # noqa: E402
 from minunet.io.interop.torch_unet import (  # noqa: E402
     TorchUNet,
     from_torch_state_dict,
@@ -166,15 +162,15 @@ def test_conversions_copy_so_the_two_sides_stay_independent():
 def test_valid_sizes_are_the_ones_unet_accepts():
     for depth in (1, 2, 3, 4):
         net = UNet(base_channels=1, depth=depth, padding="valid")
-        first = valid_input_side(depth)
+        first = geometry.input_size(depth, "valid")
         for k in range(3):
-            side = valid_input_side(depth, k)
+            side = geometry.input_size(depth, "valid", k)
             assert side == first + k * 2**depth
-            assert net.output_size(side) == side - valid_shrink(depth)
+            assert net.output_size(side) == side - 2 * geometry.border(depth, "valid")
         for side in (first - 2**depth, first - 1, first + 1):
             with pytest.raises(Exception, match="does not fit"):
                 net.output_size(side)
-    assert valid_shrink(4) == 572 - 388  # the paper's figure 1
+    assert 2 * geometry.border(4, "valid") == 572 - 388  # the paper's figure 1
 
 
 @pytest.mark.parametrize("key", CONFIGS)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minunet.infer.tiling import predict_tiled, valid_output_size
+from minunet.infer.inference import predict_logits
+from minunet.infer.tiling import predict_tiled
+from minunet.model import UNet, geometry
 
 RNG = np.random.default_rng(0)
 CHANNELS, HIDDEN, CLASSES = 2, 4, 3
@@ -43,10 +45,10 @@ def tiny_net(same: bool, calls: list | None = None):
 def test_valid_net_tiled_equals_whole_mirror_padded(size):
     image = RNG.standard_normal((CHANNELS, *size)).astype(np.float32)
     forward = tiny_net(same=False)
-    whole = forward(np.pad(image, [(0, 0), (3, 3), (3, 3)], mode="reflect")[None])[0]
+    whole = forward(np.pad(image, [(0, 0), (3, 3), (3, 3)], mode="symmetric")[None])[0]
     calls: list = []
     tiled = predict_tiled(
-        tiny_net(False, calls), image, 14, num_classes=CLASSES, depth=0, valid_shrink=3, batch=3
+        tiny_net(False, calls), image, 14, num_classes=CLASSES, depth=0, border=3, batch=3
     )
     assert tiled.shape == (CLASSES, *size) and tiled.dtype == np.float32
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-5)
@@ -60,7 +62,7 @@ def test_same_net_tiled_equals_whole(size):
     # The reference: the image padded (mirrored) at the bottom/right to a multiple of 4.
     h, w = size
     pads = [(0, 0), (0, -h % 4), (0, -w % 4)]
-    whole = forward(np.pad(image, pads, mode="reflect")[None])[0][:, :h, :w]
+    whole = forward(np.pad(image, pads, mode="symmetric")[None])[0][:, :h, :w]
     tiled = predict_tiled(forward, image, 12, num_classes=CLASSES, depth=2, margin=3, batch=2)
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-5)
     classes = predict_tiled(
@@ -78,9 +80,9 @@ def test_same_net_without_margin_differs_at_the_seams():
 
 
 def test_size_rules():
-    assert valid_output_size(572, 4) == 388  # the paper's network
-    assert valid_output_size(570, 4) is None  # an odd size before some pooling
-    assert valid_output_size(20, 4) is None  # too small
+    assert geometry.output_size(572, 4, "valid") == 388  # the paper's network
+    assert geometry.output_size(570, 4, "valid") is None  # an odd size before some pooling
+    assert geometry.output_size(20, 4, "valid") is None  # too small
     with pytest.raises(ValueError, match="multiple of 2\\*\\*depth = 16"):
         predict_tiled(tiny_net(True), np.zeros((2, 32, 32), np.float32), 40, num_classes=3, depth=4)
     with pytest.raises(ValueError, match="expected"):
@@ -90,5 +92,25 @@ def test_size_rules():
             16,
             num_classes=3,
             depth=0,
-            valid_shrink=2,
+            border=2,
         )
+
+
+@pytest.mark.parametrize("size", [(37, 45), (150, 203)])
+def test_same_unet_tiled_and_untiled_agree_everywhere_borders_included(size):
+    """--tile and whole-image prediction pad the border by one rule, so they agree on every
+    pixel, the bottom and right padding included. Tiles of 96 keep 96 // 8 = 12 px margins,
+    more than this depth-1 net's receptive-field radius (9 px: two 3x3 convs, a 2x2 pool,
+    two convs at half resolution, the 2x2 up-convolution, two convs), so no seam shows;
+    (37, 45) is one tile, (150, 203) two by three."""
+    net = UNet(3, 3, base_channels=2, depth=1, padding="same", dtype=np.float64, seed=2)
+    rng = np.random.default_rng(5)
+    for p in net.parameters():  # make the border matter: non-trivial weights and biases
+        p.data += rng.standard_normal(p.data.shape) * 0.3
+    image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    whole = predict_logits(net, image, np, 0.5, 0.25)
+    tiled = predict_logits(net, image, np, 0.5, 0.25, tile=96)
+    assert tiled.shape == whole.shape == (3, *size)
+    # The tiled logits are stored as float32: the float64 result rounded once, a relative
+    # error of at most 2**-24 (6e-8); everything else is float64 (1e-15 relative).
+    np.testing.assert_allclose(tiled, whole, rtol=2**-24 + 1e-12, atol=1e-12)

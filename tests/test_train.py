@@ -12,6 +12,7 @@ from helpers_cli import run_python, start_python
 from PIL import Image
 
 from minunet.data.sources import DataOptions
+from minunet.errors import MinunetError
 from minunet.io.checkpoint import load_checkpoint
 from minunet.model import UNet
 from minunet.nn.losses import SoftmaxCrossEntropy
@@ -83,9 +84,45 @@ def test_resume_after_a_stop_is_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(v, b.model_state[k], err_msg=k)
     for k, v in a.optim_state.items():
         np.testing.assert_array_equal(v, b.optim_state[k], err_msg=k)
-    assert (whole / "metrics.jsonl").read_text().splitlines()[-1].split('"images_per_s"')[0] == (
-        parts / "metrics.jsonl"
-    ).read_text().splitlines()[-1].split('"images_per_s"')[0]
+    assert _records(parts) == _records(whole)  # the epoch that was cut in two included
+
+
+def _records(out):
+    """metrics.jsonl without the clock's numbers; every images_per_s must be a real rate."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r.pop("images_per_s") > 0 for r in records)
+    return records
+
+
+def _ctrl_c_after_step(monkeypatch, step):
+    """Press Ctrl-C (a real SIGINT to this process) right after training step ``step``."""
+    import minunet.train.loop as loop
+
+    real_step, done = loop._train_step, []
+
+    def step_then_maybe_ctrl_c(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
+        done.append(1)
+        if len(done) == step:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(loop, "_train_step", step_then_maybe_ctrl_c)
+
+
+def test_ctrl_c_on_an_epochs_last_step_resumes_to_the_uninterrupted_log(tmp_path, monkeypatch):
+    """Ctrl-C on the last step of epoch 1 (4 steps an epoch) stops before its validation;
+    the resumed run validates and logs epoch 1 with that epoch's loss, not an empty one."""
+    whole = tmp_path / "whole"
+    train(tiny_config(whole), log=lambda *_: None)
+    parts = tmp_path / "parts"
+    with monkeypatch.context() as patch:
+        _ctrl_c_after_step(patch, 4)
+        result = train(tiny_config(parts), log=lambda *_: None)
+    assert result["interrupted"] and not (parts / "metrics.jsonl").exists()
+    assert load_checkpoint(parts / "last.npz").meta["train"]["batch"] == 4
+    train(tiny_config(parts, resume=True), log=lambda *_: None)
+    assert _records(parts) == _records(whole)
 
 
 def test_run_folder_contents(tmp_path):
@@ -107,15 +144,52 @@ def test_run_folder_contents(tmp_path):
     assert load_checkpoint(tmp_path / "last.npz").optim_state
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("log_every,max_steps", [(1, None), (100, 3)])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, log_every, max_steps):
+    """Noticed at a log read (every step) or at the end of the pass (a --max-steps stop
+    before any log read): the same error either way, and nothing saved."""
     train(tiny_config(tmp_path, epochs=1), log=lambda *_: None)
     good = (tmp_path / "last.npz").read_bytes()
-    with pytest.raises(NonFiniteLoss, match=r"non-finite at step \d+"):
+    message = r"non-finite at step \d+; stopped without saving\. last\.npz holds the last good"
+    with pytest.raises(NonFiniteLoss, match=message):
         train(
-            tiny_config(tmp_path, epochs=1, lr=1e38, optimizer="sgd", log_every=1),
+            tiny_config(
+                tmp_path,
+                epochs=1,
+                lr=1e38,
+                optimizer="sgd",
+                log_every=log_every,
+                max_steps=max_steps,
+            ),
             log=lambda *_: None,
         )
     assert (tmp_path / "last.npz").read_bytes() == good
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (
+            {"data": DataOptions(data="synthetic", image_size=30)},
+            "--image-size 30: .*multiple of 4",
+        ),
+        ({"padding": "valid"}, "train it with --crop N"),
+        ({"padding": "valid", "crop": 46}, "--crop 46: .*valid.*nearest valid sizes: 44 or 48"),
+        ({"padding": "full"}, "--padding must be one of same, valid"),
+    ],
+)
+def test_the_configuration_is_checked_before_any_data_is_loaded(
+    tmp_path, monkeypatch, settings, message
+):
+    import minunet.train.loop as loop
+
+    def no_loading(*args):
+        raise AssertionError("the data was loaded before the configuration was checked")
+
+    monkeypatch.setattr(loop, "_load_data", no_loading)
+    monkeypatch.setattr(loop, "_start_backend", no_loading)
+    with pytest.raises(MinunetError, match=message):
+        train(tiny_config(tmp_path, **settings), log=lambda *_: None)
 
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
@@ -195,3 +269,36 @@ def test_predict_refuses_an_unreadable_image(tmp_path):
     bad.write_bytes(b"not an image at all")
     r = run_python("-m", "minunet.predict", "--checkpoint", str(out / "best.npz"), str(bad))
     assert r.returncode == 2 and "cannot decode" in r.stderr and "Traceback" not in r.stderr
+
+
+class _TwoRanks:
+    """Rank ``rank`` of two, the other rank's numbers given: allreduce_sum adds them."""
+
+    size = 2
+
+    def __init__(self, rank, other):
+        self.rank, self.other = rank, np.asarray(other, dtype=np.float64)
+        self.is_main = rank == 0
+
+    def allreduce_sum(self, array):
+        return array + self.other
+
+
+def test_the_logged_totals_are_over_every_rank():
+    """Each rank counts its own share; a read sums them: the loss is the mean of every
+    rank's losses, images are the global batch's, the first non-finite step is the
+    earliest of any rank, and a resumed epoch's totals count once (on rank 0)."""
+    from minunet.train.loop import _Tally, _Totals
+
+    # the other rank: losses summing to 6.0 over 2 steps, 4 images, first bad at step 2
+    other = [6.0, 2, 4, 0, 3]
+    tally = _Tally(np, _TwoRanks(0, other), start=_Totals(10.0, 4, 8, 1.0, 0.5))
+    for step, loss in ((3, 1.0), (4, 3.0)):
+        tally.add(np.asarray(loss, np.float32), step, images=2, lr=0.25)
+    totals = tally.read()
+    assert (totals.loss_sum, totals.losses, totals.images) == (20.0, 8, 16)
+    assert totals.loss == 2.5 and totals.lr == 0.25 and totals.first_bad == 2
+    assert totals.seconds >= 1.0 and totals.images_per_s == 16 / totals.seconds
+    assert tally.read() is totals  # no step since: no second allreduce
+    other_rank = _Tally(np, _TwoRanks(1, [0.0, 0, 0, 0, 0]), start=_Totals(10.0, 4, 8, 1.0, 0.5))
+    assert other_rank.read().loss_sum == 0.0 and other_rank.read().lr == 0.5

@@ -1,11 +1,16 @@
 """The U-Net: the paper's numbers, sizes, state dicts, and an end-to-end gradient check."""
 
+from functools import cache
+from unittest import mock
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minunet.core.gradcheck import max_relative_error, numerical_gradient
 from minunet.errors import MinunetError
-from minunet.model import UNet
+from minunet.model import UNet, geometry
 from minunet.model.summary import trace
 from minunet.nn.losses import SoftmaxCrossEntropy
 
@@ -121,3 +126,82 @@ def _all_layers(layer):
     yield layer
     for child in layer.children().values():
         yield from _all_layers(child)
+
+
+@cache
+def _small_net(depth: int, padding: str) -> UNet:
+    return UNet(1, 2, base_channels=1, depth=depth, padding=padding, batchnorm=False)
+
+
+def _real_output_side(net: UNet, side: int) -> int | None:
+    """The side the layers themselves produce, with the size check switched off (None when
+    a layer refuses the input)."""
+    with mock.patch.object(geometry, "check_input_size", lambda *args: 0):
+        try:
+            return net.forward(np.zeros((1, 1, side, side), np.float32)).shape[2]
+        except ValueError:  # a conv or pool window larger than its input
+            return None
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    depth=st.integers(1, 3),
+    padding=st.sampled_from(geometry.PADDINGS),
+    k=st.integers(0, 3),
+    offset=st.integers(-24, 8),
+)
+def test_geometry_is_the_size_rule_of_the_real_forward(depth, padding, k, offset):
+    """A side the geometry accepts gives the predicted output in a real forward pass, and is
+    one of the evenly spaced accepted sides; a side it rejects makes the layers fail or lose
+    pixels (a pool drops a row), and the error names the nearest accepted sides. Sides are
+    drawn around the accepted ones (and below the smallest), where a wrong rule would show."""
+    side = max(1, geometry.input_size(depth, padding, k) + offset)
+    net = _small_net(depth, padding)
+    out = geometry.output_size(side, depth, padding)
+    border = geometry.border(depth, padding)
+    first, step = geometry.input_size(depth, padding), 2**depth
+    accepted = side >= first and (side - first) % step == 0
+    assert (out is not None) == accepted
+    if accepted:
+        assert out == side - 2 * border == net.output_size(side)
+        assert net.forward(np.zeros((1, 1, side, side), np.float32)).shape == (1, 2, out, out)
+        assert geometry.nearest_input_sizes(side, depth, padding) == (side, side)
+        return
+    assert _real_output_side(net, side) != side - 2 * border
+    below, above = geometry.nearest_input_sizes(side, depth, padding)
+    if below is None:
+        assert side < above == first
+    else:
+        assert below < side < above == below + step
+    for near in (below, above):
+        if near is not None:
+            assert geometry.output_size(near, depth, padding) is not None
+    with pytest.raises(MinunetError, match=f"does not fit.*{above}"):
+        net.output_size(side)
+
+
+def test_accepted_sides_are_exactly_the_ones_the_walk_through_the_layers_accepts():
+    """The closed forms (input_size, border, nearest_input_sizes) against output_size's
+    step-by-step walk, for every side up to 400."""
+    for padding in geometry.PADDINGS:
+        for depth in (1, 2, 3, 4, 5):
+            walked = [s for s in range(1, 401) if geometry.output_size(s, depth, padding)]
+            formula = [geometry.input_size(depth, padding, k) for k in range(len(walked) + 1)]
+            assert walked == [s for s in formula if s <= 400], (padding, depth)
+            border = geometry.border(depth, padding)
+            assert all(geometry.output_size(s, depth, padding) == s - 2 * border for s in walked)
+            for s in range(1, 401):
+                below, above = geometry.nearest_input_sizes(s, depth, padding)
+                assert above == min(a for a in formula + [10**9] if a >= s)
+                assert below == max((a for a in walked if a <= s), default=None)
+    assert geometry.border(4, "valid") == 92 and geometry.input_size(4, "valid") == 188
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_skip_crops_are_the_same_for_every_valid_side(depth):
+    """The ONNX export writes the valid net's skip crops as constants: they must not depend
+    on the input side (and are 0 for same padding)."""
+    sides = [geometry.input_size(depth, "valid", k) for k in range(5)]
+    crops = {geometry.trace(s, depth, "valid").crops for s in sides}
+    assert len(crops) == 1 and min(crops.pop()) > 0
+    assert set(geometry.trace(geometry.input_size(depth, "same", 3), depth, "same").crops) == {0}

@@ -3,8 +3,9 @@
 A same-padding U-Net of depth d needs sides that are multiples of 2**d: the image is
 mirror-padded up to the next multiple, predicted, and the prediction cropped back, so no
 resizing blurs the result. A valid-padding (paper) U-Net shrinks its input, so its images
-go through overlap-tile prediction (``minunet.infer.tiling``), which mirror-pads the border the
-way the paper does.
+go through overlap-tile prediction (``minunet.infer.tiling``), which mirror-pads the border
+as the paper does. Both paths pad with the one rule, ``tiling.mirror_pad``, so a
+same-padding net predicts the same border pixels with and without ``--tile``.
 """
 
 from __future__ import annotations
@@ -16,55 +17,52 @@ import numpy as np
 
 from minunet.core.backend import to_device, to_numpy
 from minunet.data.loader import normalize
-from minunet.model import UNet
+from minunet.infer.tiling import mirror_pad, predict_tiled
+from minunet.model import UNet, geometry
 
 
 def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     """Mirror-pad (H, W, ...) on the bottom and right to sides that are multiples of ``multiple``."""
     h, w = image.shape[:2]
-    ph, pw = -h % multiple, -w % multiple
-    if not ph and not pw:
-        return image
-    pads = [(0, ph), (0, pw)] + [(0, 0)] * (image.ndim - 2)
-    # "symmetric" repeats the edge pixel, so it works even when the pad exceeds the side.
-    return np.pad(image, pads, mode="symmetric")
+    return mirror_pad(image, [(0, -h % multiple), (0, -w % multiple)] + [(0, 0)] * (image.ndim - 2))
+
+
+DEFAULT_TILE_MIN = 256  # a valid net's default tile: the smallest accepted side >= this
 
 
 def predict_logits(
     model: UNet, image: np.ndarray, xp: ModuleType, mean: Any, std: Any, tile: int | None = None
 ) -> np.ndarray:
-    """Logits (K, H, W) on the host for one (H, W, C) uint8 image at native size."""
+    """Logits (K, H, W) on the host for one (H, W, C) uint8 image at native size.
+
+    ``tile``: predict in tiles of this input side (``minunet.infer.tiling``); a valid-padding
+    net always goes through tiles, by default the smallest side it accepts of at least 256.
+    """
     h, w = image.shape[:2]
     model.eval()
     if model.padding == "valid" or tile:
-        from minunet.infer.tiling import predict_tiled, valid_output_size
-
         x = to_numpy(normalize(image[None], mean, std))[0]  # (C, H, W)
 
         def forward(batch: np.ndarray) -> np.ndarray:
             out = model.infer(to_device(batch.astype(model.dtype), xp))
             return to_numpy(out)
 
-        if tile is None:  # the smallest tile a valid net accepts that is at least 256 px out
-            tile = next(t for t in range(256, 4096) if _fits(model, t))
-        out_side = valid_output_size(tile, model.depth) if model.padding == "valid" else tile
-        shrink = (tile - out_side) // 2
+        if tile is None:
+            _, tile = geometry.nearest_input_sizes(DEFAULT_TILE_MIN, model.depth, model.padding)
+        model.output_size(tile)  # a tile the net does not take: one line naming ones it does
         logits = predict_tiled(
-            forward, x, tile, num_classes=model.num_classes, depth=model.depth, valid_shrink=shrink
+            forward,
+            x,
+            tile,
+            num_classes=model.num_classes,
+            depth=model.depth,
+            border=geometry.border(model.depth, model.padding),
         )
         return logits
     padded = pad_to_multiple(image, 2**model.depth)
     x = normalize(to_device(padded[None], xp), mean, std).astype(model.dtype)
     logits = model.infer(x)[0, :, :h, :w]
     return to_numpy(logits)
-
-
-def _fits(model: UNet, size: int) -> bool:
-    try:
-        model.output_size(size)
-    except Exception:
-        return False
-    return True
 
 
 def accepts_as_batch(model: UNet, images: Any) -> bool:
@@ -74,7 +72,7 @@ def accepts_as_batch(model: UNet, images: Any) -> bool:
     return (
         isinstance(images, np.ndarray)
         and model.padding == "same"
-        and all(s % 2**model.depth == 0 for s in images.shape[1:3])
+        and all(geometry.output_size(s, model.depth, "same") for s in images.shape[1:3])
     )
 
 

@@ -9,24 +9,23 @@ mirroring the image. This module does that for any fully convolutional ``forward
 Only ``batch`` tiles' activations exist at any time; the (K, H, W) result (or the (H, W)
 class map) is the only full-size array.
 
-Two kinds of network, two input-size rules:
+Two kinds of network, two input-size rules (``minunet.model.geometry`` has them for U-Nets):
 
 * **valid padding** (the paper's network: no zero padding, each 3x3 conv trims a pixel
-  on each side): h' = h - 2 * valid_shrink. The image is mirror-padded by
-  ``valid_shrink`` on every side and tiled so that the output tiles cover it exactly:
-  the result equals running the network on the whole mirror-padded image. Not every h
-  is allowed: for a U-Net of depth d with two 3x3 convs per level, each level down
-  needs an even size after its convs; ``valid_output_size(h, depth)`` returns h' or None
-  (e.g. 572 -> 388 for depth 4, valid_shrink 92).
+  on each side): h' = h - 2 * border. The image is mirror-padded by ``border`` on every
+  side and tiled so that the output tiles cover it exactly: the result equals running the
+  network on the whole mirror-padded image. The tile side must be one the network accepts
+  (``geometry.input_size``; 572 -> 388 for depth 4, border 92).
 * **same padding** (minunet's default network): h' = h, and a U-Net of depth d needs
   tile sides that are multiples of 2**d. The image is mirror-padded at the bottom and
   right to a multiple of 2**d, tiles overlap by ``2 * margin`` pixels, and each tile
   keeps only its centre part (the overlap is discarded), because pixels near a tile's
   edge saw zero padding instead of the real neighbourhood. Tiles start on multiples of
   2**d so the pooling grid matches the whole-image one. The result equals whole-image
-  prediction wherever ``margin`` is at least the network's receptive-field radius, and
-  is a close approximation otherwise (a U-Net's receptive field is large; its far taps
-  carry little weight).
+  prediction (``minunet.infer.inference`` pads it with the same ``mirror_pad``) wherever
+  ``margin`` is at least the network's receptive-field radius, and is a close
+  approximation otherwise (a U-Net's receptive field is large; its far taps carry little
+  weight).
 """
 
 from __future__ import annotations
@@ -41,34 +40,18 @@ from minunet.core.backend import to_numpy
 Forward = Callable[[np.ndarray], Any]
 
 
-def valid_output_size(size: int, depth: int, convs_per_level: int = 2) -> int | None:
-    """Output side of a valid-padding U-Net for input side ``size``, or None if invalid.
+def mirror_pad(array: np.ndarray, pads: list[tuple[int, int]]) -> np.ndarray:
+    """Mirror-pad ``array`` by ``pads`` (one (before, after) pair per axis, as ``np.pad``).
 
-    Each level down: ``convs_per_level`` 3x3 convs (-2 each), then a 2x2 pool (the size
-    must be even); the bottom level's convs; each level up: a 2x2 up-convolution (x2),
-    then the convs. 572 -> 388 for depth 4 (the paper).
+    The one border rule of prediction, tiled or not. 'symmetric' (the edge pixel is
+    repeated, then the image is read backwards) because that is how training pads a
+    sample smaller than its crop (``minunet.data.folder.CropLoader``), so the model is
+    asked about borders like the ones it learned on; it also works for a 1-pixel side
+    and for pads wider than the image.
     """
-    trim = 2 * convs_per_level
-    for _ in range(depth):
-        size -= trim
-        if size <= 0 or size % 2:
-            return None
-        size //= 2
-    size -= trim
-    if size <= 0:
-        return None
-    for _ in range(depth):
-        size = 2 * size - trim
-    return size if size > 0 else None
-
-
-def _mirror(image: np.ndarray, pads: list[tuple[int, int]]) -> np.ndarray:
-    """Mirror-pad (C, H, W) by ``pads`` for H and W ('reflect': the edge pixel once)."""
     if all(p == (0, 0) for p in pads):
-        return image
-    # reflect needs 2 pixels; a 1-pixel-wide image can only be repeated.
-    mode = "reflect" if min(image.shape[1:]) > 1 else "edge"
-    return np.pad(image, [(0, 0), *pads], mode=mode)
+        return array
+    return np.pad(array, pads, mode="symmetric")
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:
@@ -97,20 +80,20 @@ def predict_tiled(
     *,
     num_classes: int,
     depth: int,
-    valid_shrink: int = 0,
+    border: int = 0,
     batch: int = 4,
     margin: int | None = None,
     output: str = "logits",
 ) -> np.ndarray:
     """Predict a whole image tile by tile.
 
-    forward: (B, C, t, t) float32 host array -> (B, K, t - 2 * valid_shrink, same)
+    forward: (B, C, t, t) float32 host array -> (B, K, t - 2 * border, same)
         logits, NumPy or CuPy (copied back per batch of tiles).
     image: (C, H, W) float32, already normalised like the training inputs.
     tile: input tile side (clipped to the padded image for a same net on a small image).
     num_classes: K. depth: the U-Net's number of poolings (sets the 2**depth alignment
-        of a same-padding net). valid_shrink: 0 for a same-padding net, else the pixels
-        the net trims per side (``(t - valid_output_size(t, depth)) // 2``).
+        of a same-padding net). border: 0 for a same-padding net, else the pixels the
+        net trims from each side (``geometry.border(depth, "valid")`` for a U-Net).
     batch: tiles per ``forward`` call (the memory bound). margin (same net only): pixels
         of each tile's edge discarded where tiles overlap; default ``tile // 8``.
     output: "logits" -> (K, H, W) float32; "classes" -> (H, W) int64 argmax (without a
@@ -123,25 +106,24 @@ def predict_tiled(
         raise ValueError(f"output must be 'logits' or 'classes', got {output!r}")
     image = np.asarray(image, dtype=np.float32)
     _, h, w = image.shape
-    if valid_shrink > 0:
-        plan = _plan_valid(h, w, tile, valid_shrink)
-        padded = _mirror(image, plan.pads)
+    if border > 0:
+        plan = _plan_valid(h, w, tile, border)
     else:
         plan = _plan_same(h, w, tile, depth, tile // 8 if margin is None else margin)
-        padded = _mirror(image, plan.pads)
+    padded = mirror_pad(image, [(0, 0), *plan.pads])
     if output == "logits":
         result = np.zeros((num_classes, h, w), dtype=np.float32)
     else:
         result = np.zeros((h, w), dtype=np.int64)
     th, tw = plan.tile
-    expect = (num_classes, th - 2 * valid_shrink, tw - 2 * valid_shrink)
+    expect = (num_classes, th - 2 * border, tw - 2 * border)
     for group in _batches(plan.tiles, batch):
         tiles = np.stack([padded[:, y : y + th, x : x + tw] for (y, x), _ in group])
         logits = to_numpy(forward(tiles))
         if logits.shape[1:] != expect:
             raise ValueError(
                 f"forward turned tiles of {th}x{tw} into {logits.shape[1:]}, expected "
-                f"{expect}: check tile, valid_shrink and num_classes (see minunet.infer.tiling)"
+                f"{expect}: check tile, border and num_classes (see minunet.infer.tiling)"
             )
         for out, (_, (rows, cols)) in zip(logits, group, strict=True):
             # rows/cols: where in this tile's output the kept part lies, and where it goes.
@@ -168,13 +150,13 @@ class _Plan:
         self.tiles: list[tuple[tuple[int, int], tuple[tuple, tuple]]] = []
 
 
-def _plan_valid(h: int, w: int, tile: int, shrink: int) -> _Plan:
-    out = tile - 2 * shrink
+def _plan_valid(h: int, w: int, tile: int, border: int) -> _Plan:
+    out = tile - 2 * border
     if out <= 0:
-        raise ValueError(f"tile {tile} leaves no output after trimming {shrink} px per side")
+        raise ValueError(f"tile {tile} leaves no output after trimming {border} px per side")
     # Enough tiles to cover the image; the padded image has the tiles' full input.
     rows, cols = -(-h // out), -(-w // out)
-    pads = [(shrink, shrink + rows * out - h), (shrink, shrink + cols * out - w)]
+    pads = [(border, border + rows * out - h), (border, border + cols * out - w)]
     plan = _Plan(pads, (tile, tile))
     for i in range(rows):
         for j in range(cols):

@@ -89,7 +89,6 @@ def trace(model: UNet, height: int, width: int, batch: int = 1) -> list[tuple]:
         up_shape = rows[-1][2]
         skip = skips.pop()
         rows.append(_row(f"concats.{i}", cat, skip, extra_in=up_shape))
-        rows[-1] = rows[-1][:2] + ((skip[0], skip[1] + up_shape[1]) + up_shape[2:],) + rows[-1][3:]
         shape = run_block(f"decoder.{i}", block, rows[-1][2])
     rows.append(_row("head", model.head, shape))
     return rows

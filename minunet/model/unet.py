@@ -18,7 +18,8 @@ below it and by the skip connection, so its gradient is the *sum* of the two pat
 ``padding="same"`` pads every 3x3 convolution by 1 so sizes are kept: the input sides
 must be multiples of 2**depth. ``padding="valid"`` is the paper's network: no padding, so
 each convolution trims a pixel from every side, the skip maps are centre-cropped, and a
-572x572 input gives a 388x388 output (the paper's figure 1).
+572x572 input gives a 388x388 output (the paper's figure 1). Which sides fit, and what
+comes out, is ``minunet.model.geometry``.
 
 The layers are the references of ``minunet.nn``; the constructor hands them their fast
 implementations (``minunet.accel.accelerate``), which compute the same thing faster.
@@ -32,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from minunet.accel import accelerate
-from minunet.errors import MinunetError
+from minunet.model import geometry
+from minunet.model.geometry import PADDINGS
 from minunet.nn import (
     BatchNorm2d,
     Concat,
@@ -44,8 +46,6 @@ from minunet.nn import (
     MaxPool2d,
     ReLU,
 )
-
-PADDINGS = ("same", "valid")
 
 
 class ConvBlock(Layer):
@@ -171,37 +171,9 @@ class UNet(Layer):
 
     # -- sizes ------------------------------------------------------------------------------
     def output_size(self, size: int) -> int:
-        """Output side for an input side, or raise MinunetError naming valid sizes."""
-        out = self._trace_size(size)
-        if out is None:
-            below, above = size, size
-            while below > 0 and self._trace_size(below) is None:
-                below -= 1
-            while self._trace_size(above) is None:
-                above += 1
-            unit = f"a multiple of {2**self.depth}" if self.padding == "same" else "valid"
-            hint = f"nearest valid sizes: {below} or {above}" if below > 0 else f"try {above}"
-            raise MinunetError(
-                f"input side {size} does not fit a {self.padding}-padding U-Net of depth "
-                f"{self.depth} (each pooled map must have even sides; {unit}); {hint}"
-            )
-        return out
-
-    def _trace_size(self, size: int) -> int | None:
-        shrink = 0 if self.padding == "same" else 4  # two 3x3 convs per block
-        for _ in range(self.depth):
-            size -= shrink
-            if size < 2 or size % 2:
-                return None
-            size //= 2
-        size -= shrink
-        if size < 1:
-            return None
-        for _ in range(self.depth):
-            size = size * 2 - shrink
-            if size < 1:
-                return None
-        return size
+        """Output side for an input side, or raise MinunetError naming valid sizes (the rule
+        is in ``minunet.model.geometry``)."""
+        return geometry.check_input_size(size, self.depth, self.padding)
 
     # -- the pair -------------------------------------------------------------------------
     def forward(self, x: Any, train: bool | None = None, keep_cache: bool = True) -> Any:

@@ -13,8 +13,8 @@ every rank takes the identical optimiser step and the replicas stay identical, w
 ever sending weights again. Rank 0 alone writes files.
 
 The collective engines are the established ones, not ours: MPI through mpi4py (CPU
-arrays; for CuPy arrays either CUDA-aware MPI or a copy through the host), and NCCL
-through CuPy for GPUs, with NCCL's unique id shared over MPI as ChainerMN did.
+arrays; CuPy arrays are copied through the host), and NCCL through CuPy for GPUs, with
+NCCL's unique id shared over MPI as ChainerMN did.
 
 A rank that raises must not leave the others waiting forever in a collective: an
 exception hook calls ``MPI.COMM_WORLD.Abort``, which ends the whole job.
@@ -73,9 +73,6 @@ class Communicator:
         """Rank 0's ``array`` on every rank."""
         return array
 
-    def barrier(self) -> None:
-        pass
-
     # -- built from the two primitives above ---------------------------------------------
     def broadcast_model(self, model: Layer) -> None:
         """Give every rank rank 0's parameters and buffers."""
@@ -115,9 +112,10 @@ class Communicator:
 
 
 class MPICommunicator(Communicator):
-    """Collectives through mpi4py. CuPy arrays go through the host unless ``cuda_aware``."""
+    """Collectives through mpi4py, on host arrays: CuPy arrays are copied to the host and
+    back (with ``--comm nccl`` GPUs talk to each other directly instead)."""
 
-    def __init__(self, cuda_aware: bool = False) -> None:
+    def __init__(self) -> None:
         try:
             from mpi4py import MPI
         except ImportError as exc:
@@ -128,32 +126,24 @@ class MPICommunicator(Communicator):
         self.comm = MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        self.cuda_aware = cuda_aware
 
-    def _host(self, array: Any) -> tuple[np.ndarray, ModuleType]:
+    @staticmethod
+    def _host(array: Any) -> tuple[np.ndarray, ModuleType]:
+        """A contiguous host copy of ``array`` (or ``array`` itself) and its array module."""
         xp = get_array_module(array)
-        if xp is np or self.cuda_aware:
-            return np.ascontiguousarray(array) if xp is np else xp.ascontiguousarray(array), xp
-        return array.get(), xp
+        return (np.ascontiguousarray(array) if xp is np else array.get()), xp
 
     def allreduce_sum(self, array: Any) -> Any:
         buf, xp = self._host(array)
-        out = np.empty_like(buf) if xp is np or not self.cuda_aware else xp.empty_like(buf)
-        if xp is not np and self.cuda_aware:
-            xp.cuda.get_current_stream().synchronize()
+        out = np.empty_like(buf)
         self.comm.Allreduce(buf, out, op=self.MPI.SUM)
-        return out if xp is np or self.cuda_aware else xp.asarray(out)
+        return out if xp is np else xp.asarray(out)
 
     def broadcast(self, array: Any) -> Any:
         buf, xp = self._host(array)
         buf = buf.copy()
-        if xp is not np and self.cuda_aware:
-            xp.cuda.get_current_stream().synchronize()
         self.comm.Bcast(buf, root=0)
-        return buf if xp is np or self.cuda_aware else xp.asarray(buf)
-
-    def barrier(self) -> None:
-        self.comm.Barrier()
+        return buf if xp is np else xp.asarray(buf)
 
 
 class NCCLCommunicator(Communicator):
@@ -172,7 +162,6 @@ class NCCLCommunicator(Communicator):
         self.nccl = nccl
         self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
         self.cupy = cupy
-        self.mpi = mpi
 
     @staticmethod
     def _local_rank() -> int:
@@ -208,10 +197,6 @@ class NCCLCommunicator(Communicator):
         stream = self.cupy.cuda.get_current_stream().ptr
         self.comm.bcast(array.data.ptr, array.size, self._dtype(array), 0, stream)
         return array
-
-    def barrier(self) -> None:
-        self.cupy.cuda.get_current_stream().synchronize()
-        self.mpi.barrier()
 
 
 def make_communicator(distributed: bool | None, comm: str, backend: str) -> Communicator:

@@ -7,16 +7,26 @@ One step, in the order the maths happens:
     model.backward(loss_fn.backward())         fills every Parameter.grad
     optimizer.step()                           p -= lr * update(grad)
 
+A run, as ``train`` reads:
+
+    check the configuration             (before anything is loaded)
+    start the backend, load the data, build the model, resume if asked
+    until _stop_reason says why not:    (Ctrl-C, --max-steps, a non-finite loss, the
+        train on the epoch's batches     caller, or all epochs done; asked after
+        validate, record the epoch       every step and every epoch)
+
 Nothing in a step reads a number back from the GPU: the loss is summed on the device and
 read once per ``log_every`` steps, validation counts go into a confusion matrix on the
-device and are read once per epoch.
+device and are read once per epoch. With several processes (``minunet.train.distributed``)
+those reads are summed over the ranks, so every logged number (train_loss, img/s, lr)
+means what it means for one process on the whole global batch.
 
 What a run leaves in ``out``: ``config.json``; ``metrics.jsonl`` (one line per epoch);
 ``last.npz`` (model + optimiser, to resume) and ``best.npz`` (the best validation mean
 IoU so far); ``curves.png``; ``predictions.png``. Every file is written atomically, so a
 crash or Ctrl-C leaves the last good one. Ctrl-C stops after the current step, saves and
 exits; ``resume=True`` continues from ``last.npz`` and, on NumPy, gives bit-for-bit the
-run that was never interrupted.
+run that was never interrupted, its metrics.jsonl included (but for the clock's img/s).
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from minunet.errors import CheckpointError, MinunetError
 from minunet.infer.inference import accepts_as_batch, predict_classes
 from minunet.io.atomic import atomic_write
 from minunet.io.checkpoint import load_checkpoint, save_checkpoint
-from minunet.model import UNet
+from minunet.model import PADDINGS, UNet, geometry
 from minunet.nn.concat import centre_crop_box
 from minunet.nn.losses import SoftmaxCrossEntropy
 from minunet.nn.metrics import confusion_matrix, metrics_from_confusion
@@ -98,12 +108,33 @@ class NonFiniteLoss(MinunetError):
 
 
 class _StopFlag:
-    """Ctrl-C sets the flag; the loop checks it between steps, so no step is half-done.
-    A second Ctrl-C interrupts at once."""
+    """Ctrl-C sets ``requested``; the loop asks ``_stop_reason`` between steps, so no step
+    is half-done. A second Ctrl-C interrupts at once.
 
-    def __init__(self) -> None:
+    A Ctrl-C reaches the ranks of a distributed run at different moments, so they act on
+    ``agreed``: the flag combined over the ranks when they last exchanged it (each training
+    step's gradient allreduce carries it; ``agree`` after a validation). In one process
+    ``agreed`` is ``requested``.
+    """
+
+    def __init__(self, comm: Communicator) -> None:
         self.requested = False
+        self.comm = comm
+        self._agreed = False
         self._previous: Any = None
+
+    @property
+    def agreed(self) -> bool:
+        return self.requested if self.comm.size == 1 else self._agreed
+
+    def agree(self, combined: Any = None) -> None:
+        """Combine the flag over the ranks (set if any rank's is). ``combined``: the flag
+        already summed over the ranks (it rode along with the gradients)."""
+        if self.comm.size == 1:
+            return
+        if combined is None:
+            combined = self.comm.allreduce_sum(np.array([float(self.requested)]))
+        self._agreed = float(to_numpy(combined)[0]) > 0
 
     def __enter__(self) -> _StopFlag:
         def handler(signum: int, frame: Any) -> None:
@@ -142,13 +173,14 @@ def train(
     on_epoch: Callable[[int, dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) training as ``cfg`` says. Returns the last epoch's metrics, with
-    ``interrupted``: True when Ctrl-C was pressed during the run (it then stopped at the
-    next step, or after the validation it was in).
+    ``interrupted``: True when Ctrl-C was pressed during the run (it then stopped after the
+    step, or the validation, it was in).
 
     ``on_epoch(epoch, record)`` is called after each epoch's validation with the
     metrics.jsonl record (1-based epoch); returning True stops the run there (the
     hyper-parameter search uses it to prune a trial).
     """
+    check_config(cfg)  # a wrong setting fails here, before any data is loaded
     xp, comm = _start_backend(cfg)
     main = comm.is_main  # rank 0 alone logs and writes files
     if not main:
@@ -172,44 +204,46 @@ def train(
         + (f", {comm.size} processes" if comm.size > 1 else "")
     )
 
-    steps_per_epoch = len(data.loader)
     metrics: dict[str, Any] = {}
-    with _StopFlag() as stop:
-        while run.epoch < cfg.epochs:
-            done = _train_epoch(cfg, run, model, opt, loss_fn, data.loader, comm, stop, xp)
-            if stop.requested or (
-                cfg.max_steps and run.step >= cfg.max_steps and done.batches < steps_per_epoch
-            ):
-                # Stopped inside the epoch: last.npz records the batch, so --resume
-                # continues from the next one. Never save a NaN model:
-                if done.first_bad is not None and int(done.first_bad) >= 0:
-                    raise NonFiniteLoss(f"the loss became non-finite at step {int(done.first_bad)}")
-                run.save_last(model, opt, done.batches)
+    with _StopFlag(comm) as stop:
+        reason = _stop_reason(cfg, run, stop)
+        while reason is None:
+            tally = _train_epoch(cfg, run, model, opt, loss_fn, data.loader, comm, stop, xp)
+            totals = tally.read()
+            reason = _stop_reason(cfg, run, stop, totals)
+            if reason == NON_FINITE:  # never save a model that saw a non-finite loss
+                raise NonFiniteLoss(
+                    f"the loss became non-finite at step {totals.first_bad}; stopped without "
+                    f"saving. {run.last_path.name} holds the last good state: lower --lr or "
+                    "add --clip-grad"
+                )
+            inside_epoch = tally.batches < len(data.loader)
+            if reason == INTERRUPTED or (reason == MAX_STEPS and inside_epoch):
+                # Stopped before the epoch's validation: last.npz records the batch and the
+                # epoch's totals so far, so --resume continues from the next batch (or goes
+                # straight to the validation) and logs the epoch as an uninterrupted run.
+                run.save_last(model, opt, tally.batches, totals)
                 log(f"stopped at step {run.step}; saved {run.last_path} (resume with --resume)")
-                return {**metrics, "interrupted": stop.requested}
-            # The loss is read back before the clock stops: on a GPU that read waits for the
-            # epoch's queued work, which the images/s should include.
-            train_loss = float(done.loss_sum) / max(1, done.n_steps)
-            seconds = time.perf_counter() - done.t0
-            metrics, _ = validate(
+                return {**metrics, "interrupted": stop.agreed}
+            metrics = validate(
                 model,
                 data.val,
                 xp,
-                cfg,
-                data.mean,
-                data.std,
-                data.num_classes,
-                data.ignore_index,
-                list(data.train.class_names),
-                comm,
+                batch_size=cfg.batch_size,
+                mean=data.mean,
+                std=data.std,
+                ignore_index=data.ignore_index,
+                comm=comm,
             )
-            images_per_s = done.n_steps * cfg.batch_size / seconds
-            record = run.end_epoch(model, opt, metrics, train_loss, images_per_s, cfg.epochs, log)
-            if on_epoch is not None and on_epoch(run.epoch, record):
-                log(f"stopped after epoch {run.epoch} at the caller's request")
-                break
-            if cfg.max_steps and run.step >= cfg.max_steps:
-                break
+            record = run.end_epoch(model, opt, metrics, totals, cfg.epochs, log)
+            asked = on_epoch is not None and on_epoch(run.epoch, record)
+            stop.agree()  # a Ctrl-C during the validation
+            reason = _stop_reason(cfg, run, stop, totals, caller_asked=asked)
+    if reason == INTERRUPTED:  # during a validation; last.npz was saved after it
+        log(f"stopped at step {run.step}; saved {run.last_path} (resume with --resume)")
+        return {**metrics, "interrupted": True}
+    if reason == CALLER:
+        log(f"stopped after epoch {run.epoch} at the caller's request")
     if main:
         _preview(
             model,
@@ -220,8 +254,61 @@ def train(
             out / "predictions.png",
             data.train.class_names,
         )
-    # A Ctrl-C during the last validation, or in an epoch the caller stopped, still counts.
-    return {**metrics, "interrupted": stop.requested}
+    return {**metrics, "interrupted": stop.agreed}
+
+
+# Why a run stops (``_stop_reason``).
+NON_FINITE, INTERRUPTED, MAX_STEPS, CALLER, EPOCHS = (
+    "non-finite loss",
+    "Ctrl-C",
+    "--max-steps",
+    "caller",
+    "all epochs done",
+)
+
+
+def _stop_reason(
+    cfg: TrainConfig,
+    run: _Run,
+    stop: _StopFlag,
+    totals: _Totals | None = None,
+    caller_asked: bool = False,
+) -> str | None:
+    """The one place that decides whether the run stops here, and why (None: go on).
+
+    Asked after every step, after every pass over an epoch's batches and after every
+    epoch's validation. ``totals``: the latest numbers read back from the device, when
+    there are new ones (a non-finite loss is only known then). Every rank decides the
+    same: the stop flag and the totals are combined over the ranks.
+    """
+    if totals is not None and totals.first_bad >= 0:
+        return NON_FINITE
+    if stop.agreed:
+        return INTERRUPTED
+    if cfg.max_steps and run.step >= cfg.max_steps:
+        return MAX_STEPS
+    if caller_asked:
+        return CALLER
+    if run.epoch >= cfg.epochs:
+        return EPOCHS
+    return None
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise MinunetError for settings that cannot train, before anything is loaded."""
+    if cfg.padding not in PADDINGS:
+        raise MinunetError(f"--padding must be one of {', '.join(PADDINGS)}, got {cfg.padding!r}")
+    if cfg.padding == "valid" and not cfg.crop:
+        raise MinunetError(
+            "padding='valid' shrinks the output; train it with --crop N "
+            "(folder/isbi2012 data) or use --padding same"
+        )
+    side, option = (cfg.crop, "--crop") if cfg.crop else (cfg.data.image_size, "--image-size")
+    if side is not None:
+        try:
+            geometry.check_input_size(side, cfg.depth, cfg.padding)
+        except MinunetError as exc:
+            raise MinunetError(f"{option} {side}: {exc}") from None
 
 
 def _start_backend(cfg: TrainConfig) -> tuple[Any, Communicator]:
@@ -309,11 +396,6 @@ def _build_model(
     comm.broadcast_model(model)  # every replica starts from rank 0's weights
     if cfg.sync_bn:
         use_sync_batchnorm(model, comm.allreduce_sum)
-    if cfg.padding == "valid" and not cfg.crop:
-        raise MinunetError(
-            "padding='valid' shrinks the output; train it with --crop N "
-            "(folder/isbi2012 data) or use --padding same"
-        )
     opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.momentum)
     accelerate(opt)  # the optimiser's and the loss's fast paths, as UNet takes its layers'
     weights = None
@@ -349,10 +431,11 @@ class _Run:
     """Where a run stands, and the files in ``out`` that record it.
 
     ``epoch`` (epochs finished), ``step`` (optimiser steps taken), ``skip`` (batches of the
-    current epoch already trained on, after a mid-epoch resume), ``best`` (the best
-    validation mean IoU so far) and ``history`` (one record per finished epoch) are what
-    last.npz saves beside the model and the optimiser, so a resumed run continues exactly
-    where this one stopped. Only rank 0 (``main``) writes files.
+    current epoch already trained on, after a mid-epoch resume), ``partial`` (those
+    batches' totals, for the epoch's log line), ``best`` (the best validation mean IoU so
+    far) and ``history`` (one record per finished epoch) are what last.npz saves beside the
+    model and the optimiser, so a resumed run continues exactly where this one stopped.
+    Only rank 0 (``main``) writes files.
     """
 
     out: Path
@@ -361,6 +444,7 @@ class _Run:
     epoch: int = 0
     step: int = 0
     skip: int = 0
+    partial: _Totals | None = None
     best: float = -1.0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -390,17 +474,24 @@ class _Run:
         state = ck.meta["train"]
         self.epoch, self.step, self.skip = state["epoch"], state["step"], state["batch"]
         self.best, self.history = state["best_miou"], state["history"]
+        # A checkpoint from before the totals were kept logs the resumed part alone.
+        partial = state.get("partial_epoch")
+        self.partial = None if partial is None else _Totals(**partial)
         log(f"resuming {last_path}: epoch {self.epoch + 1}, step {self.step}")
 
-    def save_last(self, model: UNet, opt: Any, batch_in_epoch: int) -> None:
+    def save_last(
+        self, model: UNet, opt: Any, batch_in_epoch: int, partial: _Totals | None = None
+    ) -> None:
         """last.npz: model, optimiser and position; ``batch_in_epoch`` batches of epoch
-        ``self.epoch`` are done (0 at the end of an epoch, which has already been counted)."""
+        ``self.epoch`` are done (0 at the end of an epoch, which has already been counted),
+        and ``partial`` holds their totals."""
         if not self.main:
             return
         train_state = {
             "epoch": self.epoch,
             "step": self.step,
             "batch": batch_in_epoch,
+            "partial_epoch": None if partial is None else asdict(partial),
             "best_miou": self.best,
             "history": self.history,
         }
@@ -416,8 +507,7 @@ class _Run:
         model: UNet,
         opt: Any,
         metrics: dict[str, Any],
-        train_loss: float,
-        images_per_s: float,
+        totals: _Totals,
         epochs: int,
         log: Any,
     ) -> dict[str, Any]:
@@ -425,7 +515,8 @@ class _Run:
         best.npz when the mean IoU improved and last.npz always, rewrite metrics.jsonl and
         curves.png, and log one line. Returns the record (one line of metrics.jsonl)."""
         self.epoch += 1
-        self.skip = 0  # the next epoch starts at its first batch
+        self.skip, self.partial = 0, None  # the next epoch starts at its first batch
+        train_loss, images_per_s = totals.loss, totals.images_per_s
         record = {
             "epoch": self.epoch,
             "step": self.step,
@@ -435,7 +526,7 @@ class _Run:
             "val_iou": metrics["iou"],
             "val_dice": metrics["dice"],
             "images_per_s": images_per_s,
-            "lr": opt.lr,
+            "lr": totals.lr,
         }
         self.history.append(record)
         improved = metrics["miou"] > self.best
@@ -463,14 +554,89 @@ class _Run:
 
 
 @dataclass
-class _EpochSteps:
-    """What one pass over an epoch's training batches leaves for the end of the epoch."""
+class _Totals:
+    """An epoch's training so far, over every rank: what its log line reports.
 
-    batches: int  # batches of the epoch gone through, the skipped ones included
-    n_steps: int  # optimiser steps taken in this pass
-    loss_sum: Any  # 0-d array on the device: the sum of their losses
-    first_bad: Any  # None (no step), or 0-d on the device: first non-finite step, else -1
-    t0: float  # time.perf_counter() when the pass began
+    With N ranks each step has N losses, each the mean over one rank's equal share of the
+    global batch, so the global batch's loss is their mean: the summed losses over their
+    count, the same number one process computes on the whole batch.
+    """
+
+    loss_sum: float  # the losses summed over steps and ranks
+    losses: int  # how many were summed (steps x ranks)
+    images: int  # images trained on, over all ranks
+    seconds: float  # wall time of the epoch's training steps (rank 0's clock)
+    lr: float  # the learning rate of the last step (the same on every rank)
+    first_bad: int = -1  # the first step whose loss was not finite, or -1
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(1, self.losses)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Tally:
+    """The running totals of one pass over an epoch's batches.
+
+    Between reads they stay on the device, so a step never waits for the GPU. ``read``
+    brings them to the host, summed over the ranks in one small allreduce; it is called
+    at the log intervals and at the end of the pass, by every rank at the same steps.
+    ``start``: the epoch's totals from before a resume, counted once (on rank 0).
+    """
+
+    def __init__(self, xp: Any, comm: Communicator, start: _Totals | None) -> None:
+        self.xp, self.comm = xp, comm
+        self.start = start or _Totals(0.0, 0, 0, 0.0, 0.0)
+        if not comm.is_main:  # the sums from before a resume are rank 0's to count
+            self.start = _Totals(0.0, 0, 0, 0.0, self.start.lr)
+        self.lr = self.start.lr
+        # float32 as the per-step losses, so a resumed sum continues bit for bit.
+        self.loss_sum = xp.asarray(self.start.loss_sum, dtype=xp.float32)
+        self.first_bad = xp.asarray(-1)  # 0-d on the device: first non-finite step, or -1
+        self.steps = self.images = 0
+        self.batches = 0  # the epoch's batches gone through, the skipped ones included
+        self.t0 = time.perf_counter()
+        self._read: tuple[int, _Totals] | None = None
+
+    def add(self, loss: Any, step: int, images: int, lr: float) -> None:
+        """Count one step: its loss (0-d on the device), number, images and learning rate."""
+        xp = self.xp
+        self.loss_sum += loss
+        self.first_bad = xp.where((self.first_bad < 0) & ~xp.isfinite(loss), step, self.first_bad)
+        self.steps += 1
+        self.images += images
+        self.lr = lr
+
+    def read(self) -> _Totals:
+        """The totals so far over all ranks (read once per step count: a second call is free)."""
+        if self._read is not None and self._read[0] == self.steps:
+            return self._read[1]
+        comm, start = self.comm, self.start
+        # The first non-finite step of each rank, in its own slot (0: none), so that the
+        # sum over the ranks keeps them apart.
+        numbers = np.zeros(3 + comm.size)
+        numbers[0] = float(self.loss_sum)  # the host reads: they wait for the device's queue
+        numbers[1] = start.losses + self.steps
+        numbers[2] = start.images + self.images
+        numbers[3 + comm.rank] = int(self.first_bad) + 1
+        # The clock stops after the read: on a GPU the read waits for the queued work,
+        # which the images/s should include.
+        seconds = start.seconds + time.perf_counter() - self.t0
+        numbers = to_numpy(comm.allreduce_sum(numbers))
+        bad = [int(b) - 1 for b in numbers[3:] if b > 0]
+        totals = _Totals(
+            float(numbers[0]),
+            int(numbers[1]),
+            int(numbers[2]),
+            seconds,
+            self.lr,
+            min(bad, default=-1),
+        )
+        self._read = (self.steps, totals)
+        return totals
 
 
 def _train_epoch(
@@ -483,29 +649,27 @@ def _train_epoch(
     comm: Communicator,
     stop: _StopFlag,
     xp: Any,
-) -> _EpochSteps:
+) -> _Tally:
     """Train on the batches of epoch ``run.epoch``, from batch ``run.skip`` on, counting the
-    steps in ``run.step``. Stops after the step in which Ctrl-C was pressed or the one that
-    reaches ``cfg.max_steps``.
+    steps in ``run.step``, until the epoch ends or ``_stop_reason`` says stop (asked after
+    every step). Returns the pass's tally, ``batches`` being the epoch's batches gone
+    through, the skipped ones included.
 
-    The losses stay on the device. Once per ``cfg.log_every`` steps (and at the epoch's
-    last step) one number is read back: the first step whose loss was not finite, which
-    raises NonFiniteLoss before anything is saved; otherwise the progress bar shows the
-    mean loss.
+    The losses stay on the device; once per ``cfg.log_every`` steps the totals are read
+    back (a non-finite loss is noticed then) and shown on the progress bar.
     """
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     model.train()
-    loss_sum = xp.zeros((), dtype=xp.float32)
-    first_bad = None
-    n_steps, t0 = 0, time.perf_counter()
+    tally = _Tally(xp, comm, run.partial)
     bar = _progress(
         steps_per_epoch, run.skip, cfg.progress and run.main, f"epoch {run.epoch + 1}/{cfg.epochs}"
     )
-    i = run.skip - 1  # the last batch gone through (a resume may start past them all)
+    batches = run.skip  # the epoch's batches gone through, the skipped ones included
     # Resumed mid-epoch: the loader skips the batches already trained on, unbuilt.
-    for i, (x, y, w) in enumerate(loader.epoch(run.epoch, start=run.skip), start=run.skip):
+    for x, y, w in loader.epoch(run.epoch, start=run.skip):
+        batches += 1
         opt.lr = learning_rate(
             run.step,
             total_steps,
@@ -517,33 +681,19 @@ def _train_epoch(
         )
         loss = _train_step(model, opt, loss_fn, x, y, w, cfg, comm, stop)
         run.step += 1
-        n_steps += 1
-        loss_sum += loss
-        finite = xp.isfinite(loss)
-        if first_bad is None:
-            first_bad = xp.where(finite, -1, run.step)
-        else:
-            first_bad = xp.where((first_bad < 0) & ~finite, run.step, first_bad)
-        if n_steps % cfg.log_every == 0 or i + 1 == steps_per_epoch:
-            bad = int(first_bad)  # the one host read per log interval
-            if bad >= 0:
-                bar.close()
-                raise NonFiniteLoss(
-                    f"the loss became non-finite at step {bad}; stopped without "
-                    f"saving. {run.last_path.name} holds the last good state: lower "
-                    "--lr or add --clip-grad"
-                )
-            rate = n_steps * cfg.batch_size / (time.perf_counter() - t0)
+        tally.add(loss, run.step, len(x), opt.lr)
+        totals = None
+        if tally.steps % cfg.log_every == 0:
+            totals = tally.read()
             bar.set_postfix(
-                loss=f"{float(loss_sum) / n_steps:.4f}",
-                lr=f"{opt.lr:.2e}",
-                img_s=f"{rate:.1f}",
+                loss=f"{totals.loss:.4f}", lr=f"{opt.lr:.2e}", img_s=f"{totals.images_per_s:.1f}"
             )
         bar.update(1)
-        if stop.requested or (cfg.max_steps and run.step >= cfg.max_steps):
+        if _stop_reason(cfg, run, stop, totals) is not None:
             break
     bar.close()
-    return _EpochSteps(i + 1, n_steps, loss_sum, first_bad, t0)
+    tally.batches = batches
+    return tally
 
 
 def _train_step(
@@ -574,8 +724,7 @@ def _train_step(
     if comm.size > 1:
         # One allreduce averages every gradient; the stop flag rides along, so
         # all ranks stop after the same step.
-        stops = comm.average_gradients(model.parameters(), extra=[float(stop.requested)])
-        stop.requested = float(stops[0]) > 0
+        stop.agree(comm.average_gradients(model.parameters(), extra=[float(stop.requested)]))
     if cfg.clip_grad:
         clip_grad_norm(model.parameters(), cfg.clip_grad)
     opt.step()
@@ -584,41 +733,45 @@ def _train_step(
 
 def validate(
     model: UNet,
-    data: Any,
+    split: Any,
     xp: Any,
-    cfg: TrainConfig,
+    *,
+    batch_size: int,
     mean: Any,
     std: Any,
-    num_classes: int,
     ignore_index: int | None,
-    class_names: list[str],
     comm: Communicator | None = None,
-) -> tuple[dict[str, Any], Any]:
-    """Metrics of ``model`` on a split, from one confusion matrix accumulated on the device.
+) -> dict[str, Any]:
+    """Metrics of ``model`` on a split (``nn.metrics.metrics_from_confusion``), from one
+    confusion matrix accumulated on the device and read once.
 
-    With several ranks, each scores its own share of the split and the matrices are summed.
+    Images the model takes as one batch go through ``batch_size`` at a time (normalised
+    with ``mean`` and ``std``); others (crop training: native sizes) one at a time, tiled
+    for a valid-padding net. With several ranks, each scores its own share of the split
+    and the matrices are summed.
     """
     comm = comm or Communicator()
+    k = model.num_classes
     model.eval()
-    conf = xp.zeros((num_classes, num_classes), dtype=xp.int64)
-    if accepts_as_batch(model, data.images):
+    conf = xp.zeros((k, k), dtype=xp.int64)
+    if accepts_as_batch(model, split.images):
         loader = DeviceLoader.for_eval(
-            data, xp, cfg.batch_size, mean=mean, std=std, rank=comm.rank, world_size=comm.size
+            split, xp, batch_size, mean=mean, std=std, rank=comm.rank, world_size=comm.size
         )
         for x, y, _ in loader.epoch(0):
             if len(x):  # with several ranks, a rank's share of the last batch can be empty
                 pred = model.infer(x).argmax(axis=1)
-                conf += confusion_matrix(pred, y, num_classes, ignore_index)
-    else:  # crop training: one image at a time at native size (tiled for a valid net)
-        mine = list(range(comm.rank, len(data.images), comm.size))
-        preds = predict_classes(model, [data.images[i] for i in mine], xp, mean, std)
+                conf += confusion_matrix(pred, y, k, ignore_index)
+    else:
+        mine = list(range(comm.rank, len(split.images), comm.size))
+        preds = predict_classes(model, [split.images[i] for i in mine], xp, mean, std)
         for pred, i in zip(preds, mine, strict=True):
-            mask = xp.asarray(data.masks[i])
-            conf += confusion_matrix(xp.asarray(pred), mask, num_classes, ignore_index)
+            mask = xp.asarray(split.masks[i])
+            conf += confusion_matrix(xp.asarray(pred), mask, k, ignore_index)
     conf = comm.allreduce_sum(conf)
     model.release()
     model.train()
-    return metrics_from_confusion(conf, class_names), to_numpy(conf)
+    return metrics_from_confusion(conf, list(split.class_names))
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:

@@ -62,14 +62,11 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> None:
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Training loss and validation mean IoU per epoch."""
+    """Training loss and validation mean IoU per epoch (records of metrics.jsonl)."""
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    if all("val_loss" in h for h in history):
-        ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax1.legend()
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
     ax2.plot(epochs, [h["val_miou"] for h in history], "o-", color="tab:green")
     ax2.set(xlabel="epoch", ylabel="mean IoU", title="validation mean IoU", ylim=(0, 1))
     for ax in (ax1, ax2):

@@ -22,8 +22,8 @@ Choices, and why:
   IR version that carries it, so older runtimes can read the file too.
 - **Dynamic sizes.** The batch is always dynamic (``N``). Height and width are dynamic
   too, for both paddings: ``H``/``W`` must be sizes the network accepts (multiples of
-  ``2**depth`` for "same"; for "valid" the sizes ``valid_input_side(depth, k)``), exactly
-  as in minunet. A "valid" network's centre crops are constant Slices: the skip map and
+  ``2**depth`` for "same"; for "valid" the sizes ``geometry.input_size(depth, "valid", k)``),
+  exactly as in minunet. A "valid" network's centre crops are constant Slices: the skip map and
   the upsampled map of a level both grow by ``2**level`` pixels per step between valid
   input sizes, so their difference, and with it the crop margin, does not depend on the
   input size. (The runtime does not check that a size is valid: MaxPool silently drops an
@@ -45,54 +45,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import minunet
 from minunet.io.atomic import atomic_write
+from minunet.model import geometry
 
 OPSET = 17
 BN_EPS = 1e-5  # minunet's BatchNorm2d default, which UNet keeps (and PyTorch's)
-CONV_SHRINK = 4  # two unpadded 3x3 convolutions per block trim 2 pixels from each side
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-
-
-# -- sizes of a "valid" network ------------------------------------------------------------
-def _trace_valid(depth: int, bottom: int) -> tuple[int, int, list[int]]:
-    """Walk a valid-padding U-Net outwards from its bottleneck output side ``bottom``.
-
-    Returns (input side, output side, crop margins of the decoder steps, deepest first);
-    the output side may be < 1 when ``bottom`` is too small for the decoder.
-    """
-    skip_sides = []
-    side = bottom + CONV_SHRINK  # the bottleneck's input
-    for _ in range(depth):
-        skip_sides.append(2 * side)  # the encoder block output that was pooled to `side`
-        side = 2 * side + CONV_SHRINK  # that block's input
-    margins = []
-    up = bottom
-    for skip in skip_sides:  # deepest level first, as the decoder runs
-        up = 2 * up  # after the transposed convolution
-        margins.append((skip - up) // 2)  # the difference is even: 2 * (previous + 4)
-        up -= CONV_SHRINK  # after the decoder block
-    return side, up, margins
-
-
-def _smallest_valid_bottom(depth: int) -> int:
-    bottom = 1
-    while _trace_valid(depth, bottom)[1] < 1:
-        bottom += 1
-    return bottom
-
-
-def valid_input_side(depth: int, k: int = 0) -> int:
-    """The k-th smallest input side (k = 0, 1, ...) a valid-padding U-Net accepts.
-
-    Valid sides are evenly spaced, ``2**depth`` apart; e.g. depth 4: 188, 204, ..., 572, ...
-    """
-    return _trace_valid(depth, _smallest_valid_bottom(depth) + k)[0]
-
-
-def valid_shrink(depth: int) -> int:
-    """How many pixels a valid-padding U-Net's output side is smaller than its input's
-    (the same for every valid size; 184 for depth 4: 572 -> 388)."""
-    side, out, _ = _trace_valid(depth, _smallest_valid_bottom(depth))
-    return side - out
 
 
 # -- the graph ------------------------------------------------------------------------------
@@ -186,12 +143,13 @@ def _size_text(config: dict[str, Any]) -> str:
             "For other sizes mirror-pad the image (bottom and right) to the next multiple "
             "and crop the logits back, as minunet's predict does."
         )
-    first, step = valid_input_side(depth), 2**depth
+    first, step = geometry.input_size(depth, "valid"), 2**depth
+    border = geometry.border(depth, "valid")
     return (
         f"H and W must each be {first} + {step} * k (k = 0, 1, ...: {first}, {first + step}, "
-        f"{first + 2 * step}, ...); logits are smaller: Ho = H - {valid_shrink(depth)}, "
-        f"Wo = W - {valid_shrink(depth)} (padding 'valid', the paper's network). For logits "
-        f"of a whole image, mirror-pad it by {valid_shrink(depth) // 2} pixels on every side "
+        f"{first + 2 * step}, ...); logits are smaller: Ho = H - {2 * border}, "
+        f"Wo = W - {2 * border} (padding 'valid', the paper's network). For logits "
+        f"of a whole image, mirror-pad it by {border} pixels on every side "
         "first (and tile it for large images), as minunet's predict does."
     )
 
@@ -225,7 +183,10 @@ def unet_to_onnx(
         skips.append(x)
         x = g.node("MaxPool", [x], f"pools.{lv}", kernel_shape=[2, 2], strides=[2, 2])
     x = g.block(x, "bottleneck", pad, batchnorm)  # dropout would follow: identity here
-    margins = [] if same else _trace_valid(depth, _smallest_valid_bottom(depth))[2]
+    # The crops are the same for every accepted size (see the module docstring).
+    margins = geometry.trace(
+        geometry.input_size(depth, config["padding"]), depth, config["padding"]
+    ).crops
     for i in range(depth):  # decoder step i works at level depth - 1 - i
         up = g.node(
             "ConvTranspose",

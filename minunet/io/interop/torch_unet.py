@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-PADDINGS = ("same", "valid")
+from minunet.model.geometry import PADDINGS
 
 
 class CountingDropout(nn.Dropout):
