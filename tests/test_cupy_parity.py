@@ -1,8 +1,11 @@
-"""The same layers on CuPy and NumPy give the same numbers (GPU only; skipped elsewhere).
+"""The same layers on CuPy and NumPy give the same numbers.
 
-float64 must agree to rounding (1e-10); float32 loosely (1e-4 relative), since the GPU
-sums in a different order. Every forward and every gradient is compared, then a whole
-U-Net training step.
+Each test takes the ``cp`` fixture (tests/conftest.py): real CuPy on a GPU (marked
+``gpu``, skipped elsewhere), and the strict stand-in (tests/cupy_standin.py) with the
+hand-written kernels emulated and switched off, so the CuPy code paths run on every CI
+machine. float64 must agree to rounding (1e-10); float32 loosely (1e-4 relative), since
+the GPU sums in a different order. Every forward and every gradient is compared, then a
+whole U-Net training step and a short training run.
 """
 
 import numpy as np
@@ -13,14 +16,7 @@ from minunet.model import UNet
 from minunet.nn import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, MaxPool2d, ReLU
 from minunet.nn.losses import SoftmaxCrossEntropy
 
-pytestmark = pytest.mark.gpu
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
-
-
-def cupy():
-    import cupy
-
-    return cupy
 
 
 def one_rank_sync(layer):
@@ -29,9 +25,8 @@ def one_rank_sync(layer):
     return layer
 
 
-def compare(make_layer, inputs, dtype):
+def compare(cp, make_layer, inputs, dtype):
     """Run forward/backward of two copies of a layer, one per backend; compare everything."""
-    cp = cupy()
     rng = np.random.default_rng(0)
     host, dev = make_layer(), make_layer()
     dev.load_state_dict(host.state_dict())
@@ -90,15 +85,14 @@ def compare(make_layer, inputs, dtype):
         ("dropout_eval", lambda d: Dropout(0.5).eval(), [(2, 3, 4, 4)]),
     ],
 )
-def test_layer_parity(name, make, shapes, dtype):
+def test_layer_parity(cp, name, make, shapes, dtype):
     rng = np.random.default_rng(2)
     inputs = [rng.permutation(int(np.prod(s))).reshape(s) / np.prod(s) for s in shapes]
-    compare(lambda: make(dtype), inputs, dtype)
+    compare(cp, lambda: make(dtype), inputs, dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_softmax_cross_entropy_parity(dtype):
-    cp = cupy()
+def test_softmax_cross_entropy_parity(cp, dtype):
     rng = np.random.default_rng(3)
     logits = rng.standard_normal((2, 3, 8, 8)).astype(dtype)
     target = rng.integers(0, 3, (2, 8, 8))
@@ -111,8 +105,7 @@ def test_softmax_cross_entropy_parity(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_unet_step_parity(dtype):
-    cp = cupy()
+def test_unet_step_parity(cp, dtype):
     rng = np.random.default_rng(4)
     host = UNet(3, 3, base_channels=4, depth=2, dtype=dtype, seed=5)
     dev = UNet(3, 3, base_channels=4, depth=2, dtype=dtype, seed=5).to(cp)
@@ -129,7 +122,7 @@ def test_unet_step_parity(dtype):
         np.testing.assert_allclose(to_numpy(q.grad), p.grad, err_msg=name, **tol)
 
 
-def test_training_runs_on_cupy(tmp_path):
+def test_training_runs_on_cupy(cp, tmp_path):
     from minunet.data.sources import DataOptions
     from minunet.train import TrainConfig, train
 
