@@ -48,6 +48,7 @@ def _cupy_backend(variant: str):
 
         return contextlib.nullcontext(cupy)
     import cupy_standin
+
     from minunet.accel.cuda.emulator import CXX
 
     if variant == "standin-kernels" and CXX is None:
