@@ -522,7 +522,11 @@ def _train_epoch(
         else:
             first_bad = xp.where((first_bad < 0) & ~finite, run.step, first_bad)
         if n_steps % cfg.log_every == 0 or i + 1 == steps_per_epoch:
-            bad = int(first_bad)  # the one host read per log interval
+            # The one host read per log interval: the first bad step and the loss sum
+            # travel together (float64 holds any step number exactly).
+            both = xp.stack([first_bad.astype(xp.float64), loss_sum.astype(xp.float64)])
+            bad_step, loss_total = to_numpy(both).tolist()
+            bad = int(bad_step)
             if bad >= 0:
                 bar.close()
                 raise NonFiniteLoss(
@@ -532,7 +536,7 @@ def _train_epoch(
                 )
             rate = n_steps * cfg.batch_size / (time.perf_counter() - t0)
             bar.set_postfix(
-                loss=f"{float(loss_sum) / n_steps:.4f}",
+                loss=f"{loss_total / n_steps:.4f}",
                 lr=f"{opt.lr:.2e}",
                 img_s=f"{rate:.1f}",
             )
