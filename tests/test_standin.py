@@ -1,0 +1,289 @@
+"""``--backend cupy`` end to end on the strict CuPy stand-in (tests/cupy_standin.py), and
+the stand-in itself: what it refuses, what it counts, and that it offers nothing the real
+CuPy lacks.
+
+The commands run in this process with the stand-in installed as ``cupy`` (the ``standin``
+fixture), through the same ``main`` functions ``python -m minunet.<command>`` calls.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cupy_standin
+import numpy as np
+import pytest
+from PIL import Image
+
+from minunet.accel.cuda.emulator import CXX
+from minunet.cli import run_cli
+from minunet.core.backend import gpu_available, to_numpy
+from minunet.infer import evaluate, predict
+from minunet.nn import Conv2d, ReLU
+from minunet.train import __main__ as train_cli
+from minunet.train import loop
+
+TINY = "--data synthetic --image-size 32 --base-channels 4 --depth 2 --train-size 16"
+TINY += " --val-size 8 --batch-size 4 --no-progress --seed 3"
+
+
+@pytest.fixture(params=["kernels", "generic"])
+def standin(request):
+    """The stand-in as ``cupy``, with the layers' hand-written kernels (emulated) or not."""
+    if request.param == "kernels" and CXX is None:
+        pytest.skip("the stand-in runs kernels on the CPU emulator: no C++ compiler on PATH")
+    with cupy_standin.install(kernels=request.param == "kernels") as cp:
+        yield cp
+
+
+def run(main, args: str) -> None:
+    assert run_cli(main, args.split()) == 0
+
+
+# --- the commands with --backend cupy ---------------------------------------------------
+
+
+def test_train_predict_evaluate_with_backend_cupy(standin, tmp_path, capsys):
+    """Train on "cupy" and on NumPy from one seed; then predict and evaluate both ways.
+
+    The two runs cannot agree to the bit (the augmentation comes from each backend's own
+    generator: see minunet/data/loader.py), so the runs are compared through their
+    artefacts, and the checkpoint trained on "cupy" must predict and evaluate alike on
+    both backends: same masks, same confusion matrix.
+    """
+    out = tmp_path / "run"
+    run(train_cli.main, f"{TINY} --epochs 2 --backend cupy --out {out}")
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(np.isfinite(h["train_loss"]) and 0 <= h["val_miou"] <= 1 for h in history)
+    assert (out / "best.npz").exists() and (out / "predictions.png").exists()
+    assert "backend cupy" in capsys.readouterr().out
+
+    image = tmp_path / "odd.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 45, 3), np.uint8)).save(image)
+    masks, reports = {}, {}
+    for backend in ("cupy", "numpy"):
+        where = tmp_path / backend
+        ck = f"--checkpoint {out / 'best.npz'} --backend {backend}"
+        run(predict.main, f"{ck} {image} --out {where}")
+        run(predict.main, f"{ck} {image} --tile 16 --out {where}/tiled")
+        run(evaluate.main, f"{ck} --val-size 8 --out {where}")
+        masks[backend] = [
+            np.asarray(Image.open(where / sub / "odd_mask.png")) for sub in (".", "tiled")
+        ]
+        reports[backend] = json.loads((where / "metrics.json").read_text())
+    for got, want in zip(masks["cupy"], masks["numpy"], strict=True):
+        assert got.shape == (37, 45)
+        np.testing.assert_array_equal(got, want)
+    assert reports["cupy"]["confusion"] == reports["numpy"]["confusion"]
+
+
+def test_resume_with_backend_cupy(standin, tmp_path):
+    """Stopped after 3 steps and resumed: the run finishes and counts every step."""
+    out = tmp_path / "run"
+    run(train_cli.main, f"{TINY} --epochs 2 --backend cupy --out {out} --max-steps 3")
+    run(train_cli.main, f"{TINY} --epochs 2 --backend cupy --out {out} --resume")
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [4, 8]
+
+
+# --- host transfers per training step ------------------------------------------------------
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_a_training_step_reads_nothing_back_and_the_loop_one_number_per_log(
+    standin, tmp_path, monkeypatch, log_every
+):
+    """The loop's promise (minunet/train/loop.py): nothing crosses the bus inside a step,
+    and one number is read back per ``log_every`` steps and at the epoch's last step."""
+    per_step = []
+    step = loop._train_step
+
+    def counted_step(*args, **kwargs):
+        before = (cupy_standin.transfers.d2h, cupy_standin.transfers.h2d)
+        loss = step(*args, **kwargs)
+        after = (cupy_standin.transfers.d2h, cupy_standin.transfers.h2d)
+        per_step.append((after[0] - before[0], after[1] - before[1]))
+        return loss
+
+    reads = []
+    epoch = loop._train_epoch
+
+    def counted_epoch(*args, **kwargs):
+        before = cupy_standin.transfers.d2h
+        done = epoch(*args, **kwargs)
+        reads.append(cupy_standin.transfers.d2h - before)
+        return done
+
+    monkeypatch.setattr(loop, "_train_step", counted_step)
+    monkeypatch.setattr(loop, "_train_epoch", counted_epoch)
+    # 16 images in batches of 2: 8 steps in each of the 2 epochs.
+    cfg = loop.TrainConfig(
+        data=loop.DataOptions(image_size=16, train_size=16, val_size=4),
+        epochs=2,
+        batch_size=2,
+        base_channels=4,
+        depth=2,
+        backend="cupy",
+        out=str(tmp_path),
+        progress=False,
+        log_every=log_every,
+    )
+    loop.train(cfg, log=lambda *_: None)
+    assert per_step == [(0, 0)] * 16
+    steps_per_epoch = 8
+    logged = steps_per_epoch // log_every + (steps_per_epoch % log_every != 0)
+    assert reads == [logged, logged]
+
+
+# --- the stand-in catches what a GPU would refuse ------------------------------------------
+
+
+def test_a_planted_host_conversion_in_a_layer_is_caught(standin, monkeypatch):
+    """A layer that calls np.asarray on its device input fails on the stand-in, as on a GPU
+    (where it would fail too), instead of passing silently on NumPy."""
+    layer = Conv2d(2, 3, 3, padding=1, rng=np.random.default_rng(0)).to(standin)
+    x = standin.asarray(np.ones((1, 2, 5, 5), dtype=np.float32))
+    layer.forward(x)  # the layer as written runs
+    forward = type(layer).forward
+
+    def planted(self, x, *args, **kwargs):
+        return forward(self, np.asarray(x), *args, **kwargs)
+
+    monkeypatch.setattr(type(layer), "forward", planted)
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        layer.forward(x)
+
+
+def test_the_stand_in_refuses_what_cupy_refuses(standin):
+    cp = standin
+    x = cp.asarray(np.arange(6.0).reshape(2, 3))
+    host = np.ones(3)
+    implicit = "Implicit conversion to a NumPy array is not allowed"
+    for convert in (np.asarray, np.array, np.ascontiguousarray, x.__array__):
+        with pytest.raises(TypeError, match=implicit):
+            convert(x)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        x + host
+    with pytest.raises(TypeError, match="Unsupported type"):
+        host * x
+    with pytest.raises(TypeError, match="Unsupported type"):
+        np.concatenate([x, host[None]])
+    with pytest.raises(TypeError, match="Unsupported type"):
+        x[0] = host
+    with pytest.raises(TypeError, match="float"):
+        float(x)
+    with pytest.raises(TypeError, match="tolist"):
+        x.tolist()
+    with pytest.raises(AttributeError, match="ctypes"):
+        x.ctypes  # noqa: B018
+    with pytest.raises(TypeError, match="no implementation found"):
+        np.histogram(x)  # a NumPy function the stand-in (like CuPy here) does not offer
+    # What CuPy gives as device arrays, the stand-in does too: never a host scalar.
+    for value in (x.sum(), x[0, 1], x.max(axis=None), np.sum(x), x.argmax(), next(iter(x[0]))):
+        assert type(value) is cp.ndarray and value.shape == ()
+    assert type(x * np.float32(2)) is cp.ndarray  # a NumPy scalar is fine, as in CuPy
+
+
+def test_the_stand_in_counts_every_transfer(standin):
+    cp, t = standin, cupy_standin.transfers
+    t.reset()
+    x = cp.asarray(np.arange(4.0))
+    y = cp.asarray(x)  # already on the device: no copy
+    assert (t.h2d, t.d2h) == (1, 0) and y is not None
+    cp.asnumpy(x)
+    x.get()
+    to_numpy(x)
+    assert t.d2h == 3
+    float(x.sum())
+    int(x[0])
+    bool(x[1] > 0)
+    x[2].item()
+    f"{x.mean():.2f}"
+    assert t.d2h == 8
+    x[np.array([0, 1])]  # a host index is uploaded
+    x.set(np.zeros(4))
+    assert t.h2d == 3
+    x[x > 1]  # a boolean mask: CuPy reads the count back
+    assert t.d2h == 9
+
+
+def test_the_stand_in_records_device_calls_and_sees_one_gpu(standin):
+    from minunet.core.backend import get_backend
+
+    assert get_backend("cupy") is standin
+    assert "runtime.getDeviceCount" in cupy_standin.calls
+    standin.cuda.get_current_stream().synchronize()
+    standin.get_default_memory_pool().free_all_blocks()
+    assert cupy_standin.calls[-4:] == [
+        "get_current_stream",
+        "Stream.synchronize",
+        "get_default_memory_pool",
+        "MemoryPool.free_all_blocks",
+    ]
+
+
+def test_outside_the_block_cupy_is_not_the_stand_in():
+    import sys
+
+    with cupy_standin.install():
+        assert gpu_available() and np.asarray is not cupy_standin._np_asarray
+    assert sys.modules.get("cupy") is not cupy_standin
+    assert np.asarray is cupy_standin._np_asarray  # NumPy's own conversions are back
+    assert not gpu_available()
+
+
+# --- the stand-in offers only what the real CuPy has ---------------------------------------
+
+
+def _real_cupy():
+    """The installed cupy package (it imports without a GPU), or a skip saying why not."""
+    try:
+        import cupy
+    except ImportError as exc:
+        pytest.skip(f"the real cupy is not importable here ({exc}): pip install cupy-cuda13x")
+    if cupy is cupy_standin:
+        pytest.fail("the stand-in is still installed as cupy")
+    return cupy
+
+
+def test_the_stand_in_namespace_is_a_subset_of_cupy():
+    cp = _real_cupy()
+    own = {n for n in cupy_standin.FUNCTIONS + cupy_standin.TYPES}
+    own |= {"asarray", "array", "asnumpy", "get_array_module", "ndarray", "RawKernel"}
+    own |= {"get_default_memory_pool", "get_default_pinned_memory_pool", "random", "cuda"}
+    own |= {"linalg"}
+    assert sorted(n for n in own if not hasattr(cp, n)) == []
+    assert (
+        sorted(
+            n for n in cupy_standin.GENERATOR_METHODS.split() if not hasattr(cp.random.Generator, n)
+        )
+        == []
+    )
+    for sub in ("random", "linalg", "cuda", "cuda.runtime"):
+        mine, theirs = cupy_standin, cp
+        for part in sub.split("."):
+            mine, theirs = getattr(mine, part), getattr(theirs, part)
+        public = [n for n in vars(mine) if not n.startswith("_")]
+        assert sorted(n for n in public if not hasattr(theirs, n)) == [], sub
+    # Array methods: the stand-in refuses every one NumPy has and CuPy lacks.
+    numpy_only = {n for n in dir(np.ndarray) if not n.startswith("_")} - set(dir(cp.ndarray))
+    assert numpy_only <= set(cupy_standin.NOT_IN_CUPY)
+    for name in ("get", "set"):
+        assert hasattr(cp.ndarray, name)
+
+
+def test_the_real_cupy_without_a_driver_is_no_gpu():
+    """With the real cupy importable but no GPU (this machine), the backend says so."""
+    _real_cupy()
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("a GPU device node exists here")
+    assert not gpu_available()
+
+
+def test_relu_on_the_stand_in_keeps_its_type(standin):
+    """A sanity check of the fixture itself: a layer's output is a stand-in array."""
+    out = ReLU().forward(standin.asarray(np.array([-1.0, 2.0])))
+    assert type(out) is standin.ndarray
+    np.testing.assert_array_equal(to_numpy(out), [0.0, 2.0])
