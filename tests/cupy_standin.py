@@ -61,6 +61,9 @@ class Transfers:
 
 transfers = Transfers()
 calls: list[str] = []  # the device, stream, memory-pool and runtime calls, in order
+# How each cupy function was called: (dotted name, positional count, keyword names), for
+# a test to bind against the real CuPy's signatures (tests/test_standin.py).
+used: set[tuple[str, int, tuple[str, ...]]] = set()
 
 
 # --- moving between the two worlds ----------------------------------------------------
@@ -258,11 +261,13 @@ del _name
 # --- the module's functions ------------------------------------------------------------
 
 
-def _lift(name: str, numpy_module: ModuleType = np) -> Callable[..., Any]:
-    """numpy.<name> on device arrays: host arrays refused, the result on the device."""
+def _lift(name: str, numpy_module: ModuleType = np, where: str = "") -> Callable[..., Any]:
+    """numpy.<name> on device arrays: host arrays refused, the result on the device; each
+    call's shape recorded in ``used`` as ``where + name``."""
     base = getattr(numpy_module, name)
 
     def function(*args: Any, **kwargs: Any) -> Any:
+        used.add((where + name, len(args), tuple(sorted(kwargs))))
         out = kwargs.get("out")
         result = base(*_host(args), **_host(kwargs))
         return out if out is not None else _device(result)
@@ -301,8 +306,12 @@ for _name in TYPES:
 del _name
 
 
-def asarray(a: Any, dtype: Any = None, order: Any = None, *, blocking: bool = False) -> ndarray:
+def asarray(
+    a: Any, dtype: Any = None, order: Any = None, *, copy: Any = None, blocking: bool = False
+) -> ndarray:
     """A device array: ``a`` itself when it already is one, else an upload (counted)."""
+    if copy:
+        return array(a, dtype, order=order or "K")
     if isinstance(a, ndarray):
         return _device(_np_asarray(_host(a), dtype=dtype, order=order))
     if _has_device_array(a):  # a list of device arrays: stacked on the device
@@ -311,11 +320,11 @@ def asarray(a: Any, dtype: Any = None, order: Any = None, *, blocking: bool = Fa
     return _np_array(a, dtype=dtype, order=order, copy=True).view(ndarray)
 
 
-def array(a: Any, dtype: Any = None, copy: bool = True, order: str = "K", ndmin: int = 0):
+def array(obj: Any, dtype: Any = None, copy: bool = True, order: str = "K", ndmin: int = 0):
     """Like ``asarray``, but a device array is copied unless ``copy=False``."""
-    if isinstance(a, ndarray):
-        return _device(_np_array(_host(a), dtype=dtype, copy=copy, order=order, ndmin=ndmin))
-    out = asarray(a, dtype)
+    if isinstance(obj, ndarray):
+        return _device(_np_array(_host(obj), dtype=dtype, copy=copy, order=order, ndmin=ndmin))
+    out = asarray(obj, dtype)
     return _device(_np_array(_host(out), ndmin=ndmin, copy=False))
 
 
@@ -434,12 +443,18 @@ class Generator:
         self._rng = np.random.default_rng(seed)
 
 
+def _generator_method(name: str) -> Callable[..., Any]:
+    def method(self: Generator, *args: Any, **kwargs: Any) -> Any:
+        # "self" counts as a positional argument, as in the real method's signature.
+        used.add(("random.Generator." + name, 1 + len(args), tuple(sorted(kwargs))))
+        return _device(getattr(self._rng, name)(*_host(args), **_host(kwargs)))
+
+    method.__name__ = name
+    return method
+
+
 for _name in GENERATOR_METHODS.split():
-    setattr(
-        Generator,
-        _name,
-        lambda self, *a, _n=_name, **k: _device(getattr(self._rng, _n)(*_host(a), **_host(k))),
-    )
+    setattr(Generator, _name, _generator_method(_name))
 del _name
 random.Generator = Generator
 random.default_rng = lambda seed=None: Generator(seed)
@@ -447,7 +462,7 @@ random.seed = lambda seed=None: np.random.seed(seed)
 
 linalg = ModuleType("cupy.linalg", "cupy.linalg (stand-in)")
 for _name in ("norm", "solve", "inv", "det"):
-    setattr(linalg, _name, _lift(_name, np.linalg))
+    setattr(linalg, _name, _lift(_name, np.linalg, "linalg."))
 del _name
 
 
@@ -542,6 +557,7 @@ def install(kernels: bool = True) -> Iterator[ModuleType]:
     saved_numpy = {name: getattr(np, name) for name in _CONVERSIONS}
     transfers.reset()
     calls.clear()
+    used.clear()
     sys.modules.update(modules)
     for name, convert in saved_numpy.items():
         setattr(np, name, _strict(convert))

@@ -91,9 +91,16 @@ def test_resume_with_backend_cupy(standin, tmp_path):
 # --- host transfers per training step ------------------------------------------------------
 
 
-@pytest.mark.parametrize("log_every", [1, 3])
+# Every option that adds work to a step: dropout's masks, the clipped gradient norm, the
+# class-weighted loss, the elastic warp and the synchronised BatchNorm statistics.
+EVERY_OPTION = dict(dropout=0.3, clip_grad=1.0, class_weights="auto", elastic=2.0, sync_bn=True)
+
+
+@pytest.mark.parametrize(
+    "log_every,options", [(1, {}), (3, {}), (4, EVERY_OPTION)], ids=["log1", "log3", "all"]
+)
 def test_a_training_step_reads_nothing_back_and_the_loop_one_number_per_log(
-    standin, tmp_path, monkeypatch, log_every
+    standin, tmp_path, monkeypatch, log_every, options
 ):
     """The loop's promise (minunet/train/loop.py): nothing crosses the bus inside a step,
     and one number is read back per ``log_every`` steps and at the epoch's last step."""
@@ -129,6 +136,7 @@ def test_a_training_step_reads_nothing_back_and_the_loop_one_number_per_log(
         out=str(tmp_path),
         progress=False,
         log_every=log_every,
+        **options,
     )
     loop.train(cfg, log=lambda *_: None)
     assert per_step == [(0, 0)] * 16
@@ -287,3 +295,50 @@ def test_relu_on_the_stand_in_keeps_its_type(standin):
     out = ReLU().forward(standin.asarray(np.array([-1.0, 2.0])))
     assert type(out) is standin.ndarray
     np.testing.assert_array_equal(to_numpy(out), [0.0, 2.0])
+
+
+def test_every_cupy_call_the_library_makes_fits_the_real_signatures(tmp_path):
+    """Train (every option on), predict and evaluate on the stand-in, recording how each
+    cupy function was called; then bind each call to the real CuPy's signature, so a
+    keyword that NumPy takes and CuPy does not (``cupy.clip(..., dtype=)``) fails here.
+    Ufuncs have no Python signature to bind to (CuPy's match NumPy's)."""
+    import inspect
+
+    cp = _real_cupy()
+    out = tmp_path / "run"
+    options = " --dropout 0.3 --clip-grad 1 --class-weights auto --elastic 2 --sync-bn"
+    seen = set()
+    for kernels in (True, False):
+        with cupy_standin.install(kernels=kernels):
+            run(train_cli.main, f"{TINY} --epochs 1 --backend cupy --out {out}{options}")
+            ck = f"--checkpoint {out / 'best.npz'} --backend cupy"
+            image = tmp_path / "odd.png"
+            Image.fromarray(np.zeros((21, 19, 3), np.uint8)).save(image)
+            run(predict.main, f"{ck} {image} --tile 16 --out {tmp_path / 'pred'}")
+            run(evaluate.main, f"{ck} --val-size 4 --out {tmp_path / 'ev'}")
+            seen |= cupy_standin.used
+    assert len(seen) > 10, seen  # the recording works
+    unfit = []
+    for name, positional, keywords in sorted(seen):
+        target = cp
+        for part in name.split("."):
+            target = getattr(target, part)
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):  # a ufunc
+            continue
+        try:
+            signature.bind(*[None] * positional, **dict.fromkeys(keywords))
+        except TypeError as exc:
+            unfit.append(f"cupy.{name}({positional} positional, {keywords}): {exc}")
+    assert unfit == []
+
+
+def test_the_stand_in_functions_take_only_what_cupy_takes():
+    import inspect
+
+    cp = _real_cupy()
+    for name in ("asarray", "array", "asnumpy"):
+        mine = inspect.signature(getattr(cupy_standin, name)).parameters
+        theirs = inspect.signature(getattr(cp, name)).parameters
+        assert set(mine) <= set(theirs), name
