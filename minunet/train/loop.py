@@ -616,10 +616,10 @@ def validate(
         for pred, i in zip(preds, mine, strict=True):
             mask = xp.asarray(data.masks[i])
             conf += confusion_matrix(xp.asarray(pred), mask, num_classes, ignore_index)
-    conf = comm.allreduce_sum(conf)
+    conf = to_numpy(comm.allreduce_sum(conf))  # the one read back of the validation
     model.release()
     model.train()
-    return metrics_from_confusion(conf, class_names), to_numpy(conf)
+    return metrics_from_confusion(conf, class_names), conf
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:
