@@ -141,6 +141,7 @@ def _method(name: str) -> Callable[..., Any]:
     base = getattr(np.ndarray, name)
 
     def method(self: ndarray, *args: Any, **kwargs: Any) -> Any:
+        transfers.d2h += _SYNCS.get(name, 0)
         out = kwargs.get("out")
         result = base(_host(self), *_host(args), **_host(kwargs))
         return out if out is not None else _device(result)
@@ -156,6 +157,10 @@ class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
         raise TypeError(_IMPLICIT)
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        if method != "__call__" and ufunc.__name__ not in _UFUNC_METHODS.get(method, ()):
+            # CuPy's ufuncs: reduce and accumulate for add and multiply only (x.sum(),
+            # x.prod(), cumsum...), at for the scatter operations only.
+            raise NotImplementedError(f"`cupy_{ufunc.__name__}.{method}` is not supported yet")
         out = kwargs.get("out")
         result = getattr(ufunc, method)(*_host(inputs), **_host(kwargs))
         if out is not None:
@@ -237,6 +242,12 @@ class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
 
 
 ndarray.__module__ = "cupy"  # what minunet.core.backend.get_array_module recognises
+_UFUNC_METHODS = {
+    "reduce": ("add", "multiply"),
+    "accumulate": ("add", "multiply"),
+    "at": ("add", "maximum", "minimum"),
+    "outer": tuple(n for n in dir(np) if isinstance(getattr(np, n), np.ufunc)),
+}
 
 
 def _missing(name: str) -> property:
@@ -268,6 +279,7 @@ def _lift(name: str, numpy_module: ModuleType = np, where: str = "") -> Callable
 
     def function(*args: Any, **kwargs: Any) -> Any:
         used.add((where + name, len(args), tuple(sorted(kwargs))))
+        transfers.d2h += _SYNCS.get(where + name, 0)
         out = kwargs.get("out")
         result = base(*_host(args), **_host(kwargs))
         return out if out is not None else _device(result)
@@ -291,9 +303,51 @@ reciprocal remainder repeat reshape rint round sign sin sinh sort sqrt square sq
 std subtract sum swapaxes take take_along_axis tan tanh tensordot tile transpose tril triu
 true_divide trunc unique var vstack where zeros zeros_like
 """.split()
+
+
+class ufunc:  # noqa: N801 - CuPy's name
+    """``cupy.add`` and the others: NumPy's ufunc, called on device arrays, so each call
+    and each method (``reduce``, ``at``, ...) goes through ``ndarray.__array_ufunc__`` and
+    its checks. Python scalars alone give a 0-d device array, as in CuPy."""
+
+    def __init__(self, base: np.ufunc) -> None:
+        self._base, self.__name__ = base, base.__name__
+        self.nin, self.nout = base.nin, base.nout
+
+    def _apply(self, method: str, args: tuple, kwargs: dict) -> Any:
+        out = kwargs.get("out")
+        outs = [] if out is None else list(out) if isinstance(out, tuple) else [out]
+        if not _has_device_array(list(args) + outs):
+            _host(args)  # refuses NumPy arrays, as CuPy does
+            args = tuple(_device(_np_asarray(a)) for a in args)  # scalars: 0-d on the device
+        return getattr(self._base, method)(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._apply("__call__", args, kwargs)
+
+    def reduce(self, *args: Any, **kwargs: Any) -> Any:
+        return self._apply("reduce", args, kwargs)
+
+    def accumulate(self, *args: Any, **kwargs: Any) -> Any:
+        return self._apply("accumulate", args, kwargs)
+
+    def at(self, *args: Any, **kwargs: Any) -> Any:
+        return self._apply("at", args, kwargs)
+
+    def outer(self, *args: Any, **kwargs: Any) -> Any:
+        return self._apply("outer", args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<ufunc 'cupy_{self.__name__}'>"
+
+
+# The functions that read numbers back from the GPU before they can size their output, and
+# how many (CuPy's sources mark each "synchronize!"): a read, counted like any other.
+_SYNCS = {"bincount": 2, "nonzero": 1, "unique": 1}
 for _name in FUNCTIONS:
-    globals()[_name] = _lift(_name)
-del _name
+    _base = getattr(np, _name)
+    globals()[_name] = ufunc(_base) if isinstance(_base, np.ufunc) else _lift(_name)
+del _name, _base
 _DISPATCH = {"numpy", "numpy.linalg"}
 
 # NumPy's types and constants, which CuPy re-exports unchanged.

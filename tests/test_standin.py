@@ -342,3 +342,19 @@ def test_the_stand_in_functions_take_only_what_cupy_takes():
         mine = inspect.signature(getattr(cupy_standin, name)).parameters
         theirs = inspect.signature(getattr(cp, name)).parameters
         assert set(mine) <= set(theirs), name
+
+
+def test_validation_reads_the_confusion_matrix_back_once(standin):
+    """The loop's promise: validation counts go into a confusion matrix on the device,
+    read back once per epoch, however many batches (here 3, the last one short)."""
+    from minunet.data.sources import DataOptions, load_splits
+    from minunet.model import UNet
+
+    _, val = load_splits(DataOptions(image_size=16, train_size=4, val_size=7))
+    model = UNet(3, 3, base_channels=4, depth=2, seed=0).to(standin)
+    cfg = loop.TrainConfig(batch_size=3)
+    cupy_standin.transfers.reset()
+    metrics, conf = loop.validate(model, val, standin, cfg, 0.5, 0.25, 3, 255, list("abc"))
+    assert cupy_standin.transfers.d2h == 1
+    assert type(conf) is np.ndarray and conf.sum() == 7 * 16 * 16 - (val.masks == 255).sum()
+    assert 0 <= metrics["miou"] <= 1
