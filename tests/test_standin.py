@@ -15,6 +15,7 @@ import cupy_standin
 import numpy as np
 import pytest
 from PIL import Image
+from test_own_data_cli import blobs
 
 from minunet.accel.cuda.emulator import CXX
 from minunet.cli import run_cli
@@ -86,6 +87,35 @@ def test_resume_with_backend_cupy(standin, tmp_path):
     run(train_cli.main, f"{TINY} --epochs 2 --backend cupy --out {out} --resume")
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [4, 8]
+
+
+def test_crop_training_of_a_valid_net_with_backend_cupy(standin, tmp_path):
+    """The other road through the loop: native-size folder data, random crops, a
+    valid-padding net with border weights, validation and prediction tile by tile."""
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(8):
+        image, disc = blobs(rng, 50 + i, 46)
+        Image.fromarray(image).save(tmp_path / "data" / "images" / f"{i}.png")
+        Image.fromarray((disc * 255).astype(np.uint8)).save(
+            tmp_path / "data" / "masks" / f"{i}.png"
+        )
+    out = tmp_path / "run"
+    data = f"--data folder --data-dir {tmp_path / 'data'} --crop 44 --padding valid"
+    net = "--border-weights --base-channels 4 --depth 2 --batch-size 4 --no-progress"
+    run(train_cli.main, f"{data} {net} --epochs 1 --backend cupy --out {out}")
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert np.isfinite(record["train_loss"]) and 0 <= record["val_miou"] <= 1
+    new, _ = blobs(rng, 70, 51)
+    Image.fromarray(new).save(tmp_path / "new.png")
+    masks = []
+    for backend in ("cupy", "numpy"):
+        ck = f"--checkpoint {out / 'best.npz'} --backend {backend}"
+        run(predict.main, f"{ck} {tmp_path / 'new.png'} --out {tmp_path / backend}")
+        masks.append(np.asarray(Image.open(tmp_path / backend / "new_mask.png")))
+    assert masks[0].shape == (70, 51)
+    np.testing.assert_array_equal(masks[0], masks[1])
 
 
 # --- host transfers per training step ------------------------------------------------------
