@@ -22,8 +22,13 @@ refuses (or silently waits for the GPU):
 - ``RawKernel`` runs the kernel's source on the CPU emulator (``minunet.accel.cuda.emulator``).
 - Devices, streams, memory pools and ``cuda.runtime`` are no-ops that record their calls
   in ``calls`` (``getDeviceCount()`` is 1).
+- CuPy's limits are kept: its ufuncs ``reduce``/``accumulate`` for add and multiply
+  only, ``at`` for the scatters only; its ``random.Generator`` has no ``normal``,
+  ``permutation`` or ``choice``; ``bincount``, ``nonzero`` and ``unique`` read numbers
+  back to size their output, and count those reads.
 - Only names the real CuPy has are offered (``tests/test_standin.py`` checks this module
-  against the installed ``cupy`` package): a call CuPy lacks fails here as it would there.
+  against the installed ``cupy`` package, and binds every call the library makes to the
+  real signatures): a call CuPy lacks fails here as it would there.
 """
 
 from __future__ import annotations
@@ -65,12 +70,15 @@ calls: list[str] = []  # the device, stream, memory-pool and runtime calls, in o
 # a test to bind against the real CuPy's signatures (tests/test_standin.py).
 used: set[tuple[str, int, tuple[str, ...]]] = set()
 
+# The tests' handles on the stand-in, which the real CuPy does not have; every other public
+# name here is one CuPy has (tests/test_standin.py checks).
+STANDIN_ONLY = {
+    "Transfers", "transfers", "calls", "used", "install", "kernel_paths", "run_kernel",
+    "STANDIN_ONLY", "FUNCTIONS", "TYPES", "GENERATOR_METHODS", "NOT_IN_CUPY",
+}  # fmt: skip
+
 
 # --- moving between the two worlds ----------------------------------------------------
-
-
-def _is_host_array(a: Any) -> bool:
-    return isinstance(a, np.ndarray) and not isinstance(a, ndarray)
 
 
 def _host(obj: Any) -> Any:
@@ -490,7 +498,7 @@ GENERATOR_METHODS = (
 )
 
 
-class Generator:
+class _Generator:
     """``cupy.random.Generator``: NumPy's PCG64 underneath, results on the device."""
 
     def __init__(self, seed: Any = None) -> None:
@@ -498,7 +506,7 @@ class Generator:
 
 
 def _generator_method(name: str) -> Callable[..., Any]:
-    def method(self: Generator, *args: Any, **kwargs: Any) -> Any:
+    def method(self: _Generator, *args: Any, **kwargs: Any) -> Any:
         # "self" counts as a positional argument, as in the real method's signature.
         used.add(("random.Generator." + name, 1 + len(args), tuple(sorted(kwargs))))
         return _device(getattr(self._rng, name)(*_host(args), **_host(kwargs)))
@@ -508,10 +516,11 @@ def _generator_method(name: str) -> Callable[..., Any]:
 
 
 for _name in GENERATOR_METHODS.split():
-    setattr(Generator, _name, _generator_method(_name))
+    setattr(_Generator, _name, _generator_method(_name))
 del _name
-random.Generator = Generator
-random.default_rng = lambda seed=None: Generator(seed)
+_Generator.__name__ = _Generator.__qualname__ = "Generator"
+random.Generator = _Generator
+random.default_rng = lambda seed=None: _Generator(seed)
 random.seed = lambda seed=None: np.random.seed(seed)
 
 linalg = ModuleType("cupy.linalg", "cupy.linalg (stand-in)")
