@@ -396,3 +396,26 @@ def test_validation_reads_the_confusion_matrix_back_once(standin):
     assert cupy_standin.transfers.d2h == 1
     assert type(conf) is np.ndarray and conf.sum() == 7 * 16 * 16 - (val.masks == 255).sum()
     assert 0 <= metrics["miou"] <= 1
+
+
+def test_the_confusion_matrix_of_a_batch_reads_nothing_back(standin):
+    """On CuPy a boolean mask or bincount would read a number back per batch; the counts
+    equal NumPy's, the ignore label and labels outside 0..K-1 left out."""
+    from minunet.nn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 3, (2, 5, 7))
+    target = rng.choice([0, 1, 2, 3, 255, -100], (2, 5, 7))
+    want = np.zeros((3, 3), dtype=np.int64)
+    for t, p in zip(target.ravel(), pred.ravel(), strict=True):
+        if 0 <= t < 3:
+            want[t, p] += 1
+    for ignore in (None, 255, 1):
+        cupy_standin.transfers.reset()
+        got = confusion_matrix(standin.asarray(pred), standin.asarray(target), 3, ignore)
+        assert cupy_standin.transfers.d2h == 0
+        expected = want.copy()
+        if ignore == 1:
+            expected[1] = 0
+        np.testing.assert_array_equal(to_numpy(got), expected)
+        np.testing.assert_array_equal(confusion_matrix(pred, target, 3, ignore), expected)

@@ -29,7 +29,9 @@ def confusion_matrix(
     # Pixels not counted (the ignore label, any label outside 0..K-1) go to a spare last
     # bin. Not a boolean mask nor bincount: on CuPy both read a number back to size
     # their output, which would stall the GPU once per batch.
-    keep = (t >= 0) & (t < num_classes) & (t != (-1 if ignore_index is None else ignore_index))
+    keep = (t >= 0) & (t < num_classes)
+    if ignore_index is not None:
+        keep &= t != ignore_index
     k2 = num_classes * num_classes
     counts = xp.zeros(k2 + 1, dtype=xp.int64)
     xp.add.at(counts, xp.where(keep, t * num_classes + p, k2), 1)
