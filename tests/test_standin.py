@@ -14,14 +14,18 @@ from pathlib import Path
 import cupy_standin
 import numpy as np
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from PIL import Image
+from test_cupy_parity import compare
 from test_own_data_cli import blobs
 
 from minunet.accel.cuda.emulator import CXX
 from minunet.cli import run_cli
 from minunet.core.backend import gpu_available, to_numpy
+from minunet.core.im2col import conv_output_size
 from minunet.infer import evaluate, predict
-from minunet.nn import Conv2d, ReLU
+from minunet.nn import Conv2d, ConvTranspose2d, ReLU
 from minunet.train import __main__ as train_cli
 from minunet.train import loop
 
@@ -419,3 +423,34 @@ def test_the_confusion_matrix_of_a_batch_reads_nothing_back(standin):
             expected[1] = 0
         np.testing.assert_array_equal(to_numpy(got), expected)
         np.testing.assert_array_equal(confusion_matrix(pred, target, 3, ignore), expected)
+
+
+@given(
+    n=st.integers(1, 2),
+    c=st.integers(1, 3),
+    out=st.integers(1, 3),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    k=st.integers(1, 3),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    kernels=st.booleans(),
+)
+def test_convolutions_on_the_stand_in_equal_numpy_for_drawn_geometries(
+    n, c, out, h, w, k, stride, padding, dilation, kernels
+):
+    """Conv2d and ConvTranspose2d, forward and every gradient in float64, on "cupy"
+    (kernels emulated or not) against NumPy: test_cupy_parity's comparison, over
+    geometries drawn at random instead of a fixed few."""
+    assume(conv_output_size(h, k, stride, padding, dilation) >= 1)
+    assume(conv_output_size(w, k, stride, padding, dilation) >= 1)
+    x = np.random.default_rng(n * h + w).standard_normal((n, c, h, w))
+    geometry = (c, out, k, stride, padding)
+    f64 = dict(dilation=dilation, dtype=np.float64, rng=np.random.default_rng(1))
+    makers = [lambda: Conv2d(*geometry, **f64)]
+    if min(ConvTranspose2d(*geometry, **f64).output_shape(h, w)) >= 1:
+        makers.append(lambda: ConvTranspose2d(*geometry, **f64))
+    with cupy_standin.install(kernels=kernels and CXX is not None) as cp:
+        for make in makers:
+            compare(cp, make, [x], np.float64)
