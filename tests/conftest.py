@@ -27,3 +27,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- CuPy: a real GPU, or the strict stand-in (tests/cupy_standin.py) ------------------
+# ``cp`` runs a test three times: on real CuPy (marked ``gpu``, skipped without one), and
+# on the stand-in with the hand-written kernels on (emulated) and off (CuPy's generic
+# array code). ``cp_kernels`` leaves out the generic run, for tests of the kernels.
+_CUPY_VARIANTS = {
+    "gpu": pytest.param("gpu", marks=pytest.mark.gpu),
+    "standin-kernels": "standin-kernels",
+    "standin-generic": "standin-generic",
+}
+
+
+def _cupy_backend(variant: str):
+    import contextlib
+
+    if variant == "gpu":
+        import cupy
+
+        return contextlib.nullcontext(cupy)
+    import cupy_standin
+
+    from minunet.accel.cuda.emulator import CXX
+
+    if variant == "standin-kernels" and CXX is None:
+        pytest.skip("the stand-in runs kernels on the CPU emulator: no C++ compiler on PATH")
+    return cupy_standin.install(kernels=variant == "standin-kernels")
+
+
+@pytest.fixture(params=list(_CUPY_VARIANTS.values()))
+def cp(request):
+    """The ``cupy`` module of a test: real CuPy, or the stand-in installed as ``cupy``."""
+    with _cupy_backend(request.param) as module:
+        yield module
+
+
+@pytest.fixture(params=[_CUPY_VARIANTS["gpu"], "standin-kernels"])
+def cp_kernels(request):
+    """Like ``cp``, for tests of the hand-written kernels: never the generic path."""
+    with _cupy_backend(request.param) as module:
+        yield module

@@ -5,7 +5,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minunet.core.backend import gpu_available
 from minunet.data.augment import (
     AugmentConfig,
     apply_augment,
@@ -257,30 +256,28 @@ def test_sampler_output_shape_and_convexity_property(n, h, w, ho, wo, seed):
     assert sample_nearest(images, gy, gx).shape == (n, ho, wo, 2)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a visible GPU")
-def test_cupy_samplers_and_augmentation_match_numpy():
-    import cupy
+def test_cupy_samplers_and_augmentation_match_numpy(cp):
+    """On real CuPy (a GPU) and on the strict stand-in (the ``cp`` fixture)."""
 
     rng = np.random.default_rng(6)
     images = rng.random((3, 7, 9, 3), dtype=np.float32)
     labels = rng.choice(np.array([0, 1, 255], np.uint8), (3, 7, 9))
     gy = rng.uniform(-1, 7, (3, 5, 4)).astype(np.float32)
     gx = rng.uniform(-1, 9, (3, 5, 4)).astype(np.float32)
-    dev = [cupy.asarray(a) for a in (images, labels, gy, gx)]
+    dev = [cp.asarray(a) for a in (images, labels, gy, gx)]
     np.testing.assert_allclose(
-        cupy.asnumpy(sample_bilinear(dev[0], dev[2], dev[3], fill=0.5)),
+        cp.asnumpy(sample_bilinear(dev[0], dev[2], dev[3], fill=0.5)),
         sample_bilinear(images, gy, gx, fill=0.5),
         atol=1e-5,
     )
     np.testing.assert_array_equal(
-        cupy.asnumpy(sample_nearest(dev[1], dev[2], dev[3])), sample_nearest(labels, gy, gx)
+        cp.asnumpy(sample_nearest(dev[1], dev[2], dev[3])), sample_nearest(labels, gy, gx)
     )
     # Same parameters on both backends give the same augmented batch.
     config = AugmentConfig(scale=(0.6, 1.0), jitter=0.3)
     params = draw_augment_params(3, config, np.random.default_rng(0))
-    params_dev = type(params)(**{k: cupy.asarray(v) for k, v in vars(params).items()})
+    params_dev = type(params)(**{k: cp.asarray(v) for k, v in vars(params).items()})
     host = apply_augment(images, labels, None, params, config)
     gpu = apply_augment(dev[0], dev[1], None, params_dev, config)
-    np.testing.assert_allclose(cupy.asnumpy(gpu[0]), host[0], atol=1e-5)
-    np.testing.assert_array_equal(cupy.asnumpy(gpu[1]), host[1])
+    np.testing.assert_allclose(cp.asnumpy(gpu[0]), host[0], atol=1e-5)
+    np.testing.assert_array_equal(cp.asnumpy(gpu[1]), host[1])

@@ -2,8 +2,10 @@
 
 Each kernel is compiled twice on every run: by the C++ compiler, to execute it thread by
 thread on NumPy arrays against the NumPy code it replaces (``minunet.accel.cuda.emulator``),
-and by NVRTC for compute_90, CUDA's own compiler. ``test_cupy_parity.py`` and the
-``gpu``-marked tests of ``test_cuda_*.py`` run the same comparisons on a real GPU.
+and by NVRTC for compute_90, CUDA's own compiler. ``test_cupy_parity.py`` and the CuPy
+tests of ``test_cuda_*.py`` (the ``cp`` and ``cp_kernels`` fixtures) run the same
+comparisons through the layers on CuPy arrays: on a real GPU, and on the strict CuPy
+stand-in (tests/cupy_standin.py), whose ``RawKernel`` runs each launch on the emulator.
 """
 
 from __future__ import annotations

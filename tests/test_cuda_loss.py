@@ -2,8 +2,9 @@
 
 The kernel (``minunet.accel.cuda.loss.SOFTMAX_CROSS_ENTROPY``) runs here on the CPU emulator
 (``minunet.accel.cuda.emulator.emulate``) on NumPy arrays; NVRTC compiles it for the GPU in
-``test_cuda_kernels.py``, which finds every kernel by itself. The tests marked ``gpu`` run
-the same comparison on CuPy arrays, and are skipped on a machine without one.
+``test_cuda_kernels.py``, which finds every kernel by itself. The tests that take
+``cp_kernels`` or ``cp`` (tests/conftest.py) run the same comparison on CuPy arrays: on a
+real GPU (marked ``gpu``, skipped without one) and on the strict CuPy stand-in.
 
 Tolerances. Per pixel, the kernel does the NumPy code's arithmetic in the same order,
 but its exp and log come from the C library (or CUDA), not from NumPy's own vectorised
@@ -145,10 +146,9 @@ def test_class_weights_of_the_wrong_length_are_refused():
         softmax_cross_entropy_kernel(logits, target, class_weights=np.ones(2))
 
 
-# --- On a GPU: the kernel path on CuPy arrays against NumPy ----------------------------
+# --- On CuPy arrays against NumPy: a real GPU (``gpu``), and the strict stand-in -------
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "weighted,pixel,ignore,scale",
@@ -159,9 +159,8 @@ def test_class_weights_of_the_wrong_length_are_refused():
         (True, True, 255, 1000.0),
     ],
 )
-def test_kernel_on_cupy_equals_numpy(dtype, weighted, pixel, ignore, scale):
-    import cupy as cp
-
+def test_kernel_on_cupy_equals_numpy(cp_kernels, dtype, weighted, pixel, ignore, scale):
+    cp = cp_kernels
     assert cuda.ENABLED, "MINUNET_CUDA_KERNELS=0: the kernel path is switched off"
     # 2 * 37 * 53 pixels: many blocks, and H*W not a multiple of the block size.
     logits, target, cw, pw = make_case(7, 2, 5, 37, 53, dtype, scale, weighted, pixel, ignore, 0.3)
@@ -177,10 +176,7 @@ def test_kernel_on_cupy_equals_numpy(dtype, weighted, pixel, ignore, scale):
     np.testing.assert_allclose(to_numpy(dlogits), want_grad, rtol=RTOL[dtype], atol=atol)
 
 
-@pytest.mark.gpu
-def test_kernel_on_cupy_checks_labels():
-    import cupy as cp
-
+def test_kernel_on_cupy_checks_labels(cp):
     logits = cp.zeros((1, 3, 2, 2))
     target = cp.asarray([[[0, 1], [3, 255]]])
     with pytest.raises(ValueError, match="must lie in"):

@@ -6,7 +6,8 @@ the reference NumPy code and once as its accelerated class (``KernelSGD``, ...) 
 kernel branch, with the kernels executed on NumPy arrays by the
 CPU emulator (``minunet.accel.cuda.emulator``). ``kernel_path`` routes NumPy arrays down the
 kernel branches as CuPy arrays go (``emulate(route_numpy=True)``), and counts the
-launches so that a test cannot pass by quietly running the NumPy code twice. With a GPU (``@pytest.mark.gpu``, skipped elsewhere):
+launches so that a test cannot pass by quietly running the NumPy code twice. On CuPy (the ``cp_kernels``
+fixture: a real GPU, marked ``gpu`` and skipped elsewhere, and the strict CuPy stand-in):
 the same comparison between a CuPy optimiser and a NumPy one.
 """
 
@@ -125,12 +126,11 @@ def test_sgd_without_momentum_keeps_no_buffer():
     assert opt.state == {}
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("case", CASES)
-def test_cupy_optimizers_equal_the_numpy_optimizers(case, dtype):
+def test_cupy_optimizers_equal_the_numpy_optimizers(cp_kernels, case, dtype):
     if not cuda.ENABLED:
         pytest.skip("MINUNET_CUDA_KERNELS=0: the kernels are switched off")
     want = train(CASES[case], dtype)
-    got = train(CASES[case], dtype, get_backend("cupy"), fast=True)
+    got = train(CASES[case], dtype, get_backend("cupy"), fast=True)  # cp_kernels installed it
     assert_same_optimizer(got, want, GPU_TOL[dtype])

@@ -3,9 +3,10 @@
 On the CPU emulator (``minunet.accel.cuda.emulator``) the kernel wrappers run on NumPy arrays and must
 give exactly the NumPy layer's output, argmax and gradient: the same comparisons, the
 same tie rule (the first maximum in row-major window order wins) and the same additions
-in the same order. Inputs are small integers, so most windows hold ties. The ``gpu``
-tests run the layer (``KernelMaxPool2d``) on CuPy, which dispatches to the kernels, and compare it with
-the NumPy layer (skipped without a GPU).
+in the same order. Inputs are small integers, so most windows hold ties. The tests
+that take ``cp`` or ``cp_kernels`` run the layer (``KernelMaxPool2d``) on CuPy, which dispatches to the
+kernels, and compare it with the NumPy layer: on a real GPU (marked ``gpu``, skipped
+without one) and on the strict CuPy stand-in (tests/cupy_standin.py).
 """
 
 from __future__ import annotations
@@ -87,10 +88,9 @@ def test_maxpool_kernels_on_a_strided_view_and_a_flat_input():
     assert not want_argmax.any()  # the flat input: every window's first pixel wins
 
 
-# --- On a real GPU: the layer on CuPy takes the kernels -------------------------------
+# --- On CuPy (a real GPU, and the strict stand-in): the layer, kernels and generic ----
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "k,s,shape",
@@ -104,9 +104,7 @@ def test_maxpool_kernels_on_a_strided_view_and_a_flat_input():
         (2, 2, (4, 16, 64, 62)),  # many blocks: every grid-stride turn
     ],
 )
-def test_maxpool_on_cupy_equals_the_numpy_layer(k, s, shape, dtype):
-    import cupy as cp
-
+def test_maxpool_on_cupy_equals_the_numpy_layer(cp, k, s, shape, dtype):
     rng = np.random.default_rng(3)
     x = tied_input(rng, shape, dtype)
     want_out, want_argmax, dout, want_dx = numpy_reference(x, 4, k, s)
@@ -120,11 +118,9 @@ def test_maxpool_on_cupy_equals_the_numpy_layer(k, s, shape, dtype):
     np.testing.assert_array_equal(to_numpy(dx), want_dx)
 
 
-@pytest.mark.gpu
-def test_maxpool_kernel_wrappers_on_cupy_equal_the_numpy_layer():
+def test_maxpool_kernel_wrappers_on_cupy_equal_the_numpy_layer(cp_kernels):
     """The wrappers themselves on CuPy, including a non-contiguous input."""
-    import cupy as cp
-
+    cp = cp_kernels
     rng = np.random.default_rng(5)
     wide = tied_input(rng, (2, 3, 9, 14), np.float32)
     x = wide[:, :, :, ::2]

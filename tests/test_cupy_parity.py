@@ -1,9 +1,13 @@
-"""The same layers on CuPy and NumPy give the same numbers (GPU only; skipped elsewhere).
+"""The same layers on CuPy and NumPy give the same numbers.
 
-float64 must agree to rounding (1e-10); float32 loosely (1e-4 relative), since the GPU
-sums in a different order. Every forward and every gradient is compared, for the
-reference layer on CuPy (its array code) and for its accelerated class (the CUDA
-kernels), against the reference on NumPy; then a whole U-Net training step.
+Each test takes the ``cp`` fixture (tests/conftest.py): real CuPy on a GPU (marked
+``gpu``, skipped elsewhere), and the strict stand-in (tests/cupy_standin.py) with the
+hand-written kernels emulated and switched off, so the CuPy code paths run on every CI
+machine. float64 must agree to rounding (1e-10); float32 loosely (1e-4 relative), since
+the GPU sums in a different order. Every forward and every gradient is compared, for the
+reference layer on CuPy (its array code) and for its accelerated class (the CUDA kernels,
+where the variant has them on), against the reference on NumPy; then a whole U-Net
+training step and a short training run.
 """
 
 import numpy as np
@@ -16,14 +20,7 @@ from minunet.nn import BatchNorm2d, Concat, Conv2d, ConvTranspose2d, Dropout, Ma
 from minunet.nn.losses import SoftmaxCrossEntropy
 from minunet.nn.sync_batchnorm import use_sync_batchnorm
 
-pytestmark = pytest.mark.gpu
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
-
-
-def cupy():
-    import cupy
-
-    return cupy
 
 
 def one_rank_sync(layer):
@@ -31,10 +28,9 @@ def one_rank_sync(layer):
     return use_sync_batchnorm(layer, lambda a: a.copy())
 
 
-def compare(make_layer, inputs, dtype, fast):
+def compare(cp, make_layer, inputs, dtype, fast):
     """Run forward/backward of two copies of a layer, the reference on NumPy and (with
-    ``fast``, accelerated) on CuPy; compare everything."""
-    cp = cupy()
+    ``fast``, accelerated) on ``cp``; compare everything."""
     rng = np.random.default_rng(0)
     host, dev = make_layer(), make_layer()
     if fast:
@@ -96,15 +92,14 @@ def compare(make_layer, inputs, dtype, fast):
         ("dropout_eval", lambda d: Dropout(0.5).eval(), [(2, 3, 4, 4)]),
     ],
 )
-def test_layer_parity(name, make, shapes, dtype, fast):
+def test_layer_parity(cp, name, make, shapes, dtype, fast):
     rng = np.random.default_rng(2)
     inputs = [rng.permutation(int(np.prod(s))).reshape(s) / np.prod(s) for s in shapes]
-    compare(lambda: make(dtype), inputs, dtype, fast)
+    compare(cp, lambda: make(dtype), inputs, dtype, fast)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_softmax_cross_entropy_parity(dtype):
-    cp = cupy()
+def test_softmax_cross_entropy_parity(cp, dtype):
     rng = np.random.default_rng(3)
     logits = rng.standard_normal((2, 3, 8, 8)).astype(dtype)
     target = rng.integers(0, 3, (2, 8, 8))
@@ -117,8 +112,7 @@ def test_softmax_cross_entropy_parity(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_unet_step_parity(dtype):
-    cp = cupy()
+def test_unet_step_parity(cp, dtype):
     rng = np.random.default_rng(4)
     host = UNet(3, 3, base_channels=4, depth=2, dtype=dtype, seed=5)
     dev = UNet(3, 3, base_channels=4, depth=2, dtype=dtype, seed=5).to(cp)
@@ -135,7 +129,7 @@ def test_unet_step_parity(dtype):
         np.testing.assert_allclose(to_numpy(q.grad), p.grad, err_msg=name, **tol)
 
 
-def test_training_runs_on_cupy(tmp_path):
+def test_training_runs_on_cupy(cp, tmp_path):
     from minunet.data.sources import DataOptions
     from minunet.train import TrainConfig, train
 

@@ -4,7 +4,6 @@ whole images and native-size crops; a mid-epoch resume that builds no skipped ba
 import numpy as np
 import pytest
 
-from minunet.core.backend import gpu_available
 from minunet.data.augment import AugmentConfig
 from minunet.data.dataset import NativeSizeData, SegmentationData
 from minunet.data.loader import DeviceLoader, normalize
@@ -222,26 +221,23 @@ def test_crop_mode_augments_weights_with_the_labels():
     assert np.array_equal(w, y + 1)  # resampled with the same nearest-neighbour grid
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a visible GPU")
-def test_cupy_loader_matches_numpy():
-    import cupy
-
+def test_cupy_loader_matches_numpy(cp):
+    """On real CuPy (a GPU) and on the strict stand-in (the ``cp`` fixture)."""
     data = _pets_like()
     augmented = AugmentConfig(scale=(0.6, 1.0), jitter=0.2)
     for augment, crop in [(None, None), (None, 5), (augmented, None), (augmented, 5)]:
         host = DeviceLoader(data, np, 4, augment=augment, seed=2, crop=crop)
-        dev = DeviceLoader(data, cupy, 4, augment=augment, seed=2, crop=crop)
+        dev = DeviceLoader(data, cp, 4, augment=augment, seed=2, crop=crop)
         # Same order and crops on both backends (drawn on the host); augmentation differs.
         np.testing.assert_array_equal(host.order(1), dev.order(1))
         for a, b in zip(host.epoch(1), dev.epoch(1), strict=True):
-            assert isinstance(b.x, cupy.ndarray) and b.x.dtype == cupy.float32
+            assert isinstance(b.x, cp.ndarray) and b.x.dtype == cp.float32
             if augment is None:
-                np.testing.assert_allclose(a.x, cupy.asnumpy(b.x), atol=1e-6)
-                np.testing.assert_array_equal(a.y, cupy.asnumpy(b.y))
-                np.testing.assert_array_equal(a.w, cupy.asnumpy(b.w))
+                np.testing.assert_allclose(a.x, cp.asnumpy(b.x), atol=1e-6)
+                np.testing.assert_array_equal(a.y, cp.asnumpy(b.y))
+                np.testing.assert_array_equal(a.w, cp.asnumpy(b.w))
             else:
-                assert set(np.unique(cupy.asnumpy(b.y))) <= {0, 1, 2, 255}
+                assert set(np.unique(cp.asnumpy(b.y))) <= {0, 1, 2, 255}
 
 
 # ------------------------------------------------------------ unified modes, resume

@@ -26,11 +26,16 @@ def confusion_matrix(
     xp = get_array_module(pred)
     t = target.reshape(-1).astype(xp.int64)
     p = pred.reshape(-1).astype(xp.int64)
+    # Pixels not counted (the ignore label, any label outside 0..K-1) go to a spare last
+    # bin. Not a boolean mask nor bincount: on CuPy both read a number back to size
+    # their output, which would stall the GPU once per batch.
+    keep = (t >= 0) & (t < num_classes)
     if ignore_index is not None:
-        keep = t != ignore_index
-        t, p = t[keep], p[keep]
-    counts = xp.bincount(t * num_classes + p, minlength=num_classes * num_classes)
-    return counts[: num_classes * num_classes].reshape(num_classes, num_classes)
+        keep &= t != ignore_index
+    k2 = num_classes * num_classes
+    counts = xp.zeros(k2 + 1, dtype=xp.int64)
+    xp.add.at(counts, xp.where(keep, t * num_classes + p, k2), 1)
+    return counts[:k2].reshape(num_classes, num_classes)
 
 
 def metrics_from_confusion(

@@ -617,11 +617,17 @@ class _Tally:
         comm, start = self.comm, self.start
         # The first non-finite step of each rank, in its own slot (0: none), so that the
         # sum over the ranks keeps them apart.
+        xp = self.xp
+        # The one host read (it waits for the device's queue): the loss sum and the first bad
+        # step travel together, in float64, which holds both exactly.
+        loss_sum, first_bad = to_numpy(
+            xp.stack([self.loss_sum.astype(xp.float64), self.first_bad.astype(xp.float64)])
+        ).tolist()
         numbers = np.zeros(3 + comm.size)
-        numbers[0] = float(self.loss_sum)  # the host reads: they wait for the device's queue
+        numbers[0] = loss_sum
         numbers[1] = start.losses + self.steps
         numbers[2] = start.images + self.images
-        numbers[3 + comm.rank] = int(self.first_bad) + 1
+        numbers[3 + comm.rank] = int(first_bad) + 1
         # The clock stops after the read: on a GPU the read waits for the queued work,
         # which the images/s should include.
         seconds = start.seconds + time.perf_counter() - self.t0
@@ -768,7 +774,7 @@ def validate(
         for pred, i in zip(preds, mine, strict=True):
             mask = xp.asarray(split.masks[i])
             conf += confusion_matrix(xp.asarray(pred), mask, k, ignore_index)
-    conf = comm.allreduce_sum(conf)
+    conf = to_numpy(comm.allreduce_sum(conf))  # the one read back of the validation
     model.release()
     model.train()
     return metrics_from_confusion(conf, list(split.class_names))
