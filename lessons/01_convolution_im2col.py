@@ -198,12 +198,11 @@ def im2col_offsets(x, kh, kw, stride=1, padding=0):
 
 for stride, padding in [(1, 0), (1, 1), (2, 1), (2, 0)]:
     reference = im2col_loops(x, 3, 3, stride, padding)
+    # The library's output size, (H + 2p - k) // s + 1, must give the loops' column count.
+    ho, wo = conv_output_size(7, 3, stride, padding), conv_output_size(6, 3, stride, padding)
+    assert ho * wo == reference.shape[2], "conv_output_size"
     np.testing.assert_array_equal(im2col_offsets(x, 3, 3, stride, padding), reference)
     np.testing.assert_array_equal(im2col(x, 3, 3, stride, padding), reference)
-    assert (
-        conv_output_size(7, 3, stride, padding) * conv_output_size(6, 3, stride, padding)
-        == (reference.shape[2])
-    )
 print("loop im2col == offset im2col == minunet.core.im2col.im2col, for 4 (stride, padding): OK")
 
 # %% [markdown]
@@ -242,7 +241,9 @@ conv16 = Conv2d(16, 4, 3, padding=1, dtype=np.float64)
 conv16.params["weight"].data[...] = weight16
 conv16.params["bias"].data[...] = bias16
 np.testing.assert_allclose(conv16.forward(x16), loops16, atol=1e-12)
-np.testing.assert_allclose(cpu.conv2d_forward(x16, weight16, bias16, padding=1), loops16, atol=1e-12)
+np.testing.assert_allclose(
+    cpu.conv2d_forward(x16, weight16, bias16, padding=1), loops16, atol=1e-12
+)
 eligible = cpu.fast_conv_ok(x16, 1, 1, 1, 3)
 print(
     f"16 input channels: im2col + matmul == {type(conv16).__module__}.Conv2d =="
@@ -323,7 +324,6 @@ print(f"columns for a batch of {batch}: {batch * c_in * 9 * p * 4 / 2**20:.0f} M
 # rows come from `minunet.model.summary.trace`. Every `Conv2d` of a U-Net is 3x3 except
 # the 1x1 `head`; we check that from each row's parameter count (`K*C*k*k + K`) rather
 # than assume it, then add up the FLOPs of the paper's network (572x572 input).
-
 
 
 # %%

@@ -178,7 +178,7 @@ dx_hand = col2im_loops(np.stack([w2.T @ d[i] for i in range(n)]), x.shape, 3, 3,
 
 np.testing.assert_allclose(conv.params["weight"].grad, dw_hand, atol=1e-12)
 np.testing.assert_allclose(conv.params["bias"].grad, db_hand, atol=1e-12)
-np.testing.assert_allclose(dx_lib, dx_hand, atol=1e-12)
+np.testing.assert_allclose(dx_lib, dx_hand, atol=1e-12, err_msg="Conv2d dx")
 print("Conv2d.backward: dw, db and dx equal the hand-derived formulas")
 
 # %% [markdown]
@@ -240,7 +240,7 @@ for kwargs in [dict(padding=1), dict(stride=2), dict(kernel_size=1), dict(dilati
     layer = Conv2d(cin, k, kernel, dtype=np.float64, rng=rng, **kwargs)
     errors = check_layer(layer, rng.standard_normal((2, cin, 6, 5)))
     print(f"kernel {kernel} {kwargs}: " + ", ".join(f"{k_}={v:.1e}" for k_, v in errors.items()))
-    assert max(errors.values()) < 1e-6
+    assert max(errors.values()) < 1e-6, "Conv2d gradient check"
 
 # %% [markdown]
 # ## ReLU
@@ -376,7 +376,7 @@ bn.forward(xb)
 bn.zero_grad()
 dx_lib = bn.backward(dyb)
 dx_hand, dgamma_hand, dbeta_hand = batchnorm_backward_by_hand(dyb, xb, bn.params["weight"].data)
-np.testing.assert_allclose(dx_lib, dx_hand, atol=1e-12)
+np.testing.assert_allclose(dx_lib, dx_hand, atol=1e-12, err_msg="BatchNorm2d dx")
 np.testing.assert_allclose(bn.params["weight"].grad, dgamma_hand, atol=1e-10)
 np.testing.assert_allclose(bn.params["bias"].grad, dbeta_hand, atol=1e-10)
 print("BatchNorm2d.backward (training mode) == the derivation")
@@ -390,7 +390,7 @@ print("for scale, sum of |dx|:      ", np.abs(dx_lib).sum(axis=(0, 2, 3)).min())
 
 errors = check_layer(bn, xb.copy())
 print("gradient check:", ", ".join(f"{k_}={v:.1e}" for k_, v in errors.items()))
-assert max(errors.values()) < 1e-6
+assert max(errors.values()) < 1e-6, "BatchNorm2d gradient check"
 
 # %% [markdown]
 # The first sum is zero to rounding: shifting every `x` of a channel by the same amount
@@ -514,7 +514,7 @@ block = Chain(
 )
 errors = check_layer(block, rng.standard_normal((2, 2, size, size)))
 print(", ".join(f"{k_}={v:.1e}" for k_, v in errors.items()))
-assert max(errors.values()) < 1e-6
+assert max(errors.values()) < 1e-6, "conv-BN-ReLU chain gradient check"
 
 # %% [markdown]
 # The U-Net's blocks make one change to this chain: the ReLU is folded into the BatchNorm,

@@ -127,10 +127,10 @@ plt.show()
 # %%
 errors = check_layer(MaxPool2d(2), rng.standard_normal((2, 2, 6, 6)))
 print(errors)
-assert max(errors.values()) < 1e-6
+assert max(errors.values()) < 1e-6, "MaxPool2d(2) gradient check"
 errors = check_layer(MaxPool2d(3, stride=2), rng.standard_normal((1, 2, 7, 7)))  # overlapping
 print("overlapping 3x3, stride 2:", errors)
-assert max(errors.values()) < 1e-6
+assert max(errors.values()) < 1e-6, "overlapping MaxPool2d gradient check"
 
 # %% [markdown]
 # ## Transposed convolution: a convolution run backwards
@@ -254,7 +254,7 @@ for k, s in [(2, 2), (3, 2)]:
         rng.standard_normal((2, 3, 3, 4)),
     )
     print(f"gradient check k={k}, s={s}:", {k_: f"{v:.1e}" for k_, v in errors.items()})
-    assert max(errors.values()) < 1e-6
+    assert max(errors.values()) < 1e-6, "ConvTranspose2d gradient check"
 
 # %% [markdown]
 # ## The checkerboard
