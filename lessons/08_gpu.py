@@ -185,11 +185,8 @@ else:
         with emulate():
             back32 = col2im_kernel(cols32, x32.shape, 3, 3, stride=stride, padding=padding)
         exact = col2im(cols32.astype(np.float64), x32.shape, 3, 3, stride, padding)
-        bound = (
-            (9 - 1)
-            * unit_roundoff
-            * col2im(np.abs(cols32.astype(np.float64)), x32.shape, 3, 3, stride, padding)
-        )
+        abs_sum = col2im(np.abs(cols32.astype(np.float64)), x32.shape, 3, 3, stride, padding)
+        bound = (9 - 1) * unit_roundoff * abs_sum  # per pixel: (n - 1) eps sum |a_i|, n = 9
         numpy32 = col2im(cols32, x32.shape, 3, 3, stride, padding)
         for name, got in [("kernel", back32), ("NumPy", numpy32)]:
             assert got.dtype == np.float32
