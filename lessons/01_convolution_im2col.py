@@ -208,19 +208,20 @@ print("loop im2col == offset im2col == minunet.core.im2col.im2col, for 4 (stride
 # %% [markdown]
 # ## The layer: minunet's `Conv2d`
 #
-# The reference `Conv2d.forward` (in `minunet.nn`) is exactly the two lines above:
+# The reference road of `Conv2d.forward` (`minunet.nn`) is exactly the two lines above:
 # `cols = im2col(x)`, then `out = w2 @ cols + b`. It keeps `cols` for the backward pass
 # (lesson 02). Its weight has PyTorch's shape `(K, C, kh, kw)`. We load our weights into
 # it and demand the same numbers as the definition, in float64 so that only rounding at
 # the 1e-12 level can differ.
 #
-# On NumPy, training runs most convolutions through a faster version of the same sums,
-# the accelerated path of `minunet.accel.cpu` (lesson 09): channels-last columns built
-# block by block, keeping only `x` for the backward instead of `cols`. It applies to
-# stride-1 convolutions with at least `cpu.MIN_CHANNELS` input channels, so a 3-channel
-# check like the first one below never reaches it. The second check uses 16 input
-# channels and compares both roads with the loops: the reference im2col product written
-# out, the layer, and `cpu.conv2d_forward` called directly.
+# On NumPy the same sums also have a faster road, the accelerated path of
+# `minunet.accel.cpu` (lesson 09): channels-last columns built block by block, keeping
+# only `x` for the backward instead of `cols`. It serves stride-1 convolutions with at
+# least `cpu.MIN_CHANNELS` input channels, and `minunet.accel` decides which layers take
+# it, so a 3-channel check like the first one below only ever exercises im2col. The
+# second check uses 16 input channels and compares three things with the loops: the
+# im2col product written out, the `Conv2d` layer (whichever road it took: the printout
+# names it), and `cpu.conv2d_forward` called directly.
 
 # %%
 for stride, padding in [(1, 1), (2, 0)]:
@@ -244,11 +245,12 @@ np.testing.assert_allclose(conv16.forward(x16), loops16, atol=1e-12)
 np.testing.assert_allclose(
     cpu.conv2d_forward(x16, weight16, bias16, padding=1), loops16, atol=1e-12
 )
-eligible = cpu.fast_conv_ok(x16, 1, 1, 1, 3)
+# Which road the layer took: its cache starts with the road's name where it has two.
+cache = getattr(conv16, "_cache", None)
+road = cache[0] if isinstance(cache, tuple) and isinstance(cache[0], str) else "im2col"
 print(
-    f"16 input channels: im2col + matmul == {type(conv16).__module__}.Conv2d =="
-    " minunet.accel.cpu.conv2d_forward == the definition"
-    f" (accelerated path eligible for this input: {eligible})"
+    f"16 input channels: im2col + matmul == {type(conv16).__module__}.Conv2d ({road} road)"
+    " == minunet.accel.cpu.conv2d_forward == the definition"
 )
 
 # %% [markdown]
