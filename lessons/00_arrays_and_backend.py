@@ -83,7 +83,40 @@ print("same memory?", np.shares_memory(nhwc, nchw_view))
 print("C-contiguous?", nchw_view.flags["C_CONTIGUOUS"])
 
 # %% [markdown]
-# The view is correct but not contiguous: stepping along the last axis `W` jumps 3
+# What "channels last" and "channels first" mean in memory is easiest to see on a tiny
+# image: 2 rows, 3 columns, 3 colours, 18 numbers. Memory is one long line of numbers.
+# NHWC stores each pixel's three colours side by side (R G B, R G B, ...); NCHW stores
+# the whole red plane, then the green one, then the blue one. The strips below are the
+# actual order of `ascontiguousarray` of each layout, read back with `ravel()`.
+
+# %%
+tiny = np.arange(18).reshape(2, 3, 3)  # (H, W, C): value = 9 * row + 3 * column + channel
+orders = {
+    "NHWC (channels last)": np.ascontiguousarray(tiny).ravel(),
+    "NCHW (channels first)": np.ascontiguousarray(tiny.transpose(2, 0, 1)).ravel(),
+}
+colours = ["#f4a6a6", "#a6e3a6", "#a6c8f4"]  # red, green, blue channels
+fig, axes = plt.subplots(2, 1, figsize=(11, 2.4))
+for ax, (name, flat) in zip(axes, orders.items(), strict=True):
+    for pos, value in enumerate(flat):
+        row, col, ch = value // 9, value // 3 % 3, value % 3
+        ax.add_patch(plt.Rectangle((pos, 0), 1, 1, fc=colours[ch], ec="k"))
+        ax.text(pos + 0.5, 0.5, f"{'RGB'[ch]}\n{row},{col}", ha="center", va="center", fontsize=8)
+    ax.set_xlim(0, 18)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{name}: {flat.tolist()}", fontsize=9, loc="left")
+    ax.axis("off")
+fig.suptitle(
+    "one 2x3 RGB image in memory (address increases to the right; labels: channel, row,col)", y=1.05
+)
+plt.show()
+# Channels last: neighbours in memory are the colours of one pixel. Channels first: the
+# pixels of one colour plane, row after row; the next channel starts H * W numbers later.
+assert orders["NHWC (channels last)"].tolist() == list(range(18))
+assert orders["NCHW (channels first)"][:6].tolist() == [0, 3, 6, 9, 12, 15]  # the red plane
+
+# %% [markdown]
+# Back to the batch. The view is correct but not contiguous: stepping along the last axis `W` jumps 3
 # bytes (over the other two colour channels) instead of 1. Matrix multiplies and most
 # elementwise kernels are fastest on contiguous memory, so at some point we pay for one
 # real copy. `np.ascontiguousarray` is that copy; it is a *decision*, and minunet makes

@@ -11,18 +11,18 @@
 # %% [markdown]
 # # Lesson 01: convolution as im2col and one matrix multiply
 #
-# A U-Net is mostly 3x3 convolutions: they hold nearly all its parameters and do about
-# 85% of its arithmetic. This lesson writes a convolution three ways and checks that they
-# agree:
+# A U-Net is mostly 3x3 convolutions: they hold nearly all its parameters and, by the
+# count at the end of this lesson, about 96% of its arithmetic. This lesson writes a
+# convolution three ways and checks that they agree:
 #
 # 1. the definition, as loops;
 # 2. **im2col**: copy every patch the kernel sees into a column of a matrix, then do the
 #    whole convolution as *one* matrix multiply;
-# 3. minunet's `Conv2d`, which is (2) written without a loop over pixels.
+# 3. minunet's reference `Conv2d`, which is (2) written without a loop over pixels.
 #
-# Notation used in every lesson: input `x (N, C, H, W)`, weight `W (K, C, kh, kw)` with
-# `K` output channels, bias `b (K,)`, output `(N, K, Ho, Wo)`, and `P = Ho * Wo` output
-# pixels.
+# Notation used in every lesson: input `x (N, C, H, W)` (`W` is always a *width*), weight
+# `w (K, C, kh, kw)` with `K` output channels, bias `b (K,)`, output `(N, K, Ho, Wo)`,
+# and `P = Ho * Wo` output pixels.
 
 # %%
 import os
@@ -30,9 +30,12 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
+from minunet.accel import cpu
 from minunet.core.im2col import conv_output_size, im2col
 from minunet.data.loader import normalize
 from minunet.data.synthetic import make_toy_pets
+from minunet.model import UNet
+from minunet.model.summary import trace
 from minunet.nn import Conv2d
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
@@ -44,10 +47,10 @@ rng = np.random.default_rng(0)
 #
 # What deep-learning libraries call convolution is, strictly, *cross-correlation*: the
 # kernel is not flipped. Output channel `k` at pixel `(oh, ow)` is the dot product of
-# kernel `W[k]` with the `(C, kh, kw)` patch of the (zero-padded) input whose top-left
+# kernel `w[k]` with the `(C, kh, kw)` patch of the (zero-padded) input whose top-left
 # corner is at `(oh * s, ow * s)`:
 #
-# $$\text{out}[n, k, o_h, o_w] = b[k] + \sum_{c, i, j} W[k, c, i, j]\;
+# $$\text{out}[n, k, o_h, o_w] = b[k] + \sum_{c, i, j} w[k, c, i, j]\;
 #   x_{\text{pad}}[n, c,\; o_h s + i,\; o_w s + j]$$
 #
 # With padding `p` and stride `s`, the output side is `Ho = (H + 2p - kh) // s + 1`.
@@ -57,10 +60,10 @@ rng = np.random.default_rng(0)
 # %%
 def conv2d_loops(x, weight, bias, stride=1, padding=0):
     """The definition, one output number at a time. x (N, C, H, W) -> (N, K, Ho, Wo)."""
-    n, c, h, w = x.shape
+    n, c, height, width = x.shape
     k, _, kh, kw = weight.shape
-    ho = (h + 2 * padding - kh) // stride + 1
-    wo = (w + 2 * padding - kw) // stride + 1
+    ho = (height + 2 * padding - kh) // stride + 1
+    wo = (width + 2 * padding - kw) // stride + 1
     x_pad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     out = np.zeros((n, k, ho, wo), dtype=x.dtype)
     for b in range(n):
@@ -88,31 +91,31 @@ print("x", x.shape, "-> out", out_loops.shape)
 # ## im2col: patches into columns
 #
 # Look at the loop body again: each output number is a dot product between the
-# *flattened* kernel `W[k].reshape(-1)` (length `C*kh*kw`) and the *flattened* patch. If
+# *flattened* kernel `w[k].reshape(-1)` (length `C*kh*kw`) and the *flattened* patch. If
 # we copy every patch, flattened, into a column of one matrix
 #
 # $$\text{cols}[n] \in \mathbb{R}^{(C \cdot k_h \cdot k_w) \times P},$$
 #
-# and flatten the weights into `W2 = W.reshape(K, C*kh*kw)`, then **all** the dot
+# and flatten the weights into `w2 = w.reshape(K, C*kh*kw)`, then **all** the dot
 # products are one matrix product:
 #
-# $$\text{out}[n] = W_2 \,\text{cols}[n] + b \qquad (K \times C k_h k_w)(C k_h k_w \times P) = (K \times P).$$
+# $$\text{out}[n] = w_2 \,\text{cols}[n] + b \qquad (K \times C k_h k_w)(C k_h k_w \times P) = (K \times P).$$
 #
 # A matrix multiply is the most optimised routine there is (BLAS on the CPU, cuBLAS on
 # the GPU), so this turns a slow loop into fast library code, at the price of memory:
 # each input pixel is copied into up to `kh*kw` = 9 columns.
 #
 # Here is im2col written the obvious way, one output pixel (one column) at a time. The
-# row order inside a column is `(c, i, j)`, the same order as `W[k].reshape(-1)`, so no
+# row order inside a column is `(c, i, j)`, the same order as `w[k].reshape(-1)`, so no
 # transpose is ever needed.
 
 
 # %%
 def im2col_loops(x, kh, kw, stride=1, padding=0):
     """Copy each (C, kh, kw) patch into a column. x (N, C, H, W) -> (N, C*kh*kw, Ho*Wo)."""
-    n, c, h, w = x.shape
-    ho = (h + 2 * padding - kh) // stride + 1
-    wo = (w + 2 * padding - kw) // stride + 1
+    n, c, height, width = x.shape
+    ho = (height + 2 * padding - kh) // stride + 1
+    wo = (width + 2 * padding - kw) // stride + 1
     x_pad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     cols = np.empty((n, c * kh * kw, ho * wo), dtype=x.dtype)
     for oh in range(ho):
@@ -125,7 +128,7 @@ def im2col_loops(x, kh, kw, stride=1, padding=0):
 cols = im2col_loops(x, 3, 3, padding=1)
 w2 = weight.reshape(4, -1)  # (K, C*kh*kw) = (4, 27)
 out_matmul = (w2 @ cols + bias[:, None]).reshape(2, 4, 7, 6)  # (N, K, P) -> (N, K, Ho, Wo)
-print("cols", cols.shape, " W2", w2.shape, " out", out_matmul.shape)
+print("cols", cols.shape, " w2", w2.shape, " out", out_matmul.shape)
 np.testing.assert_allclose(out_matmul, out_loops, rtol=1e-12, atol=1e-12)
 print("im2col + one matmul == the six loops: OK")
 
@@ -180,9 +183,9 @@ plt.show()
 # %%
 def im2col_offsets(x, kh, kw, stride=1, padding=0):
     """The same columns, built with one strided slice per kernel offset (kh*kw copies)."""
-    n, c, h, w = x.shape
-    ho = (h + 2 * padding - kh) // stride + 1
-    wo = (w + 2 * padding - kw) // stride + 1
+    n, c, height, width = x.shape
+    ho = (height + 2 * padding - kh) // stride + 1
+    wo = (width + 2 * padding - kw) // stride + 1
     x_pad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     cols = np.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
     for i in range(kh):
@@ -195,22 +198,30 @@ def im2col_offsets(x, kh, kw, stride=1, padding=0):
 
 for stride, padding in [(1, 0), (1, 1), (2, 1), (2, 0)]:
     reference = im2col_loops(x, 3, 3, stride, padding)
+    # The library's output size, (H + 2p - k) // s + 1, must give the loops' column count.
+    ho, wo = conv_output_size(7, 3, stride, padding), conv_output_size(6, 3, stride, padding)
+    assert ho * wo == reference.shape[2], "conv_output_size"
     np.testing.assert_array_equal(im2col_offsets(x, 3, 3, stride, padding), reference)
     np.testing.assert_array_equal(im2col(x, 3, 3, stride, padding), reference)
-    assert (
-        conv_output_size(7, 3, stride, padding) * conv_output_size(6, 3, stride, padding)
-        == (reference.shape[2])
-    )
 print("loop im2col == offset im2col == minunet.core.im2col.im2col, for 4 (stride, padding): OK")
 
 # %% [markdown]
 # ## The layer: minunet's `Conv2d`
 #
-# `Conv2d.forward` is exactly the two lines above: `cols = im2col(x)`, then
-# `out = W2 @ cols + b`. It keeps `cols` for the backward pass (lesson 02). Its weight has
-# PyTorch's shape `(K, C, kh, kw)`. We load our weights into it and demand the same
-# numbers as the definition, in float64 so that only rounding at the 1e-12 level can
-# differ.
+# The reference road of `Conv2d.forward` (`minunet.nn`) is exactly the two lines above:
+# `cols = im2col(x)`, then `out = w2 @ cols + b`. It keeps `cols` for the backward pass
+# (lesson 02). Its weight has PyTorch's shape `(K, C, kh, kw)`. We load our weights into
+# it and demand the same numbers as the definition, in float64 so that only rounding at
+# the 1e-12 level can differ.
+#
+# On NumPy the same sums also have a faster road, the accelerated path of
+# `minunet.accel.cpu` (lesson 09): channels-last columns built block by block, keeping
+# only `x` for the backward instead of `cols`. It serves stride-1 convolutions with at
+# least `cpu.MIN_CHANNELS` input channels, and `minunet.accel` decides which layers take
+# it, so a 3-channel check like the first one below only ever exercises im2col. The
+# second check uses 16 input channels and compares three things with the loops: the
+# im2col product written out, the `Conv2d` layer (whichever road it took: the printout
+# names it), and `cpu.conv2d_forward` called directly.
 
 # %%
 for stride, padding in [(1, 1), (2, 0)]:
@@ -220,6 +231,27 @@ for stride, padding in [(1, 1), (2, 0)]:
     out_lib = conv.forward(x)
     np.testing.assert_allclose(out_lib, conv2d_loops(x, weight, bias, stride, padding), atol=1e-12)
     print(f"stride {stride}, padding {padding}: Conv2d {out_lib.shape} == the definition")
+
+x16 = rng.standard_normal((2, 16, 6, 5))
+weight16 = rng.standard_normal((4, 16, 3, 3))
+bias16 = rng.standard_normal(4)
+loops16 = conv2d_loops(x16, weight16, bias16, stride=1, padding=1)
+im2col16 = weight16.reshape(4, -1) @ im2col(x16, 3, 3, 1, 1) + bias16[:, None]  # (N, K, P)
+np.testing.assert_allclose(im2col16.reshape(loops16.shape), loops16, atol=1e-12)
+conv16 = Conv2d(16, 4, 3, padding=1, dtype=np.float64)
+conv16.params["weight"].data[...] = weight16
+conv16.params["bias"].data[...] = bias16
+np.testing.assert_allclose(conv16.forward(x16), loops16, atol=1e-12)
+np.testing.assert_allclose(
+    cpu.conv2d_forward(x16, weight16, bias16, padding=1), loops16, atol=1e-12
+)
+# Which road the layer took: its cache starts with the road's name where it has two.
+cache = getattr(conv16, "_cache", None)
+road = cache[0] if isinstance(cache, tuple) and isinstance(cache[0], str) else "im2col"
+print(
+    f"16 input channels: im2col + matmul == {type(conv16).__module__}.Conv2d ({road} road)"
+    " == minunet.accel.cpu.conv2d_forward == the definition"
+)
 
 # %% [markdown]
 # The U-Net uses `padding=1` ("same": the output is as large as the input) in minunet's
@@ -289,12 +321,46 @@ print(f"FLOPs per image: {2 * k_out * c_in * 9 * p / 1e9:.2f} GFLOP")
 print(f"columns for a batch of {batch}: {batch * c_in * 9 * p * 4 / 2**20:.0f} MiB (float32)")
 
 # %% [markdown]
+# How much of a whole U-Net's arithmetic is in its 3x3 convolutions? `UNet.summary()`
+# (lesson 04) lists every layer with its FLOPs, computed from the shape formulas; its
+# rows come from `minunet.model.summary.trace`. Every `Conv2d` of a U-Net is 3x3 except
+# the 1x1 `head`; we check that from each row's parameter count (`K*C*k*k + K`) rather
+# than assume it, then add up the FLOPs of the paper's network (572x572 input).
+
+
+# %%
+def layer_at(model, name):
+    """The sub-layer a summary row names, e.g. "encoder.0.conv1"."""
+    for part in name.split("."):
+        model = model.children()[part]
+    return model
+
+
+paper = UNet(1, 2, base_channels=64, depth=4, padding="valid", batchnorm=False)  # lesson 04
+rows = trace(paper, 572, 572)  # (name, kind, out shape, params, FLOPs, activations)
+total_flops = sum(row[4] for row in rows)
+by_kind = {}
+for name, kind, _, params, flops, _ in rows:
+    if kind == "Conv2d":
+        layer = layer_at(paper, name)
+        k_out, c_in_, ksize = layer.out_channels, layer.in_channels, layer.kernel_size
+        assert params == k_out * c_in_ * ksize * ksize + k_out
+        kind = f"Conv2d {ksize}x{ksize}"
+    by_kind[kind] = by_kind.get(kind, 0) + flops
+for kind, flops in sorted(by_kind.items(), key=lambda item: -item[1]):
+    print(f"{kind:<16} {flops / 1e9:7.1f} GFLOP  {100 * flops / total_flops:5.1f}%")
+share_3x3 = by_kind["Conv2d 3x3"] / total_flops
+assert 0.95 < share_3x3 < 0.97
+print(f"3x3 convolutions: {100 * share_3x3:.1f}% of the {total_flops / 1e9:.0f} GFLOP forward pass")
+
+# %% [markdown]
 # ## What to remember
 #
 # - A convolution is a dot product of the flattened kernel with every flattened patch.
 # - im2col puts the patches in columns: `cols (N, C*kh*kw, P)`, and the convolution is
-#   `W.reshape(K, -1) @ cols + b[:, None]`.
+#   `w.reshape(K, -1) @ cols + b[:, None]`.
 # - minunet builds `cols` with `kh*kw` strided slices, never a loop over pixels.
+# - In a U-Net, 3x3 convolutions do about 96% of the arithmetic (computed above).
 #
 # Next: [lesson 02](02_backprop_conv.ipynb) runs this backwards.
 

@@ -23,8 +23,9 @@
 # a U-Net block, `conv 3x3 -> BatchNorm -> ReLU`, checks each against the library, and
 # checks the library against the definition of a derivative with a **gradient check**.
 #
-# Convention: a gradient has the shape of the thing it differentiates. `dW` is
-# `(K, C, kh, kw)` like `W`; `dx` is `(N, C, H, W)` like `x`.
+# Convention: a gradient has the shape of the thing it differentiates. `dw` is
+# `(K, C, kh, kw)` like the weight `w`; `dx` is `(N, C, H, W)` like `x`. (As in lesson 01,
+# `W` is a width, never the weight.)
 
 # %%
 import os
@@ -45,20 +46,21 @@ rng = np.random.default_rng(0)
 #
 # Lesson 01 wrote the forward pass, per image `n`, as a matrix product:
 #
-# $$\text{out}[n] = W_2\,\text{cols}[n] + b, \qquad
-#   W_2: (K, R),\ \text{cols}[n]: (R, P),\ \text{out}[n]: (K, P),\ R = C k_h k_w.$$
+# $$\text{out}[n] = w_2\,\text{cols}[n] + b, \qquad
+#   w_2: (K, D),\ \text{cols}[n]: (D, P),\ \text{out}[n]: (K, P),\ D = C k_h k_w$$
 #
-# Written element by element, `out[n, k, p] = sum_r W2[k, r] cols[n, r, p] + b[k]`. Each
-# gradient follows from asking "which outputs does this number touch, and with which
-# coefficient?":
+# (`D`, the length of one column). Written element by element,
+# `out[n, k, p] = sum_r w2[k, r] cols[n, r, p] + b[k]`, with `r` running over the `D`
+# rows of a column. Each gradient follows from asking "which outputs does this number
+# touch, and with which coefficient?":
 #
-# - `W2[k, r]` touches `out[n, k, p]` for every `n, p`, with coefficient
+# - `w2[k, r]` touches `out[n, k, p]` for every `n, p`, with coefficient
 #   `cols[n, r, p]`. So
-#   $$dW_2 = \sum_n d\text{out}[n]\;\text{cols}[n]^\top \qquad (K, P)(P, R) = (K, R).$$
+#   $$dw_2 = \sum_n d\text{out}[n]\;\text{cols}[n]^\top \qquad (K, P)(P, D) = (K, D).$$
 # - `b[k]` touches every `out[n, k, p]` with coefficient 1, so
 #   $db[k] = \sum_{n, p} d\text{out}[n, k, p]$.
-# - `cols[n, r, p]` touches `out[n, k, p]` for every `k`, with coefficient `W2[k, r]`:
-#   $$d\text{cols}[n] = W_2^\top\, d\text{out}[n] \qquad (R, K)(K, P) = (R, P).$$
+# - `cols[n, r, p]` touches `out[n, k, p]` for every `k`, with coefficient `w2[k, r]`:
+#   $$d\text{cols}[n] = w_2^\top\, d\text{out}[n] \qquad (D, K)(K, P) = (D, P).$$
 #
 # The first two are the parameter gradients. The third is the gradient with respect to
 # the *columns*, not yet the input. One more step, through im2col, is needed.
@@ -77,7 +79,7 @@ rng = np.random.default_rng(0)
 # its inverse: an inverse would *average* the overlapping copies; the gradient *adds*
 # them. So the convolution's input gradient is
 #
-# $$dx = \text{col2im}\big(W_2^\top\, d\text{out}\big).$$
+# $$dx = \text{col2im}\big(w_2^\top\, d\text{out}\big).$$
 #
 # Here is col2im written one output pixel at a time, mirroring `im2col_loops` of lesson
 # 01 with `=` turned into `+=`.
@@ -154,7 +156,7 @@ plt.show()
 # %% [markdown]
 # ## The whole backward, by hand, against `Conv2d.backward`
 #
-# The forward caches the columns (`cols`), because `dW` needs them; the backward is the
+# The forward caches the columns (`cols`), because `dw` needs them; the backward is the
 # three formulas. We compute them here in float64 and compare with the library.
 
 # %%
@@ -167,17 +169,17 @@ conv.zero_grad()
 dx_lib = conv.backward(dout)
 
 weight = conv.params["weight"].data
-cols = im2col(x, 3, 3, 1, 1)  # (N, R, P)
+cols = im2col(x, 3, 3, 1, 1)  # (N, D, P)
 d = dout.reshape(n, k, -1)  # (N, K, P)
-w2 = weight.reshape(k, -1)  # (K, R)
+w2 = weight.reshape(k, -1)  # (K, D)
 dw_hand = sum(d[i] @ cols[i].T for i in range(n)).reshape(weight.shape)
 db_hand = d.sum(axis=(0, 2))
 dx_hand = col2im_loops(np.stack([w2.T @ d[i] for i in range(n)]), x.shape, 3, 3, 1, 1)
 
 np.testing.assert_allclose(conv.params["weight"].grad, dw_hand, atol=1e-12)
 np.testing.assert_allclose(conv.params["bias"].grad, db_hand, atol=1e-12)
-np.testing.assert_allclose(dx_lib, dx_hand, atol=1e-12)
-print("Conv2d.backward: dW, db and dx equal the hand-derived formulas")
+np.testing.assert_allclose(dx_lib, dx_hand, atol=1e-12, err_msg="Conv2d dx")
+print("Conv2d.backward: dw, db and dx equal the hand-derived formulas")
 
 # %% [markdown]
 # ## The gradient check: the definition of a derivative
@@ -192,10 +194,13 @@ print("Conv2d.backward: dW, db and dx equal the hand-derived formulas")
 # good to about 1e-9 relative, so a correct backward agrees to ~1e-8 and a wrong one
 # is off by orders of magnitude more.
 #
-# Which loss? Any scalar works. The trick used by `minunet.core.gradcheck`: pick a fixed
-# random array `R` shaped like the output and let `L = sum(out * R)`. Then
-# `dL/d(out) = R` exactly, so `backward(R)` must give the numerical gradient of `L`.
-# Here it is written out once for the input of the convolution.
+# Which loss? Any scalar works, as long as it does not hide an error. The trick used by
+# `minunet.core.gradcheck`: pick a fixed random array `R` shaped like the output and let
+# `L = sum(out * R)`. Then `dL/d(out) = R` exactly, so `backward(R)` must give the
+# numerical gradient of `L`. (`R` is random so that every output entry is weighted
+# differently: the BatchNorm section below shows a layer for which the plain
+# `L = sum(out)` would let a broken backward pass.) Here it is written out once for the
+# input of the convolution.
 
 # %%
 R = rng.standard_normal(out.shape)
@@ -235,7 +240,7 @@ for kwargs in [dict(padding=1), dict(stride=2), dict(kernel_size=1), dict(dilati
     layer = Conv2d(cin, k, kernel, dtype=np.float64, rng=rng, **kwargs)
     errors = check_layer(layer, rng.standard_normal((2, cin, 6, 5)))
     print(f"kernel {kernel} {kwargs}: " + ", ".join(f"{k_}={v:.1e}" for k_, v in errors.items()))
-    assert max(errors.values()) < 1e-6
+    assert max(errors.values()) < 1e-6, "Conv2d gradient check"
 
 # %% [markdown]
 # ## ReLU
@@ -292,6 +297,61 @@ print("ReLU.backward == dout * (x > 0)")
 # `dx = (gamma r / m) (m dy - dbeta - xhat dgamma)`.
 #
 # The forward keeps what the backward needs: `xhat` (N, C, H, W) and `r` (C,).
+#
+# The graph of one channel's forward pass, drawn below, shows the three paths: every
+# `x_j` reaches `xhat` directly (through `x - mu`), through the mean, and through the
+# variance. The backward walks these arrows in reverse, adding where paths meet.
+
+# %%
+nodes = {  # name: (column, row, label)
+    "x": (0, 0, "$x$\n(m values)"),
+    "mu": (1.6, 1.2, "$\\mu = \\mathrm{mean}(x)$"),
+    "xc": (3.2, 0, "$x - \\mu$"),
+    "var": (4.9, 1.2, "$\\sigma^2 = \\mathrm{mean}((x-\\mu)^2)$"),
+    "r": (7.4, 1.2, "$r = (\\sigma^2 + \\epsilon)^{-1/2}$"),
+    "xhat": (8.8, 0, "$\\hat x = (x - \\mu)\\, r$"),
+    "gb": (10.4, 1.2, "$\\gamma, \\beta$"),
+    "y": (10.6, 0, "$y = \\gamma \\hat x + \\beta$"),
+}
+edges = [  # (from, to, colour): the three paths from x, and the parameters
+    ("x", "xc", "tab:blue"),
+    ("xc", "xhat", "tab:blue"),
+    ("x", "mu", "tab:orange"),
+    ("mu", "xc", "tab:orange"),
+    ("xc", "var", "tab:green"),
+    ("var", "r", "tab:green"),
+    ("r", "xhat", "tab:green"),
+    ("xhat", "y", "k"),
+    ("gb", "y", "gray"),
+]
+fig, ax = plt.subplots(figsize=(12, 2.6))
+for a, b, colour in edges:
+    (xa, ya, _), (xb_, yb_, _) = nodes[a], nodes[b]
+    ax.annotate(
+        "",
+        (xb_, yb_),
+        (xa, ya),
+        arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.8, shrinkA=22, shrinkB=22),
+    )
+for px, py, label in nodes.values():
+    ax.text(
+        px,
+        py,
+        label,
+        ha="center",
+        va="center",
+        fontsize=10,
+        bbox=dict(boxstyle="round", fc="lightsteelblue", ec="none"),
+    )
+ax.plot([], [], color="tab:blue", label="direct: through $x - \\mu$")
+ax.plot([], [], color="tab:orange", label="through the mean")
+ax.plot([], [], color="tab:green", label="through the variance")
+ax.legend(loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.45, -0.35))
+ax.set_xlim(-0.8, 11.6)
+ax.set_ylim(-0.5, 1.7)
+ax.axis("off")
+ax.set_title("BatchNorm's forward, one channel: the three paths from x to the output")
+plt.show()
 
 
 # %%
@@ -316,7 +376,7 @@ bn.forward(xb)
 bn.zero_grad()
 dx_lib = bn.backward(dyb)
 dx_hand, dgamma_hand, dbeta_hand = batchnorm_backward_by_hand(dyb, xb, bn.params["weight"].data)
-np.testing.assert_allclose(dx_lib, dx_hand, atol=1e-12)
+np.testing.assert_allclose(dx_lib, dx_hand, atol=1e-12, err_msg="BatchNorm2d dx")
 np.testing.assert_allclose(bn.params["weight"].grad, dgamma_hand, atol=1e-10)
 np.testing.assert_allclose(bn.params["bias"].grad, dbeta_hand, atol=1e-10)
 print("BatchNorm2d.backward (training mode) == the derivation")
@@ -330,7 +390,7 @@ print("for scale, sum of |dx|:      ", np.abs(dx_lib).sum(axis=(0, 2, 3)).min())
 
 errors = check_layer(bn, xb.copy())
 print("gradient check:", ", ".join(f"{k_}={v:.1e}" for k_, v in errors.items()))
-assert max(errors.values()) < 1e-6
+assert max(errors.values()) < 1e-6, "BatchNorm2d gradient check"
 
 # %% [markdown]
 # The first sum is zero to rounding: shifting every `x` of a channel by the same amount
@@ -339,8 +399,71 @@ assert max(errors.values()) < 1e-6
 # leave the output unchanged only if `eps` were 0; with `eps = 1e-5` in
 # `1/sqrt(var + eps)` the layer is very slightly sensitive to scale.
 #
-# In **eval** mode BatchNorm uses running statistics instead of the batch's. It is then
-# a fixed per-channel affine map, and its backward is just `dx = dy * gamma * r`.
+# ### Why that gradient check needs its random `R`
+#
+# Those two invisible directions are a trap for a careless gradient check. Take the
+# simplest scalar, `L = sum(out)`, i.e. `R` all ones and `dy = 1`. Per channel,
+# `sum_i y_i = gamma sum_i xhat_i + m beta = m beta`, because `xhat` has mean 0 whatever
+# `x` is: `L` does not depend on `x` at all, and BatchNorm's true `dx` is exactly zero.
+# (The formula agrees: `g = gamma` is constant, so `g - mean(g) = 0`, and
+# `sum_i g_i xhat_i = gamma sum_i xhat_i = 0`.) A backward that returned zeros would match
+# that numerical gradient perfectly. A random `R` weights every output differently, the
+# true `dx` is then far from zero, and the all-zeros backward fails by 100%:
+
+# %%
+numeric_ones = numerical_gradient(lambda: float(bn.forward(xb).sum()), xb)
+bn.forward(xb)
+dx_ones = bn.backward(np.ones_like(xb))
+print(
+    f"L = sum(out):     numeric |dx| <= {np.abs(numeric_ones).max():.1e}, library {np.abs(dx_ones).max():.1e}"
+)
+assert np.abs(numeric_ones).max() < 1e-7  # truly zero, to central-difference rounding
+assert np.abs(dx_ones).max() < 1e-12  # the library's dx is zero too (float64 rounding)
+
+R_bn = rng.standard_normal(xb.shape)
+numeric_r = numerical_gradient(lambda: float(np.sum(bn.forward(xb) * R_bn)), xb)
+bn.forward(xb)
+error_lib = max_relative_error(bn.backward(R_bn), numeric_r)
+error_zeros = max_relative_error(np.zeros_like(xb), numeric_r)
+print(f"L = sum(out * R): library error {error_lib:.1e}, an all-zeros backward {error_zeros:.1f}")
+assert error_lib < 1e-6 and error_zeros == 1.0
+
+# %% [markdown]
+# ### The running statistics
+#
+# Every training-mode forward also updates two buffers per channel, which eval mode will
+# use in place of the batch's statistics (at prediction time there may be one image, or
+# none of the batch's company). They are exponential moving averages, in PyTorch's
+# convention, where `momentum` (0.1) is the weight of the *new* batch:
+#
+# $$\mu_{\text{run}} \leftarrow (1 - 0.1)\,\mu_{\text{run}} + 0.1\,\mu, \qquad
+#   \sigma^2_{\text{run}} \leftarrow (1 - 0.1)\,\sigma^2_{\text{run}} + 0.1\,\frac{m}{m-1}\,\sigma^2 .$$
+#
+# The forward normalises with the *biased* `sigma^2` (divided by `m`): that is the
+# batch's own spread, and the derivation above assumed it. The running average wants an
+# estimate of the variance of the whole data, and the batch variance underestimates it
+# by the factor `(m-1)/m` on average (the mean was fitted to the same `m` values), so it
+# stores the *unbiased* `m/(m-1) sigma^2` (Bessel's correction; `np.var(ddof=1)`). The
+# buffers start at mean 0 and variance 1. Small batches make the difference visible:
+# here `m = 2 * 2 * 2 = 8`, so the factor is 8/7.
+
+# %%
+bn_run = BatchNorm2d(3, dtype=np.float64)  # momentum 0.1
+mean_run, var_run = np.zeros(3), np.ones(3)
+for _ in range(3):
+    xs = rng.standard_normal((2, 3, 2, 2)) * 2 + 3  # m = 8 values per channel
+    bn_run.forward(xs)
+    mean_run = 0.9 * mean_run + 0.1 * xs.mean(axis=(0, 2, 3))
+    var_run = 0.9 * var_run + 0.1 * xs.var(axis=(0, 2, 3), ddof=1)  # unbiased: / (m - 1)
+    np.testing.assert_allclose(bn_run.buffers["running_mean"], mean_run, rtol=1e-12)
+    np.testing.assert_allclose(bn_run.buffers["running_var"], var_run, rtol=1e-12)
+assert int(bn_run.buffers["num_batches_tracked"]) == 3
+print("running_mean, running_var == (1 - 0.1) * running + 0.1 * (batch mean, unbiased var)")
+print("after 3 batches:", np.round(bn_run.buffers["running_var"], 4), "(unbiased)")
+
+# %% [markdown]
+# In **eval** mode BatchNorm uses those running statistics instead of the batch's. It is
+# then a fixed per-channel affine map, and its backward is just `dx = dy * gamma * r`.
 
 # %%
 bn.eval()
@@ -391,7 +514,7 @@ block = Chain(
 )
 errors = check_layer(block, rng.standard_normal((2, 2, size, size)))
 print(", ".join(f"{k_}={v:.1e}" for k_, v in errors.items()))
-assert max(errors.values()) < 1e-6
+assert max(errors.values()) < 1e-6, "conv-BN-ReLU chain gradient check"
 
 # %% [markdown]
 # The U-Net's blocks make one change to this chain: the ReLU is folded into the BatchNorm,
@@ -416,8 +539,8 @@ print("BatchNorm2d(relu=True) == BatchNorm2d then ReLU, forward and backward")
 # %% [markdown]
 # ## What to remember
 #
-# - Conv backward: `dW = sum_n dout[n] cols[n]^T`, `db = sum dout`,
-#   `dx = col2im(W2^T dout)`.
+# - Conv backward: `dw2 = sum_n dout[n] cols[n]^T`, `db = sum dout`,
+#   `dx = col2im(w2^T dout)`.
 # - col2im is the *adjoint* of im2col: it adds overlapping copies; the adjoint identity
 #   and a gradient check both test it.
 # - BatchNorm's `dx` removes the mean of the gradient and its component along `xhat`,

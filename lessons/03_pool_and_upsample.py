@@ -127,21 +127,21 @@ plt.show()
 # %%
 errors = check_layer(MaxPool2d(2), rng.standard_normal((2, 2, 6, 6)))
 print(errors)
-assert max(errors.values()) < 1e-6
+assert max(errors.values()) < 1e-6, "MaxPool2d(2) gradient check"
 errors = check_layer(MaxPool2d(3, stride=2), rng.standard_normal((1, 2, 7, 7)))  # overlapping
 print("overlapping 3x3, stride 2:", errors)
-assert max(errors.values()) < 1e-6
+assert max(errors.values()) < 1e-6, "overlapping MaxPool2d gradient check"
 
 # %% [markdown]
 # ## Transposed convolution: a convolution run backwards
 #
-# Lesson 02 found that a convolution's input gradient is `col2im(W2^T @ dout)`: it takes
+# Lesson 02 found that a convolution's input gradient is `col2im(w2^T @ dout)`: it takes
 # a small map (the output's gradient) and produces a larger one (the input's). Use that
 # computation as a *forward* pass, with its own learned weights, and you have a
 # **transposed convolution**: every input pixel scatters a copy of the kernel, scaled by
 # its value, into a `k x k` patch of the output, and overlapping patches add.
 #
-# $$y[n, o, h s + i, w s + j] \mathrel{+}= \sum_{c} x[n, c, h, w]\, W[c, o, i, j]$$
+# $$y[n, o, h s + i, w s + j] \mathrel{+}= \sum_{c} x[n, c, h, w]\, w[c, o, i, j]$$
 #
 # Weight shape `(C_in, C_out, k, k)` (PyTorch's layout). Output side
 # `Ho = (H - 1) s + k` (without padding). Here is the definition as loops:
@@ -174,6 +174,38 @@ for k, s in [(2, 2), (3, 2), (3, 1)]:
     print(f"k={k}, s={s}: {x.shape} -> {y_lib.shape}, ConvTranspose2d == the loops")
 
 # %% [markdown]
+# A picture of the scatter: a 2x2 input, one channel, a 3x3 kernel, stride 2. Each input
+# pixel stamps its value times the kernel into its own 3x3 patch of the 5x5 output, the
+# patches two pixels apart; where two patches overlap (the middle row and column) the
+# stamps add. The last panel is the layer's output, which must be the sum of the four.
+
+# %%
+stamp_x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])  # (1, 1, 2, 2)
+stamp_w = np.arange(1.0, 10.0).reshape(1, 1, 3, 3) / 10  # (C_in, C_out, 3, 3)
+stamper = ConvTranspose2d(1, 1, 3, stride=2, bias=False, dtype=np.float64)
+stamper.params["weight"].data[...] = stamp_w
+fig, axes = plt.subplots(1, 5, figsize=(13, 2.9))
+stamps = np.zeros((5, 5))
+for ax, (r, q) in zip(axes[:4], np.ndindex(2, 2), strict=True):
+    one = np.zeros((5, 5))
+    one[2 * r : 2 * r + 3, 2 * q : 2 * q + 3] = stamp_x[0, 0, r, q] * stamp_w[0, 0]
+    stamps += one
+    ax.imshow(one, cmap="Blues", vmin=0, vmax=2)
+    ax.add_patch(plt.Rectangle((2 * q - 0.5, 2 * r - 0.5), 3, 3, fill=False, ec="crimson", lw=2))
+    ax.set_title(f"stamp of x[{r}, {q}] = {stamp_x[0, 0, r, q]:g}", fontsize=9)
+np.testing.assert_allclose(stamper.forward(stamp_x)[0, 0], stamps, atol=1e-12)
+axes[4].imshow(stamps, cmap="Blues", vmin=0, vmax=2)
+for (r, q), v in np.ndenumerate(stamps):
+    axes[4].text(
+        q, r, f"{v:.1f}", ha="center", va="center", fontsize=8, color="w" if v > 1 else "k"
+    )
+axes[4].set_title("layer output: their sum", fontsize=9)
+for ax in axes:
+    ax.set_xticks([])
+    ax.set_yticks([])
+plt.show()
+
+# %% [markdown]
 # ### It really is the transpose of a convolution
 #
 # Take a `Conv2d` and a `ConvTranspose2d` sharing one weight array (Conv2d reads it as
@@ -199,19 +231,19 @@ assert abs(lhs - rhs) < 1e-9 * abs(lhs)
 # %% [markdown]
 # So its backward needs no new maths: the transpose of "conv transpose" is a
 # convolution. minunet's `backward` is Conv2d's forward, `dcols = im2col(dy)`,
-# `dx = W2 @ dcols`, and `dW = sum_n x[n] dcols[n]^T`.
+# `dx = w2 @ dcols`, and `dw = sum_n x[n] dcols[n]^T`.
 #
 # ### The U-Net's case: k = s = 2, a matrix multiply and a reshape
 #
 # With a 2x2 kernel and stride 2 the patches tile the output without overlap: input
 # pixel `(h, w)` owns output block `(2h : 2h+2, 2w : 2w+2)`. No additions, so the layer
-# is one product with `W (C_in, C_out*4)` followed by a rearrangement, which `einsum`
+# is one product with `w (C_in, C_out*4)` followed by a rearrangement, which `einsum`
 # writes in one line:
 
 # %%
 up = ConvTranspose2d(4, 3, 2, stride=2, dtype=np.float64, rng=rng)
 weight = up.params["weight"].data  # (C_in, C_out, 2, 2)
-# y[n, o, 2h + i, 2w + j] = sum_c x[n, c, h, w] W[c, o, i, j]
+# y[n, o, 2h + i, 2w + j] = sum_c x[n, c, h, w] w[c, o, i, j]
 y = np.einsum("nchw,coij->nohiwj", x, weight).reshape(2, 3, 2 * 3, 2 * 5)
 np.testing.assert_allclose(up.forward(x), y, atol=1e-12)
 print("k=2, s=2: ConvTranspose2d == einsum + reshape (no overlaps, no additions)")
@@ -222,7 +254,7 @@ for k, s in [(2, 2), (3, 2)]:
         rng.standard_normal((2, 3, 3, 4)),
     )
     print(f"gradient check k={k}, s={s}:", {k_: f"{v:.1e}" for k_, v in errors.items()})
-    assert max(errors.values()) < 1e-6
+    assert max(errors.values()) < 1e-6, "ConvTranspose2d gradient check"
 
 # %% [markdown]
 # ## The checkerboard
@@ -231,10 +263,9 @@ for k, s in [(2, 2), (3, 2)]:
 # *unevenly*: some output pixels receive contributions from more input pixels than
 # their neighbours (we counted the same thing for col2im in lesson 02). Feed a constant
 # image through a transposed convolution with a constant kernel and the output should
-# be constant; instead, with `k=3, s=2`, it is a grid of 1s, 2s and 4s. A trained
-# network can learn to cancel this, but it often leaves faint checkerboard artefacts
-# in its outputs. With `k=2, s=2` (the U-Net's choice) or `k=4, s=2`, the overlap is
-# even and the output is flat (except at the borders, where `k=4` patches run out).
+# be constant; instead, with `k=3, s=2`, it is a grid of 1s, 2s and 4s. With `k=2, s=2`
+# (the U-Net's choice) or `k=4, s=2`, every output pixel is covered equally often and
+# this output is flat (except at the borders, where `k=4` patches run out).
 
 # %%
 side = 6 if SMALL else 10
@@ -252,14 +283,53 @@ fig.suptitle("transposed convolution of a constant image with a constant kernel"
 plt.show()
 
 # %% [markdown]
+# Even coverage is not the whole story, though: the constant kernel hid something. A
+# *learned* `k = s = 2` kernel has four different taps, and since every input pixel owns
+# its 2x2 output block without overlap, a constant input comes out as the kernel's four
+# taps **tiled** over the output: a pattern of period 2, a checkerboard of its own,
+# until training makes the taps agree. The remedy usually recommended (Odena, Dumoulin
+# and Olah, "Deconvolution and Checkerboard Artifacts", Distill 2016) is
+# **resize-then-convolve**: upsample with a fixed rule (nearest neighbour or bilinear),
+# then apply an ordinary 3x3 convolution. Every output pixel then sees the same kind of
+# neighbourhood, and a constant input stays constant for *any* kernel (away from the
+# zero-padded border). minunet keeps the paper's `ConvTranspose2d(k=2, s=2)`.
+
+# %%
+rng_board = np.random.default_rng(7)
+learned = ConvTranspose2d(1, 1, 2, stride=2, bias=False, dtype=np.float64, rng=rng_board)
+tiled = learned.forward(flat)[0, 0]  # (2 side, 2 side)
+taps = learned.params["weight"].data[0, 0]  # (2, 2)
+np.testing.assert_array_equal(tiled, np.tile(taps, (side, side)))  # the 4 taps, repeated
+assert np.ptp(tiled) > 0.1  # and they differ: not flat
+
+resize_conv = Conv2d(1, 1, 3, padding=1, bias=False, dtype=np.float64, rng=rng_board)
+resized = flat.repeat(2, axis=2).repeat(2, axis=3)  # nearest-neighbour x2: (1, 1, 2 side, 2 side)
+smooth = resize_conv.forward(resized)[0, 0]
+np.testing.assert_allclose(smooth[1:-1, 1:-1], resize_conv.params["weight"].data.sum(), atol=1e-12)
+print(f"k=s=2, random kernel: the taps {np.round(taps.ravel(), 2).tolist()} tiled over the output")
+print("resize (nearest x2) then 3x3 conv, random kernel: constant inside the border")
+
+fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.4))
+for ax, img, title in [
+    (axes[0], tiled, "ConvTranspose2d k=s=2, random kernel"),
+    (axes[1], smooth, "resize x2, then Conv2d 3x3, random kernel"),
+]:
+    ax.imshow(img, cmap="magma")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+fig.suptitle("a constant image, upsampled two ways", y=1.02)
+plt.show()
+
+# %% [markdown]
 # ## What to remember
 #
 # - Max pool: forward keeps the max and where it was (a `uint8` offset); backward
 #   sends `dout` to that one place.
 # - Transposed convolution = a convolution's input-gradient computation used as a
 #   layer. Its backward is a convolution. With `k = s = 2` it is a matmul and a reshape.
-# - Uneven overlap (`k` not a multiple of `s`) paints a checkerboard; `k = s = 2`
-#   does not.
+# - Uneven overlap (`k` not a multiple of `s`) paints a checkerboard. `k = s = 2`
+#   covers evenly, but a learned kernel's four taps tile a period-2 pattern until they
+#   agree; resize-then-convolve has neither problem.
 #
 # Next: [lesson 04](04_unet.ipynb) wires these layers into a U-Net.
 

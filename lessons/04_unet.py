@@ -88,12 +88,15 @@ print(f"skip {skip.shape} + up {up.shape} -> {out.shape}; Concat forward and bac
 # `dL/da = dL/df f'(a) + dL/dg g'(a)`). So `UNet.backward` does, at each level,
 #
 # ```python
-# d = block.backward(pool.backward(d) + dskips.pop())
+# d = self.pools[level].backward(d)  # the gradient from the path down
+# d += dskips.pop()  # plus the gradient from the skip across
+# d = self.encoder[level].backward(d)
 # ```
 #
-# Forget the `+ dskip` and the encoder learns only from the bottleneck path; forget
+# Forget the `+= dskip` and the encoder learns only from the bottleneck path; forget
 # the pool term and it learns only from the skip. The end-to-end gradient check below
-# would catch both.
+# catches the first: we run it once more with the skip's gradient removed, and watch it
+# fail.
 #
 # ## Shapes at every level: the paper's 572 -> 388 network
 #
@@ -171,43 +174,98 @@ plt.show()
 #
 # Padding every 3x3 convolution by 1 keeps sizes, so output = input size and the skip
 # maps need no crop. The input side must then be divisible by `2**depth`. This is the
-# network we train in lesson 07. The picture below draws the U: one box per block, at
-# its level, labelled with its output shape for a 128x128 RGB input. (minunet numbers
-# the decoder in the order it runs, from the bottom up: `decoder.0` is the deepest, and
-# `upconvs.0` and `concats.0` belong to it.)
+# network we train in lesson 07. The picture below draws the U from a real `UNet`'s
+# `trace` (the rows of `summary()`): one box per block, at its level, labelled with its
+# output shape for a 128x128 RGB input; red arrows are the max pools down, teal the 2x2
+# transposed convolutions up, grey the skips with the channel count after each concat.
+# (minunet numbers the decoder in the order it runs, from the bottom up: `decoder.0` is
+# the deepest, and `upconvs.0` and `concats.0` belong to it.)
 
 # %%
 net = UNet(in_channels=3, num_classes=3, base_channels=16, depth=4)
-rows = trace(net, 128, 128)
-block_out = {}
-for name, _, shape, *_ in rows:
-    parts = name.split(".")
-    if parts[0] in ("encoder", "decoder") or parts[0] == "bottleneck":
-        key = parts[0] if parts[0] == "bottleneck" else f"{parts[0]}.{parts[1]}"
-        block_out[key] = shape  # the last layer of the block wins
+shapes = {name: shape for name, _, shape, *_ in trace(net, 128, 128)}  # every layer's output
+depth = net.depth
 
-fig, ax = plt.subplots(figsize=(10, 4))
-positions = {}
-for lv in range(4):
-    positions[f"encoder.{lv}"] = (lv, -lv)
-    positions[f"decoder.{3 - lv}"] = (8 - lv, -lv)
-positions["bottleneck"] = (4, -4)
-for key, (px, py) in positions.items():
-    _, ch, hh, ww = block_out[key]
-    ax.add_patch(plt.Rectangle((px - 0.4, py - 0.3), 0.8, 0.6, color="lightsteelblue"))
-    ax.text(px, py, f"{key}\n{ch} x {hh} x {ww}", ha="center", va="center", fontsize=8)
-for lv in range(4):
+
+def block_out(key):
+    """Output shape of a block ("encoder.1", "bottleneck", ...): its last layer's row."""
+    return [shape for name, shape in shapes.items() if name.startswith(key + ".")][-1]
+
+
+step = 1.5  # horizontal distance between levels
+positions = {"bottleneck": (step * depth, -depth)}
+for lv in range(depth):
+    positions[f"encoder.{lv}"] = (step * lv, -lv)
+    positions[f"decoder.{depth - 1 - lv}"] = (
+        step * (2 * depth - lv),
+        -lv,
+    )  # decoder.0 is the deepest
+
+fig, ax = plt.subplots(figsize=(12, 5))
+arrow = dict(arrowstyle="-|>", lw=1.5)
+for lv in range(depth):
+    enc, dec = positions[f"encoder.{lv}"], positions[f"decoder.{depth - 1 - lv}"]
+    below = positions[f"encoder.{lv + 1}" if lv + 1 < depth else "bottleneck"]
+    below_dec = positions[f"decoder.{depth - 2 - lv}" if lv + 1 < depth else "bottleneck"]
+    i = depth - 1 - lv  # upconvs.i and concats.i belong to decoder.i
+    _, c_pool, h_pool, _ = shapes[f"pools.{lv}"]
+    _, c_up, h_up, _ = shapes[f"upconvs.{i}"]
+    _, c_cat, _, _ = shapes[f"concats.{i}"]
+    ax.annotate("", below, enc, arrowprops=dict(color="crimson", shrinkA=18, shrinkB=18, **arrow))
+    ax.text(
+        (enc[0] + below[0]) / 2 - 0.12,
+        (enc[1] + below[1]) / 2,
+        f"pool\n{c_pool}x{h_pool}",
+        ha="right",
+        va="center",
+        fontsize=7,
+        color="crimson",
+    )
+    ax.annotate("", dec, below_dec, arrowprops=dict(color="teal", shrinkA=18, shrinkB=18, **arrow))
+    ax.text(
+        (dec[0] + below_dec[0]) / 2 + 0.12,
+        (dec[1] + below_dec[1]) / 2,
+        f"up 2x2\n{c_up}x{h_up}",
+        ha="left",
+        va="center",
+        fontsize=7,
+        color="teal",
+    )
     ax.annotate(
         "",
-        xy=(8 - lv - 0.42, -lv),
-        xytext=(lv + 0.42, -lv),
-        arrowprops=dict(arrowstyle="->", color="gray", ls="--"),
+        (dec[0] - 0.62, dec[1]),
+        (enc[0] + 0.62, enc[1]),
+        arrowprops=dict(color="gray", ls="--", **arrow),
     )
-ax.text(4, 0.45, "skip connections (concat)", ha="center", color="gray")
-ax.set_xlim(-0.6, 8.6)
-ax.set_ylim(-4.5, 0.8)
+    ax.text(
+        (enc[0] + dec[0]) / 2,
+        enc[1] + 0.3,
+        f"concat: skip {block_out(f'encoder.{lv}')[1]} + up {c_up} = {c_cat} ch",
+        ha="center",
+        va="bottom",
+        fontsize=7,
+        color="gray",
+    )
+for key, (px, py) in positions.items():
+    _, ch, hh, ww = block_out(key)
+    ax.add_patch(plt.Rectangle((px - 0.6, py - 0.28), 1.2, 0.56, color="lightsteelblue"))
+    ax.text(px, py, f"{key}\n{ch} x {hh} x {ww}", ha="center", va="center", fontsize=7.5)
+_, k_head, h_head, w_head = shapes["head"]
+ax.text(
+    step * 2 * depth + 0.7,
+    0,
+    f"head 1x1\n-> {k_head} x {h_head} x {w_head}",
+    fontsize=7.5,
+    va="center",
+)
+ax.text(-0.7, 0, f"input\n{net.in_channels} x 128 x 128", fontsize=7.5, va="center", ha="right")
+ax.set_xlim(-2.0, step * 2 * depth + 2.0)
+ax.set_ylim(-depth - 0.5, 0.8)
 ax.axis("off")
-ax.set_title("UNet(base 16, depth 4), 128x128 input: block outputs (channels x H x W)")
+ax.set_title(
+    f"UNet(base 16, depth {depth}), 128x128 RGB input: block outputs (channels x H x W),"
+    " from summary's trace"
+)
 plt.show()
 
 # %% [markdown]
@@ -221,51 +279,98 @@ plt.show()
 # passes; a random sample of entries of each kind of parameter catches a wrong formula
 # just as surely.)
 
+
 # %%
+def spot_check(net, x, names, rng, samples=4, eps=1e-6):
+    """Worst relative error of net.backward against central differences of
+    L = sum(net.forward(x) * R), over `samples` random entries of x and of each named
+    parameter. Prints one line per array."""
+    R = rng.standard_normal(net.forward(x).shape)
+
+    def loss():
+        return float(np.sum(net.forward(x) * R))
+
+    net.forward(x)
+    net.zero_grad()
+    dx = net.backward(R)
+    params = dict(net.named_parameters())
+    checks = [("input", x, dx)] + [(name, params[name].data, params[name].grad) for name in names]
+    worst = 0.0
+    for name, array, grad in checks:
+        flat, gflat = array.reshape(-1), grad.reshape(-1)
+        errors = []
+        for i in rng.choice(flat.size, size=min(samples, flat.size), replace=False):
+            old = flat[i]
+            flat[i] = old + eps
+            plus = loss()
+            flat[i] = old - eps
+            minus = loss()
+            flat[i] = old
+            numeric = (plus - minus) / (2 * eps)
+            errors.append(abs(numeric - gflat[i]) / max(abs(numeric), abs(gflat[i]), 1e-8))
+        worst = max(worst, *errors)
+        print(f"  {name:<26} {str(array.shape):<16} worst relative error {max(errors):.1e}")
+    return worst
+
+
 side = 8
 tiny = UNet(in_channels=2, num_classes=3, base_channels=2, depth=2, dtype=np.float64, seed=1)
 x = rng.standard_normal((2, 2, side, side))
-R = rng.standard_normal((2, 3, side, side))
-
-
-def loss():
-    return float(np.sum(tiny.forward(x) * R))
-
-
-tiny.forward(x)
-tiny.zero_grad()
-dx = tiny.backward(R)
-
-params = dict(tiny.named_parameters())
-checks = [("input", x, dx)] + [
-    (name, params[name].data, params[name].grad)
-    for name in [
-        "encoder.0.conv1.weight",
-        "encoder.1.bn2.weight",
-        "bottleneck.conv2.weight",
-        "upconvs.0.weight",
-        "upconvs.1.bias",
-        "decoder.1.conv1.weight",
-        "head.weight",
-    ]
+names = [
+    "encoder.0.conv1.weight",
+    "encoder.1.bn2.weight",
+    "bottleneck.conv2.weight",
+    "upconvs.0.weight",
+    "upconvs.1.bias",
+    "decoder.1.conv1.weight",
+    "head.weight",
 ]
-eps = 1e-6
-worst = 0.0
-for name, array, grad in checks:
-    flat, gflat = array.reshape(-1), grad.reshape(-1)
-    for i in rng.choice(flat.size, size=min(4, flat.size), replace=False):
-        old = flat[i]
-        flat[i] = old + eps
-        plus = loss()
-        flat[i] = old - eps
-        minus = loss()
-        flat[i] = old
-        numeric = (plus - minus) / (2 * eps)
-        err = abs(numeric - gflat[i]) / max(abs(numeric), abs(gflat[i]), 1e-8)
-        worst = max(worst, err)
-    print(f"{name:<26} {array.shape}  analytic {gflat[i]:+.6f}  numeric {numeric:+.6f}")
-print(f"worst relative error over {4 * len(checks)} entries: {worst:.1e}")
+print("same padding, depth 2:")
+worst = spot_check(tiny, x, names, rng)
+print(f"worst relative error over {4 * (len(names) + 1)} entries: {worst:.1e}")
+# float64 central differences with eps = 1e-6 are good to ~1e-9 relative (lesson 02); a
+# wrong term is off by order 1. 1e-5 leaves room for entries whose gradient is small.
 assert worst < 1e-5
+
+# %% [markdown]
+# Now break it on purpose. Each `Concat` returns `(dskip, dup)`; we make the concats of
+# this one network return a zero `dskip`, which is exactly what forgetting
+# `d += dskips.pop()` would do. The decoder's parameters are untouched by this (their
+# gradients flow before the concat), but every encoder weight and the input lose one of
+# their two paths, and the check must see it.
+
+# %%
+saved = [cat.backward for cat in tiny.concats]
+for cat, original in zip(tiny.concats, saved, strict=True):
+    cat.backward = lambda dout, original=original: (0 * original(dout)[0], original(dout)[1])
+print("the same check, the skip's gradient dropped:")
+try:
+    broken = spot_check(tiny, x, names[:1] + names[-1:], rng)
+finally:
+    for cat in tiny.concats:
+        del cat.backward  # back to the class's method
+print(f"worst relative error: {broken:.1e}")
+assert broken > 1e-2  # the encoder's gradients are visibly wrong: the check would fail
+
+# %% [markdown]
+# The paper's "valid" network takes a different road through the same code: every
+# convolution is unpadded, so each skip map is larger than the decoder map it meets,
+# and `Concat` crops it (its backward pads the gradient with zeros). The same spot check
+# on a tiny valid U-Net, 44x44 in, 4x4 out, checks that road end to end.
+
+# %%
+valid = UNet(2, 3, base_channels=2, depth=2, padding="valid", dtype=np.float64, seed=2)
+x_valid = rng.standard_normal((1, 2, 44, 44))
+assert valid.output_size(44) == 4
+# Not upconvs.1.bias this time: in a valid net its true gradient is exactly 0 (a constant
+# shift of the upsampled map stays a constant shift through the unpadded conv after it,
+# and that conv's BatchNorm subtracts it again), so its relative error would compare two
+# rounding noises. Same padding breaks the constancy at the zero-padded border.
+valid_names = [name.replace("upconvs.1.bias", "upconvs.1.weight") for name in names]
+print("valid padding, depth 2, 44 -> 4:")
+worst_valid = spot_check(valid, x_valid, valid_names, rng)
+print(f"worst relative error: {worst_valid:.1e}")
+assert worst_valid < 1e-5
 
 # %% [markdown]
 # ## What to remember

@@ -150,6 +150,20 @@ assert np.all(wce.backward()[0, :, 0, :] == 0)  # ignored pixels get no gradient
 print("weighted, with ignored pixels: loss and gradient == by hand")
 
 # %% [markdown]
+# That compares the library with our own derivation; if both were wrong the same way
+# (the weighted mean divided by the wrong total, say), it would still pass. So, as for
+# the plain loss, the definition gets the last word: central differences of the
+# weighted loss itself, through `minunet.core.gradcheck.numerical_gradient`.
+
+# %%
+wce.forward(z, y_ign, pixel_weights)
+analytic_w = wce.backward()
+numeric_w = numerical_gradient(lambda: float(wce.forward(z, y_ign, pixel_weights)), z)
+error_w = max_relative_error(analytic_w, numeric_w)
+print(f"weighted loss: max relative error vs central differences {error_w:.1e}")
+assert error_w < 1e-6  # float64, eps 1e-6: ~1e-9 expected; a wrong term is off by O(1)
+
+# %% [markdown]
 # ## Metrics from a confusion matrix
 #
 # The loss is for the optimiser. People judge a segmentation by how its masks overlap
@@ -160,8 +174,9 @@ print("weighted, with ignored pixels: loss and gradient == by hand")
 #
 # - pixel accuracy = `trace(C) / sum(C)`;
 # - IoU (intersection over union, Jaccard) = `TP / (TP + FP + FN)`;
-# - Dice (F1) = `2 TP / (2 TP + FP + FN)`; always `Dice = 2 IoU / (1 + IoU)`, so the two
-#   rank models identically, Dice just reads higher;
+# - Dice (F1) = `2 TP / (2 TP + FP + FN)`; always `Dice = 2 IoU / (1 + IoU)`, an
+#   increasing function, so *for one class* the two rank models identically (Dice just
+#   reads higher). Averaged over classes they need not: see below;
 # - mean IoU = the average of IoU over the classes.
 #
 # minunet builds `C` with one `bincount` of `t*K + p` (it works on the GPU, batch by
@@ -194,7 +209,7 @@ np.testing.assert_allclose(m["pixel_accuracy"], tp.sum() / conf.sum())
 np.testing.assert_allclose(list(m["iou"].values()), iou_hand)
 np.testing.assert_allclose(list(m["dice"].values()), dice_hand)
 np.testing.assert_allclose(m["miou"], iou_hand.mean())
-np.testing.assert_allclose(dice_hand, 2 * iou_hand / (1 + iou_hand))
+# (So the library's Dice and IoU satisfy Dice = 2 IoU / (1 + IoU) too: both equal the formulas.)
 print(conf)
 print(format_metrics(m))
 
@@ -227,6 +242,70 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## Mean IoU and mean Dice can disagree
+#
+# Per class, Dice is an increasing function of IoU. But `2u / (1 + u)` is *concave*: it
+# lifts low IoUs much more than high ones (0.1 becomes 0.18, 0.9 only 0.95). So after
+# averaging over classes, a model that is excellent on two classes and poor on the third
+# can win on mean IoU and lose on mean Dice to a model that is fair on all three. Two
+# such models on the same 220 pixels (100 pet, 100 background, 20 outline), given as
+# their confusion matrices, expanded into pixels and counted by the library:
+
+
+# %%
+def pixels_from_confusion(conf):
+    """(truth, prediction) pixel lists, (M,) each, with exactly this confusion matrix."""
+    t, p = np.indices(conf.shape)
+    counts = conf.ravel()
+    return np.repeat(t.ravel(), counts), np.repeat(p.ravel(), counts)
+
+
+class_names = ["pet", "background", "outline"]
+sharp = np.array([[100, 0, 0], [0, 100, 0], [9, 9, 2]])  # misses most of the outline
+even = np.array([[82, 6, 12], [6, 82, 12], [2, 2, 16]])  # fair everywhere
+scores = {}
+for name, c in [("sharp", sharp), ("even", even)]:
+    t, p = pixels_from_confusion(c)
+    np.testing.assert_array_equal(confusion_matrix(p, t, 3), c)
+    mc = metrics_from_confusion(confusion_matrix(p, t, 3), class_names)
+    scores[name] = (mc["miou"], float(np.mean(list(mc["dice"].values()))))
+    per_class = ", ".join(f"{k} {v:.2f}" for k, v in mc["iou"].items())
+    print(
+        f"{name}: IoU {per_class}; mean IoU {scores[name][0]:.3f}, mean Dice {scores[name][1]:.3f}"
+    )
+assert scores["sharp"][0] > scores["even"][0]  # mean IoU prefers "sharp" ...
+assert scores["sharp"][1] < scores["even"][1]  # ... mean Dice prefers "even"
+print("mean IoU ranks sharp first, mean Dice ranks even first")
+
+# %% [markdown]
+# So say which mean you report, and compare models on the same one. minunet reports
+# mean IoU.
+#
+# **A class that never occurs.** If a class appears neither in the truth nor in the
+# prediction (an image with no outline, predicted without one), its IoU is `0 / 0`.
+# Counting it as 0 would punish a correct answer, counting it as 1 would reward
+# nothing. `metrics_from_confusion` reports its IoU and Dice as `nan` and leaves it out
+# of the mean (`np.nanmean`): the mean is over the classes that occur in the truth or
+# in the prediction. A class that is predicted but absent from the truth does count,
+# with IoU 0.
+
+# %%
+no_outline = np.array([[30, 5, 0], [4, 61, 0], [0, 0, 0]])  # class 2 nowhere
+m_absent = metrics_from_confusion(no_outline, class_names)
+iou_present = [30 / (35 + 34 - 30), 61 / (65 + 66 - 61)]
+assert np.isnan(m_absent["iou"]["outline"]) and np.isnan(m_absent["dice"]["outline"])
+np.testing.assert_allclose(m_absent["miou"], np.mean(iou_present), rtol=1e-12)
+false_alarm = no_outline.copy()
+false_alarm[1, 1], false_alarm[1, 2] = 60, 1  # one background pixel called outline
+m_alarm = metrics_from_confusion(false_alarm, class_names)
+assert m_alarm["iou"]["outline"] == 0.0
+np.testing.assert_allclose(m_alarm["miou"], np.mean([30 / 39, 60 / 70, 0.0]), rtol=1e-12)
+print(
+    f"absent class: IoU {m_absent['iou']['outline']}, mean IoU over the 2 others {m_absent['miou']:.4f}"
+)
+print(f"predicted once but absent from the truth: IoU 0, mean IoU {m_alarm['miou']:.4f}")
+
+# %% [markdown]
 # ## Why pixel accuracy alone misleads
 #
 # A "model" that calls every pixel background scores the background fraction as its
@@ -248,7 +327,8 @@ assert m_lazy["iou"]["pet"] == 0.0
 #   gradient `(softmax - onehot) / M`, or weighted by `w_i / sum w`.
 # - The confusion matrix holds every metric: accuracy = trace / total,
 #   IoU = TP / (TP + FP + FN), Dice = 2 IoU / (1 + IoU).
-# - Report IoU per class, not just pixel accuracy.
+# - Report IoU per class, not just pixel accuracy. Mean IoU and mean Dice can rank two
+#   models differently; a class absent from truth and prediction is left out of the mean.
 #
 # Next: [lesson 06](06_data.ipynb), the data the loss is computed on.
 

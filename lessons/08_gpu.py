@@ -156,6 +156,50 @@ else:
     print("the CUDA im2col and col2im, run on the CPU, equal the NumPy ones to the last bit")
 
 # %% [markdown]
+# That was float64, the precision of the checks. Training runs the float32 kernels, so
+# they are compared too. im2col only copies, so it must be exact in any precision. Each
+# col2im output is a sum of at most `kh*kw = 9` column entries, and the kernel may add
+# them in another order than NumPy: both are then only as good as float32 summation.
+# The classical bound for a sum of `n` terms added one by one in floating point is
+#
+# $$\Big|\widehat{\textstyle\sum_i a_i} - \textstyle\sum_i a_i\Big|
+#   \le (n - 1)\,\varepsilon\, \textstyle\sum_i |a_i| \;(+ O(\varepsilon^2)),
+#   \qquad \varepsilon = 2^{-24} \text{ (float32's unit roundoff)},$$
+#
+# so with `n = kh*kw` and `sum |a_i|` = col2im of `|cols|` (computed in float64), every
+# pixel gets its own tolerance. Both the emulated kernel and NumPy's float32 col2im must
+# stay within it of the float64 sum of the same float32 numbers.
+
+# %%
+if CXX is None:
+    print("no C++ compiler here (g++ or c++): the emulator cannot run")
+else:
+    x32 = rng.standard_normal((2, 8, 9, 7)).astype(np.float32)
+    unit_roundoff = np.finfo(np.float32).eps / 2  # 2**-24
+    for stride, padding in [(1, 1), (2, 1)]:
+        with emulate():
+            cols32 = im2col_kernel(x32, 3, 3, stride=stride, padding=padding)
+        np.testing.assert_array_equal(cols32, im2col(x32, 3, 3, stride, padding))  # copies
+        # col2im of im2col(x) would add up copies of one value (exact for 1, 2 or 4
+        # copies): random columns, like the gradients col2im really receives, instead.
+        cols32 = rng.standard_normal(cols32.shape).astype(np.float32)
+        with emulate():
+            back32 = col2im_kernel(cols32, x32.shape, 3, 3, stride=stride, padding=padding)
+        exact = col2im(cols32.astype(np.float64), x32.shape, 3, 3, stride, padding)
+        abs_sum = col2im(np.abs(cols32.astype(np.float64)), x32.shape, 3, 3, stride, padding)
+        bound = (9 - 1) * unit_roundoff * abs_sum  # per pixel: (n - 1) eps sum |a_i|, n = 9
+        numpy32 = col2im(cols32, x32.shape, 3, 3, stride, padding)
+        for name, got in [("kernel", back32), ("NumPy", numpy32)]:
+            assert got.dtype == np.float32
+            excess = np.abs(got - exact) - bound
+            assert excess.max() <= 0, f"{name} col2im float32 beyond its rounding bound"
+        print(
+            f"float32, stride {stride}: im2col kernel == NumPy exactly; col2im kernel within"
+            f" (kh*kw - 1) eps sum|a| of the exact sum (worst error {np.abs(back32 - exact).max():.1e},"
+            f" largest bound {bound.max():.1e})"
+        )
+
+# %% [markdown]
 # ## Timing a training step, honestly
 #
 # GPU calls return before the GPU has finished: they only *queue* kernels. A timer

@@ -27,7 +27,7 @@
 # 4. the input gradient as a convolution with the **flipped kernel**;
 # 5. a small timing on this machine.
 #
-# Notation as in lesson 01: `x (N, C, H, W)`, weight `W (K, C, kh, kw)`, bias `b (K,)`,
+# Notation as in lesson 01: `x (N, C, H, W)`, weight `w (K, C, kh, kw)`, bias `b (K,)`,
 # output `(N, K, Ho, Wo)`, `P = Ho * Wo`. Everything here is stride 1, the only stride
 # the U-Net's 3x3 convolutions use.
 
@@ -77,7 +77,7 @@ def cache_sizes():
 
 
 MiB = 2**20
-n, c, k, side, kh, kw = 8, 32, 32, 128, 3, 3
+n, c, k_out, side, kh, kw = 8, 32, 32, 128, 3, 3  # K = k_out output channels
 itemsize = np.dtype(np.float32).itemsize
 input_bytes = n * c * side * side * itemsize
 cols_bytes = n * (c * kh * kw) * (side * side) * itemsize  # (N, C*kh*kw, P), padding 1
@@ -86,7 +86,7 @@ cols_bytes = n * (c * kh * kw) * (side * side) * itemsize  # (N, C*kh*kw, P), pa
 x_tiny = np.zeros((1, 4, 10, 10), np.float32)
 assert im2col(x_tiny, kh, kw, 1, 1).nbytes == kh * kw * x_tiny.nbytes
 
-print(f"layer: x ({n}, {c}, {side}, {side}) float32, 3x3 kernel, padding 1, {k} outputs")
+print(f"layer: x ({n}, {c}, {side}, {side}) float32, 3x3 kernel, padding 1, {k_out} outputs")
 print(f"  input          {input_bytes / MiB:6.0f} MiB")
 print(f"  im2col columns {cols_bytes / MiB:6.0f} MiB  ({cols_bytes // input_bytes}x the input)")
 caches = cache_sizes()
@@ -105,7 +105,7 @@ if not caches:
 #   single-threaded; only the matrix product, handed to OpenBLAS, uses every core. On a
 #   2-core machine the copying part of the work gets half the machine.
 # - **The columns are kept for the backward pass.** `Conv2d`'s im2col path stores `cols`
-#   until `backward` (lesson 02 needs them for `dW`), so a network holds one such
+#   until `backward` (lesson 02 needs them for `dw`), so a network holds one such
 #   matrix per convolution from its forward pass until its backward pass.
 #
 # On a GPU, memory is fast and thousands of threads do the copying, so none of this
@@ -130,11 +130,11 @@ if not caches:
 # a matrix of shape `(Hp * Wo, kw*C)`. Kernel row `a` at output `(oh, ow)` needs row
 # `(oh + a) * Wo + ow` of it. As `(oh, ow)` runs through the output in order, that is
 # rows `a*Wo` to `a*Wo + P - 1`: one contiguous slice of `hcols`, a *view*, no copy at
-# all. With `W_a` the weights of kernel row `a` laid out as a `(kw*C, K)` matrix (rows
+# all. With `w_a` the weights of kernel row `a` laid out as a `(kw*C, K)` matrix (rows
 # in the same `(b, c)` order as the columns), the convolution is `kh` products summed:
 #
-# $$\text{out}_{(P, K)} = \sum_{a=0}^{k_h - 1} \text{hcols}[a W_o : a W_o + P]\; W_a
-#   + b, \qquad W_a[(b, c), k] = W[k, c, a, b].$$
+# $$\text{out}_{(P, K)} = \sum_{a=0}^{k_h - 1} \text{hcols}[a W_o : a W_o + P]\; w_a
+#   + b, \qquad w_a[(b, c), k] = w[k, c, a, b].$$
 #
 # The columns now hold each input value about `kw` times instead of `kh * kw` times:
 # 3x less copying for a 3x3 kernel. Here it is for one image.
@@ -149,7 +149,7 @@ def conv_channels_last(x, weight, bias, padding):
     ho, wo = hp - kh + 1, wp - kw + 1
     # Horizontal taps only: hcols[r*Wo + w] = xl[r, w : w + kw, :], kw*C values per row.
     hcols = np.stack([xl[:, b : b + wo] for b in range(kw)], axis=2).reshape(hp * wo, kw * c)
-    # W_a for each kernel row a: (kw*C, K), rows ordered (b, c) like the columns.
+    # w_a for each kernel row a: (kw*C, K), rows ordered (b, c) like the columns.
     wmats = weight.transpose(2, 3, 1, 0).reshape(kh, kw * c, k)
     p = ho * wo
     out = sum(hcols[a * wo : a * wo + p] @ wmats[a] for a in range(kh)) + bias  # (P, K)
@@ -170,7 +170,7 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (2, 1), (1, 0)]:
     bias = rng.standard_normal(c_out)
     mine = conv_channels_last(x, weight, bias, padding)
 
-    cols = im2col(x[None], ksize, ksize, 1, padding)[0]  # (C*k*k, P), lesson 01
+    cols = im2col(x[None], ksize, ksize, 1, padding)[0]  # (C*kh*kw, P), lesson 01
     reference = (weight.reshape(c_out, -1) @ cols + bias[:, None]).reshape(mine.shape)
     np.testing.assert_allclose(mine, reference, rtol=1e-10, atol=1e-10)
 
@@ -181,7 +181,7 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (2, 1), (1, 0)]:
 
     hp, wo = h + 2 * padding, w + 2 * padding - ksize + 1
     print(
-        f"k={ksize} p={padding}: out {mine.shape}, == im2col and Conv2d"
+        f"{ksize}x{ksize} kernel, p={padding}: out {mine.shape}, == im2col and Conv2d"
         f" ({type(conv._cache).__name__}); columns: im2col {cols.size},"
         f" horizontal taps only {hp * wo * ksize * c_in}"
     )
@@ -258,7 +258,7 @@ for worker, (first, last, count) in sorted(chunks.items()):
 # input `x` for `backward`, not 9x that.
 #
 # Now the check. The im2col path computes the forward and lesson 02's three gradients
-# (`dW = sum_n dout[n] @ cols[n]^T`, `db`, `dx = col2im(W2^T dout)`); the fast path must
+# (`dw = sum_n dout[n] @ cols[n]^T`, `db`, `dx = col2im(w2^T dout)`); the fast path must
 # give the same numbers. Blocks and threads only change the *order* of the work, so the
 # answer must not depend on them: we run it with the library's block size and with one
 # output row per block, on 1 and on 3 threads (more threads than cores is allowed, only
@@ -312,7 +312,7 @@ for block_bytes, min_pixels, threads in [
     rows_per_block = used[0][2] - used[0][1]
     print(
         f"{len(used):3d} blocks of {rows_per_block:2d} rows, {threads} thread(s):"
-        " out, dx, dW, db == the im2col path (float64, 1e-10)"
+        " out, dx, dw, db == the im2col path (float64, 1e-10)"
     )
 
 # %% [markdown]
@@ -324,24 +324,26 @@ for block_bytes, min_pixels, threads in [
 # stride 1 there is a better way to see `dx`.
 #
 # Write the forward with the padded input: $\text{out}[k, y, z] = \sum_{c,i,j}
-# W[k,c,i,j]\, x_{\text{pad}}[c, y+i, z+j]$. Input pixel $(u, v)$ of $x_{\text{pad}}$
+# w[k,c,i,j]\, x_{\text{pad}}[c, y+i, z+j]$. Input pixel $(u, v)$ of $x_{\text{pad}}$
 # is read by output $(u-i, v-j)$ through tap $(i, j)$, so
 #
-# $$dx_{\text{pad}}[c, u, v] = \sum_{k,i,j} W[k,c,i,j]\; \text{dout}[k,\, u-i,\, v-j],$$
+# $$dx_{\text{pad}}[c, u, v] = \sum_{k,i,j} w[k,c,i,j]\; \text{dout}[k,\, u-i,\, v-j],$$
 #
 # with `dout` taken as zero outside its `Ho x Wo`. Count the taps backwards,
 # $i = k_h-1-i'$ and $j = k_w-1-j'$, and pad `dout` with $k_h-1$ zeros on every side:
 #
 # $$dx_{\text{pad}}[c, u, v] = \sum_{k,i',j'} V[c,k,i',j']\;
 #   \text{dout}_{\text{pad}}[k,\, u+i',\, v+j'], \qquad
-#   V[c,k,i',j'] = W[k,c,k_h-1-i',k_w-1-j'].$$
+#   V[c,k,i',j'] = w[k,c,k_h-1-i',k_w-1-j'].$$
 #
 # That is an ordinary stride-1 convolution (lesson 01's formula) of the padded `dout`
-# with the kernel `V`: `W` **flipped** in both spatial axes, with its **two channel axes
+# with the kernel `V`: `w` **flipped** in both spatial axes, with its **two channel axes
 # swapped** (it maps `K` channels back to `C`). Finally `dx` is `dx_pad` without its
 # border of width `p`; dropping `p` of the `kh-1` padding rows gives the same thing, so
 #
-# $$dx = \operatorname{conv}\big(\text{dout},\; V,\; \text{padding} = k - 1 - p\big).$$
+# $$dx = \operatorname{conv}\big(\text{dout},\; V,\; \text{padding} = k_h - 1 - p\big)$$
+#
+# (for a square kernel, `kh = kw`; `k` is reserved for an output channel).
 #
 # Three consequences:
 #
@@ -349,12 +351,12 @@ for block_bytes, min_pixels, threads in [
 #   and threads never write the same pixel;
 # - it **reuses the fast forward**: `cpu.conv2d_backward` calls `cpu.conv2d_forward` on
 #   `dout` with `weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)`;
-# - it needs `p <= k - 1` (a padding cannot be negative) and stride 1 (with stride `s`,
+# - it needs `p <= kh - 1` (a padding cannot be negative) and stride 1 (with stride `s`,
 #   `dout` would first need `s - 1` zeros between its pixels). These are two of the
 #   conditions under which `Conv2d` takes the fast path.
 #
 # The check, with the library's own pieces: a `Conv2d` from `K` to `C` channels with
-# padding `k-1-p`, loaded with the flipped kernel, must turn `dout` into exactly the
+# padding `kh-1-p`, loaded with the flipped kernel, must turn `dout` into exactly the
 # input gradient that `Conv2d.backward` of the original layer returns, and into lesson
 # 02's col2im formula. Our channels-last function from section 2 must agree as well.
 
@@ -366,7 +368,7 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (5, 0), (2, 1), (1, 0)]:
     dx = conv.backward(dout)
 
     weight = conv.params["weight"].data
-    flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # V: (C, K, k, k)
+    flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # V: (C, K, kh, kw)
     backwards = Conv2d(kb, cb, ksize, padding=ksize - 1 - padding, bias=False, dtype=np.float64)
     backwards.params["weight"].data[...] = flipped
     np.testing.assert_allclose(backwards.forward(dout), dx, rtol=1e-10, atol=1e-10)
@@ -381,7 +383,7 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (5, 0), (2, 1), (1, 0)]:
         mine = conv_channels_last(dout[i], flipped, no_bias, ksize - 1 - padding)
         np.testing.assert_allclose(mine, dx[i], rtol=1e-10, atol=1e-10)
     print(
-        f"k={ksize} p={padding}: conv(dout, flipped kernel, padding {ksize - 1 - padding})"
+        f"{ksize}x{ksize} kernel, p={padding}: conv(dout, flipped kernel, padding {ksize - 1 - padding})"
         " == Conv2d.backward == col2im == channels-last by hand"
     )
 
@@ -389,7 +391,7 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (5, 0), (2, 1), (1, 0)]:
 # ## When `Conv2d` takes the fast path
 #
 # `cpu.fast_conv_ok` decides, from the input and the layer's geometry: NumPy float32 or
-# float64, stride 1, dilation 1, padding at most `k - 1` (section 4), and at least
+# float64, stride 1, dilation 1, padding at most `kh - 1` (section 4), and at least
 # `cpu.MIN_CHANNELS` input channels. The last one is about memory again: with the 3
 # channels of an RGB image, the channels-last runs are 3 numbers long, too short to
 # pay off: the comment beside `MIN_CHANNELS` in `cpu.py` reports the NCHW im2col path
@@ -404,7 +406,7 @@ cases = [
     ("RGB input: 3 channels", x32[:, :3], 1, 1, 1, 3, False),
     ("stride 2", x32, 2, 1, 1, 3, False),
     ("dilation 2", x32, 1, 2, 1, 3, False),
-    ("padding 3 > k - 1", x32, 1, 1, 3, 3, False),
+    ("padding 3 > kh - 1", x32, 1, 1, 3, 3, False),
     ("float16", x32.astype(np.float16), 1, 1, 1, 3, False),
 ]
 for name, xx, stride, dilation, padding, ksize, expected in cases:
@@ -496,6 +498,16 @@ if threads > 1:
 for name, what, ms in timings:
     print(f"  {name:28s} {what:9s} {ms:8.2f} ms")
 print(f"load average {load_average()}")
+if threads > 1:
+    one, many = timings[2][2], timings[3][2]
+    print(f"fast path, {threads} threads vs 1: {one / many:.2f}x the speed (above 1: faster)")
+
+# %% [markdown]
+# Read that last ratio together with the load averages. The run stored in this notebook
+# was made on a shared, busy 2-core machine (other jobs were running on it, as the load
+# averages show), so the second thread often found no free core: a ratio near or below 1
+# there says the machine was busy, not that the second thread does not help. Run the cell
+# yourself on a quiet machine; the careful figures are below.
 
 # %% [markdown]
 # What was measured carefully, for this very layer (3x3, 32 to 32 channels, input
@@ -522,7 +534,7 @@ print(f"load average {load_average()}")
 # - Work in blocks of output rows with a couple of MiB of columns each, reusing the
 #   buffers; split the blocks over threads, each with single-threaded BLAS (NumPy releases
 #   the GIL in copies and products); keep per-thread partial sums instead of shared writes.
-# - For stride 1, `dx` is the convolution of `dout` (padding `k-1-p`) with the kernel
+# - For stride 1, `dx` is the convolution of `dout` (padding `kh-1-p`) with the kernel
 #   flipped and its channel axes swapped: a gather, safe to split, and the same fast code.
 # - `MINUNET_FAST_CPU=0` switches the fast paths off; `MINUNET_THREADS` sets the threads.
 #
