@@ -166,36 +166,7 @@ class UNet(Layer):
     # -- sizes ------------------------------------------------------------------------------
     def output_size(self, size: int) -> int:
         """Output side for an input side, or raise MinunetError naming valid sizes."""
-        out = self._trace_size(size)
-        if out is None:
-            below, above = size, size
-            while below > 0 and self._trace_size(below) is None:
-                below -= 1
-            while self._trace_size(above) is None:
-                above += 1
-            unit = f"a multiple of {2**self.depth}" if self.padding == "same" else "valid"
-            hint = f"nearest valid sizes: {below} or {above}" if below > 0 else f"try {above}"
-            raise MinunetError(
-                f"input side {size} does not fit a {self.padding}-padding U-Net of depth "
-                f"{self.depth} (each pooled map must have even sides; {unit}); {hint}"
-            )
-        return out
-
-    def _trace_size(self, size: int) -> int | None:
-        shrink = 0 if self.padding == "same" else 4  # two 3x3 convs per block
-        for _ in range(self.depth):
-            size -= shrink
-            if size < 2 or size % 2:
-                return None
-            size //= 2
-        size -= shrink
-        if size < 1:
-            return None
-        for _ in range(self.depth):
-            size = size * 2 - shrink
-            if size < 1:
-                return None
-        return size
+        return output_size(size, self.depth, self.padding)
 
     # -- the pair -------------------------------------------------------------------------
     def forward(self, x: Any, train: bool | None = None, keep_cache: bool = True) -> Any:
@@ -272,3 +243,40 @@ class UNet(Layer):
         from minunet.model.summary import summarize
 
         return summarize(self, height, width or height, batch)
+
+
+# -- the size rule, also for the command lines' checks (no network needed) ----------------
+def output_size(size: int, depth: int, padding: str) -> int:
+    """Output side of a U-Net of ``depth`` and ``padding`` for input side ``size``, or
+    raise MinunetError naming the nearest sizes that fit."""
+    out = _trace_size(size, depth, padding)
+    if out is None:
+        below, above = size, size
+        while below > 0 and _trace_size(below, depth, padding) is None:
+            below -= 1
+        while _trace_size(above, depth, padding) is None:
+            above += 1
+        unit = f"a multiple of {2**depth}" if padding == "same" else "valid"
+        hint = f"nearest valid sizes: {below} or {above}" if below > 0 else f"try {above}"
+        raise MinunetError(
+            f"input side {size} does not fit a {padding}-padding U-Net of depth "
+            f"{depth} (each pooled map must have even sides; {unit}); {hint}"
+        )
+    return out
+
+
+def _trace_size(size: int, depth: int, padding: str) -> int | None:
+    shrink = 0 if padding == "same" else 4  # two 3x3 convs per block
+    for _ in range(depth):
+        size -= shrink
+        if size < 2 or size % 2:
+            return None
+        size //= 2
+    size -= shrink
+    if size < 1:
+        return None
+    for _ in range(depth):
+        size = size * 2 - shrink
+        if size < 1:
+            return None
+    return size
