@@ -6,8 +6,8 @@ import pickle
 import numpy as np
 import pytest
 
-from minunet import atomic
 from minunet.errors import CheckpointError
+from minunet.io import atomic
 from minunet.io.checkpoint import build_model, load_checkpoint, save_checkpoint
 from minunet.model import UNet
 
