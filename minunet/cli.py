@@ -163,7 +163,8 @@ def check_value(flag: str, value: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise UsageError(f"{flag} must be a finite number {accepted.text}, got {value}")
     if not accepted.accepts(value):
-        raise UsageError(f"{flag} must be {accepted.text}, got {value:g}")
+        shown = f"{value:g}" if isinstance(value, float) else value
+        raise UsageError(f"{flag} must be {accepted.text}, got {shown}")
 
 
 def parse_args(
