@@ -99,21 +99,22 @@ def _batchnorm_error_bounds(x, dout, gamma, beta, train, relu, out):
 
     Both routes compute the same formulas in a different order, so each may be off by
     the rounding of its inputs times their condition numbers (eps: the dtype's):
-      rstd = 1/sqrt(var + 1e-5): the statistics come from float64 sums of x^2 (the kernel
-        turns its shifted sums back into them), which round by ~ m eps64 E[x^2]; a small
-        variance amplifies that (var has few values per channel when m is small), so
-        rel = (m eps64 (mean^2 + var) + eps var) / (2 (var + 1e-5)) + eps
+      rstd = 1/sqrt(var + 1e-5): var is a sum of m terms, which rounds by up to m eps
+        times the terms' size: E[x^2] = mean^2 + var for the float64 sums of x^2 (the
+        kernel turns its shifted sums back into them), var for NumPy's two-pass variance
+        in the dtype. A small variance amplifies that (with few values per channel), so
+        rel = m (eps64 (mean^2 + var) + eps var) / (2 (var + 1e-5)) + eps
       xhat = (x - mean) rstd:  eps (|x| + |mean|) rstd + |xhat| rel
       dx = scale (dout - mean(dout) - xhat mean(dout xhat)): cancelling terms, each
         rounding by eps times its size, plus what xhat's and scale's errors carry.
-    (Measured over 5,500 random draws: errors reach 0.5-1.5 times these bounds.)
+    (Measured over 5,500 random draws: the largest errors are 0.1 to 1 times these bounds.)
     """
     eps, eps64 = np.finfo(x.dtype).eps, np.finfo(np.float64).eps
     m, ax = x.shape[0] * x.shape[2] * x.shape[3], (0, 2, 3)
     x64, g, b = x.astype(np.float64), gamma[:, None, None], beta[:, None, None]
     if train:
         mean, var = x64.mean(axis=ax), x64.var(axis=ax)
-        e_var = m * eps64 * (mean**2 + var) + eps * var
+        e_var = m * (eps64 * (mean**2 + var) + eps * var)
     else:  # the running statistics: running_mean 0, running_var 1.5
         mean, var, e_var = np.zeros(x.shape[1]), np.full(x.shape[1], 1.5), 0.0
     rel = (0.5 * e_var / (var + 1e-5) + eps)[:, None, None]
