@@ -262,6 +262,19 @@ def test_a_full_disk_during_training_exits_1_with_the_last_good_state(
     assert not (out / ".lock").exists()  # the crash released the run's lock
 
 
+def test_a_diverging_loss_exits_1(tmp_path, capsys):
+    argv = [
+        *("--data", "synthetic", "--image-size", "32", "--base-channels", "4", "--depth", "2"),
+        *("--train-size", "16", "--val-size", "8", "--batch-size", "4", "--epochs", "1"),
+        *("--lr", "1e38", "--optimizer", "sgd", "--log-every", "1", "--no-progress"),
+        *("--out", str(tmp_path / "run")),
+    ]
+    assert cli.run_cli(train_cli.main, argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the loss became non-finite" in err
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002, 0o077])
 def test_files_get_the_users_umask(tmp_path, umask):
     previous = os.umask(umask)

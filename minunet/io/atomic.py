@@ -26,7 +26,8 @@ from minunet.errors import RunFailure
 
 
 def current_umask() -> int:
-    """The process's umask. (POSIX can only read it by setting it: set and restore.)"""
+    """The process's umask. POSIX can only read it by setting it, so it is set to the
+    common 022 and restored at once (a file another thread creates in between gets 022)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
