@@ -163,12 +163,18 @@ def test_a_value_that_is_no_number_is_one_line(capsys, monkeypatch):
         (["--image-size", "100"], "--image-size 100: input side 100 does not fit"),
         (["--image-size", "40", "--depth", "4"], "nearest valid sizes: 32 or 48"),
         (["--depth", "8", "--image-size", "128"], "--image-size 128: input side 128"),
-        (["--crop", "570", "--padding", "valid"], "--crop 570: input side 570"),
+        (
+            ["--crop", "570", "--padding", "valid", "--data", "folder", "--data-dir", "."],
+            "--crop 570",
+        ),
         (["--class-weights", "1,-1,1"], "--class-weights must be >= 0 and not all 0"),
         (["--class-weights", "0,0,0"], "--class-weights must be >= 0 and not all 0"),
         (["--class-weights", "a,b"], "--class-weights must be none, auto or comma-separated"),
         (["--class-weights", "nan,1"], "--class-weights must be none, auto or comma-separated"),
-        (["--class-weights", "1,2", "--num-classes", "3"], "one weight per class (3"),
+        (["--class-weights", "1,2", "--num-classes", "3"], "one weight per class (3: from"),
+        (["--class-weights", "1,2"], "one weight per class (3: pet, background, outline)"),
+        (["--data", "isbi2012", "--data-dir", ".", "--class-weights", "1,2,3"], "(2: membrane"),
+        (["--crop", "64"], "--crop is for --data folder or isbi2012, not synthetic"),
     ],
 )
 def test_flags_that_must_fit_together(argv, words, capsys, monkeypatch):

@@ -203,10 +203,12 @@ def check_combinations(args: argparse.Namespace) -> None:
             "(folder/isbi2012 data) or use --padding same"
         )
     if args.crop is not None:  # the network sees crops; images keep their native size
+        if args.data not in ("folder", "isbi2012"):
+            raise UsageError(f"--crop is for --data folder or isbi2012, not {args.data}")
         check_size("--crop", args.crop, args.depth, args.padding)
     else:
         check_size("--image-size", args.image_size, args.depth, args.padding)
-    check_class_weights(args.class_weights, args.num_classes)
+    check_class_weights(args.class_weights, class_count(args))
     ranks = mpi_world_size() if args.distributed is not False else 1
     if args.batch_size % ranks:
         raise UsageError(
@@ -215,9 +217,25 @@ def check_combinations(args: argparse.Namespace) -> None:
         )
 
 
-def check_class_weights(text: str, num_classes: int | None) -> None:
+def class_count(args: argparse.Namespace) -> tuple[int, str] | None:
+    """The number of classes before any data is read, and where it comes from: fixed by
+    the source, or given by --num-classes (a folder's is known once it is read)."""
+    if args.num_classes is not None:
+        return args.num_classes, "from --num-classes"
+    if args.data == "isbi2012":
+        from minunet.data.isbi import CLASS_NAMES
+
+        return len(CLASS_NAMES), ", ".join(CLASS_NAMES)
+    if args.data in ("synthetic", "pets", "pets-tfds"):
+        from minunet.data.dataset import PETS_CLASS_NAMES
+
+        return len(PETS_CLASS_NAMES), ", ".join(PETS_CLASS_NAMES)
+    return None
+
+
+def check_class_weights(text: str, classes: tuple[int, str] | None) -> None:
     """--class-weights: none, auto, or one finite weight >= 0 per class, not all 0. (The
-    count is checked here when --num-classes gives it, else once the data is loaded.)"""
+    count of a folder's classes without --num-classes is checked once it is read.)"""
     if text in ("none", "auto"):
         return
     try:
@@ -230,10 +248,10 @@ def check_class_weights(text: str, num_classes: int | None) -> None:
         )
     if min(weights) < 0 or max(weights) == 0:
         raise UsageError(f"--class-weights must be >= 0 and not all 0, got {text!r}")
-    if num_classes is not None and len(weights) != num_classes:
+    if classes is not None and len(weights) != classes[0]:
         raise UsageError(
-            f"--class-weights must have one weight per class ({num_classes}, from "
-            f"--num-classes), got {len(weights)}"
+            f"--class-weights must have one weight per class ({classes[0]}: {classes[1]}), "
+            f"got {len(weights)}"
         )
 
 
