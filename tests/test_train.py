@@ -245,14 +245,14 @@ def test_cli_train_predict_evaluate(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["-m", "minunet.train", "--epochs", "zero"], "expected a whole number"),
+        (["-m", "minunet.train", "--epochs", "zero"], "--epochs: invalid int value: 'zero'"),
         (["-m", "minunet.train", *TINY, "--backend", "cupy"], "backend 'cupy'"),
         (["-m", "minunet.train", *TINY, "--data", "folder"], "needs --data-dir"),
         (["-m", "minunet.train", *TINY, "--tf32"], "--tf32 is a GPU setting"),
         (["-m", "minunet.train", *TINY, "--image-size", "30"], "multiple of 4"),
         (["-m", "minunet.train", *TINY, "--resume", "--out", "/nonexistent/run"], "--resume"),
-        (["-m", "minunet.predict", "--checkpoint", "missing.npz", "x.png"], "no such checkpoint"),
-        (["-m", "minunet.evaluate", "--checkpoint", "missing.npz"], "no such checkpoint"),
+        (["-m", "minunet.predict", "--checkpoint", "missing.npz", "x.png"], "missing.npz: no such"),
+        (["-m", "minunet.evaluate", "--checkpoint", "missing.npz"], "missing.npz: no such file"),
     ],
 )
 def test_errors_are_one_line(args, message, tmp_path):

@@ -62,7 +62,7 @@ def test_flag_actions_maps_every_option_string_of_train():
 
 
 def test_float_flag_with_whole_bounds_is_a_float_range():
-    (dim,), _ = _split("--dropout", "0:1")
+    (dim,), _ = _split("--weight-decay", "0:1")
     assert dim.kind == "float"
 
 
@@ -83,13 +83,18 @@ def test_abbreviated_flag_is_resolved():
         (["--lr", "1e-4:"], ["--lr", "expected LO:HI, LO:HI:log or a comma list"]),
         (["--lr", "1e-4:1e-2:lin"], ["--lr", "expected LO:HI"]),
         (["--lr", "a:b"], ["--lr", "expected LO:HI"]),
-        (["--lr", "0:1:log"], ["--lr", "LO > 0"]),
+        (["--weight-decay", "0:1:log"], ["--weight-decay", "LO > 0"]),
+        (["--lr", "0:1"], ["--lr must be > 0, got 0"]),
+        (["--dropout", "0.1:1"], ["--dropout must be in [0, 1), got 1"]),
         (["--lr", "0.1:0.01"], ["--lr", "LO < HI"]),
         (["--lr", "1e-3,x"], ["--lr", "'x' is not a valid value"]),
         (["--batch-size", "8,"], ["--batch-size", "expected LO:HI"]),
         (["--batch-size", "8,8"], ["--batch-size", "repeats"]),
         (["--batch-size", "4.5:8"], ["--batch-size", "whole numbers"]),
-        (["--batch-size", "0:8"], ["--batch-size", "positive"]),
+        (["--batch-size", "0:8"], ["--batch-size must be >= 1, got 0"]),
+        (["--batch-size", "8,0"], ["--batch-size must be >= 1, got 0"]),
+        (["--warmup-epochs", "0,5", "--epochs", "3"], ["--warmup-epochs must be <= --epochs"]),
+        (["--depth", "3,4", "--image-size", "40"], ["--image-size 40", "depth 4"]),
         (["--optimizer", "adam,rmsprop"], ["--optimizer", "'rmsprop' is not one of"]),
         (["--optimizer", "adam:sgd"], ["--optimizer", "comma list"]),
         (["--lr", "1e-3:1e-2", "--lr", "1e-3,1e-2"], ["--lr is given twice"]),

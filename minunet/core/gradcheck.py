@@ -45,9 +45,14 @@ def numerical_gradient(f: Callable[[], Any], x: Any, eps: float = 1e-6) -> np.nd
     return grad
 
 
-def max_relative_error(a: Any, b: Any) -> float:
+def max_relative_error(a: Any, b: Any, noise: float = 0.0) -> float:
     """max_i |a_i - b_i| / max(max_i |a_i|, max_i |b_i|): the worst error relative to the
-    scale of the gradient (0 when both are all zero)."""
+    scale of the gradient (0 when both are all zero).
+
+    ``noise``: an absolute error that rounding alone can cause (``fd_rounding``); only
+    the part of the error beyond it counts. Without it, a gradient that is tiny because
+    its terms cancel would be judged by the central difference's rounding.
+    """
     a = to_numpy(a).astype(np.float64)
     b = to_numpy(b).astype(np.float64)
     if a.shape != b.shape:
@@ -55,7 +60,17 @@ def max_relative_error(a: Any, b: Any) -> float:
     scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
     if scale == 0.0:
         return 0.0
-    return float(np.abs(a - b).max() / scale)
+    return float(max(np.abs(a - b).max() - noise, 0.0) / scale)
+
+
+def fd_rounding(magnitude: float, eps: float = 1e-6) -> float:
+    """How far rounding alone can move a central difference of a float64 scalar L.
+
+    L(x + eps) and L(x - eps) are each off by about eps64 * ``magnitude`` (the size of
+    the terms summed into L, e.g. sum |out * R|), and their difference is divided by
+    2 eps: the estimate is off by up to eps64 * magnitude / eps, whatever the gradient.
+    """
+    return float(np.finfo(np.float64).eps * magnitude / eps)
 
 
 def check_layer(
@@ -93,10 +108,14 @@ def check_layer(
     grads = layer.backward(*rs)
     grads = grads if isinstance(grads, tuple) else (grads,)
 
+    # L = sum(out * R): its terms set the central differences' rounding floor.
+    magnitude = sum(float(abs(o * r).sum()) for o, r in zip(outs, rs, strict=True))
+    noise = fd_rounding(magnitude, eps)
     errors = {}
     for i, (x, g) in enumerate(zip(inputs, grads, strict=True)):
-        errors[f"input{i}"] = max_relative_error(g, numerical_gradient(loss, x, eps))
+        errors[f"input{i}"] = max_relative_error(g, numerical_gradient(loss, x, eps), noise)
     named = layer.named_parameters() if hasattr(layer, "named_parameters") else []
     for name, p in named:
-        errors[name] = max_relative_error(p.grad, numerical_gradient(loss, p.data, eps))
+        num = numerical_gradient(loss, p.data, eps)
+        errors[name] = max_relative_error(p.grad, num, noise)
     return errors

@@ -12,7 +12,15 @@ import argparse
 import json
 from pathlib import Path
 
-from minunet.cli import positive_int
+from minunet.cli import (
+    EXIT_CODES,
+    Parser,
+    check_input_dir,
+    check_input_file,
+    check_output_dir,
+    check_size,
+    parse_args,
+)
 from minunet.core.backend import BACKENDS, get_backend, to_device
 from minunet.data.sources import SOURCES, DataOptions, load_splits
 from minunet.errors import MinunetError
@@ -24,38 +32,51 @@ from minunet.train.plots import plot_confusion
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m minunet.evaluate",
         description="Evaluate a minunet checkpoint: metrics table and confusion matrix.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", choices=SOURCES, help="data source (default: the checkpoint's)")
     p.add_argument("--data-dir")
     p.add_argument(
         "--image-size",
-        type=positive_int,
+        type=int,
         help="resize to this size (default: the training size); 0 is not allowed, use --native",
     )
     p.add_argument(
         "--native", action="store_true", help="folder/isbi2012: evaluate at native resolution"
     )
     p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--val-size", type=positive_int, default=64, help="synthetic: images")
+    p.add_argument("--val-size", type=int, default=64, help="synthetic: images")
     p.add_argument("--seed", type=int, default=None, help="default: the training seed")
-    p.add_argument("--limit", type=positive_int, help="evaluate the first N images only")
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--out", default="evaluation", help="folder for confusion.png/.json")
     p.add_argument("--backend", choices=BACKENDS, default="numpy")
-    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
     return p
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """--checkpoint is a readable file and --out writable (--data-dir: see main)."""
+    check_input_file("--checkpoint", args.checkpoint)
+    check_output_dir("--out", args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv, check_paths)
     xp = get_backend(args.backend)
     ck, model = load_model(args.checkpoint, xp)
+    if args.image_size is not None and not args.native:  # the checkpoint's network decides
+        check_size("--image-size", args.image_size, model.depth, model.padding)
     meta_data = ck.meta.get("data", {})
     train_cfg = ck.meta.get("config", {}).get("data", {})
     source = args.data or meta_data.get("source", "synthetic")
+    if args.data_dir is not None:  # the data must be there, or pets downloads into it
+        must_exist = source in ("folder", "isbi2012")
+        (check_input_dir if must_exist else check_output_dir)("--data-dir", args.data_dir)
     size = None if args.native else (args.image_size or meta_data.get("image_size") or 128)
     opts = DataOptions(
         data=source,

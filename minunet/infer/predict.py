@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from minunet.cli import positive_int
+from minunet.cli import (
+    EXIT_CODES,
+    Parser,
+    check_input_file,
+    check_output_dir,
+    check_size,
+    parse_args,
+)
 from minunet.core.backend import BACKENDS, get_backend
 from minunet.data.imageio import open_image
 from minunet.errors import MinunetError
@@ -46,9 +53,11 @@ def save_png(path: Path, array: np.ndarray) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m minunet.predict",
         description="Predict segmentation masks for images with a minunet checkpoint.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to segment")
     p.add_argument("--checkpoint", required=True, help="a checkpoint (best.npz or last.npz)")
@@ -56,16 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="numpy")
     p.add_argument(
         "--tile",
-        type=positive_int,
+        type=int,
         help="predict in overlapping tiles of this side (bounded memory for large images)",
     )
     return p
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Every IMAGE and --checkpoint are readable files; --out can be written."""
+    check_input_file("--checkpoint", args.checkpoint)
+    for name in args.images:
+        check_input_file("IMAGE", name)
+    check_output_dir("--out", args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv, check_paths)
     xp = get_backend(args.backend)
     ck, model = load_model(args.checkpoint, xp)
+    if args.tile is not None:  # tiles must fit the checkpoint's network
+        check_size("--tile", args.tile, model.depth, model.padding)
     data = ck.meta.get("data", {})
     mean, std = ck.normalization
     values = np.asarray(data.get("mask_values") or range(model.num_classes))
@@ -76,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.images:
         path = Path(name)
         image = read_input(path, model.in_channels)
-        if args.tile and model.padding == "same" and args.tile % 2**model.depth:
-            raise MinunetError(f"--tile must be a multiple of {2**model.depth} for this model")
         logits = predict_logits(model, image, xp, mean, std, tile=args.tile)
         classes = logits.argmax(axis=0)
         save_png(out / f"{path.stem}_mask.png", values[classes].astype(np.uint8))

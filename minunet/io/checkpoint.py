@@ -15,7 +15,8 @@ Format (``FORMAT_VERSION`` 1):
 The file is read with ``allow_pickle=False``: an array of Python objects (the one way an
 ``.npz`` can carry code) is refused, as are truncated files, newer format versions and
 weights for another architecture, each with one clear line. Writes are atomic (temporary
-file + rename), so an interrupted save leaves the previous checkpoint intact.
+file + rename), so an interrupted save leaves the previous checkpoint intact, and a save
+that fails (a full disk) says so in one RunFailure line (``minunet.io.atomic``).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and validate a checkpoint, or raise one CheckpointError saying what is wrong."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file (e.g. {path}/best.npz)")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:

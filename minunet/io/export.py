@@ -15,7 +15,8 @@ architecture in it, so the config comes from another checkpoint (``--config-from
 which also carries over its data metadata: class names, normalisation) or from JSON.
 
 PyTorch and onnx are optional: they are imported only by the commands that need them, and
-their absence is one line saying what to install. Every error is one line, exit code 2.
+their absence is one line saying what to install. Every error is one line; the exit
+codes are ``minunet.cli.EXIT_CODES`` (2: a bad flag or path, 1: a failure while writing).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import argparse
 import json
 import os
 import pickle
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from minunet.cli import EXIT_CODES, Parser, check_input_file, check_output_file, run_cli
 from minunet.errors import MinunetError
 from minunet.io.atomic import atomic_write
 from minunet.io.checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint
@@ -67,25 +68,19 @@ in PyTorch:
   net.load_state_dict(torch.load("unet.pt", weights_only=True))
 
 needs: --to torch / --from torch: pip install torch; --to onnx: pip install 'minunet[export]'
+
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are MinunetErrors, so they print as one line too."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise MinunetError(f"{message} (see python -m minunet.export --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="python -m minunet.export",
         usage=USAGE,
         description=(
             "Export a minunet checkpoint as a PyTorch state dict or an ONNX model, or import "
             "a PyTorch state dict of the same U-Net back into a minunet checkpoint."
         ),
-        epilog=EPILOG,
+        epilog=EPILOG + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     out = p.add_argument_group("export (minunet -> elsewhere)")
@@ -287,6 +282,8 @@ def run(args: argparse.Namespace) -> str:
             raise MinunetError("--to needs --checkpoint CKPT, the checkpoint to export")
         if os.path.abspath(out) == os.path.abspath(args.checkpoint):
             raise MinunetError(f"{out}: refusing to overwrite the checkpoint being exported")
+        check_input_file("--checkpoint", args.checkpoint)
+        check_output_file("--to", out)
         if fmt == "torch":
             return export_torch(args.checkpoint, out)
         return export_onnx(args.checkpoint, out)
@@ -302,14 +299,18 @@ def run(args: argparse.Namespace) -> str:
         raise MinunetError("--from torch needs --out CKPT, the minunet checkpoint to write")
     if os.path.abspath(args.out) == os.path.abspath(path):
         raise MinunetError(f"{args.out}: refusing to overwrite the file being imported")
+    check_input_file("--from", path)
+    if args.config_from is not None:
+        check_input_file("--config-from", args.config_from)
+    check_output_file("--out", args.out)
     return import_torch(path, args.out, config_from=args.config_from, config_json=args.config)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: 0 on success, 2 with one ``error: ...`` line on stderr otherwise."""
-    try:
-        print(run(build_parser().parse_args(argv)))
-    except MinunetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _main(argv: Sequence[str] | None) -> int:
+    print(run(build_parser().parse_args(argv)))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: 0 on success, else one ``error: ...`` line and the EXIT_CODES code."""
+    return run_cli(_main, argv)

@@ -46,10 +46,11 @@ from minunet.core.backend import backend_name, get_backend, seed_everything, to_
 from minunet.data.augment import AugmentConfig
 from minunet.data.loader import DEFAULT_MEAN, DEFAULT_STD, DeviceLoader
 from minunet.data.sources import DataOptions, load_splits
-from minunet.errors import CheckpointError, MinunetError
+from minunet.errors import CheckpointError, MinunetError, RunFailure
 from minunet.infer.inference import accepts_as_batch, predict_classes
 from minunet.io.atomic import atomic_write
 from minunet.io.checkpoint import load_checkpoint, save_checkpoint
+from minunet.io.runlock import RunLock
 from minunet.model import PADDINGS, UNet, geometry
 from minunet.nn.concat import centre_crop_box
 from minunet.nn.losses import SoftmaxCrossEntropy
@@ -103,7 +104,7 @@ class TrainConfig:
     sync_bn: bool = False  # BatchNorm statistics over the global batch
 
 
-class NonFiniteLoss(MinunetError):
+class NonFiniteLoss(RunFailure):
     pass
 
 
@@ -188,6 +189,8 @@ def train(
     out = Path(cfg.out)
     if main:
         out.mkdir(parents=True, exist_ok=True)
+    # One run per --out at a time; released when train returns or raises (and at exit).
+    _lock = RunLock(out, log) if main else None
     seed_everything(cfg.seed, xp)
 
     data = _load_data(cfg, xp, comm)

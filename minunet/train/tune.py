@@ -29,6 +29,7 @@ flags that reproduce it) and Optuna's plots as PNGs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -42,11 +43,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from minunet.cli import positive_int
-from minunet.errors import MinunetError
+from minunet.cli import (
+    EXIT_CODES,
+    FLAG_RANGES,
+    Parser,
+    check_output_dir,
+    check_ranges,
+    check_value,
+    flag_actions,
+    parse_args,
+)
+from minunet.errors import MinunetError, UsageError
 from minunet.io.atomic import atomic_write
 from minunet.train.__main__ import build_parser as build_train_parser
-from minunet.train.__main__ import config_from_args
+from minunet.train.__main__ import check_combinations, check_data_dir, config_from_args
 from minunet.train.loop import NonFiniteLoss, TrainConfig, train
 
 if TYPE_CHECKING:
@@ -105,18 +115,20 @@ def _searchable(action: argparse.Action) -> bool:
     text flags (paths, URLs, ``--class-weights 1,2,3``) keep their ``:`` and ``,``."""
     if action.nargs is not None or not action.option_strings:  # switches have nargs=0
         return False
-    return action.choices is not None or action.type in (int, float, positive_int)
+    return action.choices is not None or action.type in (int, float)
 
 
 def _convert(flag: str, action: argparse.Action, text: str) -> Any:
-    """One value through the flag's own type and choices, or one line naming the flag."""
+    """One value through the flag's own type, choices and range, or one line naming it."""
     try:
         value = action.type(text) if action.type is not None else text
     except (ValueError, argparse.ArgumentTypeError) as exc:
-        raise MinunetError(f"{flag}: {text!r} is not a valid value ({exc})") from None
+        raise UsageError(f"{flag}: {text!r} is not a valid value ({exc})") from None
     if action.choices is not None and value not in action.choices:
         choices = ", ".join(map(str, action.choices))
-        raise MinunetError(f"{flag}: {text!r} is not one of {choices}")
+        raise UsageError(f"{flag}: {text!r} is not one of {choices}")
+    if flag in FLAG_RANGES:
+        check_value(flag, value)
     return value
 
 
@@ -141,13 +153,12 @@ def parse_dimension(flag: str, text: str, action: argparse.Action) -> Dimension 
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
         raise bad
     log = len(parts) == 3
-    integer = action.type in (int, positive_int)
+    integer = action.type is int
     if integer:
         try:
             low, high = int(parts[0]), int(parts[1])
         except ValueError:
             raise MinunetError(f"{flag} {text!r}: {flag} takes whole numbers, e.g. 2:6") from None
-        _convert(flag, action, parts[0])  # the flag's own checks, e.g. positive
     else:
         try:
             low, high = float(parts[0]), float(parts[1])
@@ -155,24 +166,13 @@ def parse_dimension(flag: str, text: str, action: argparse.Action) -> Dimension 
             raise bad from None
         if not (math.isfinite(low) and math.isfinite(high)):
             raise bad
+    for end in (low, high):  # the flag's own range holds both ends, so all between
+        _convert(flag, action, str(end))
     if low >= high:
         raise MinunetError(f"{flag} {text!r}: the range needs LO < HI")
     if log and low <= 0:
         raise MinunetError(f"{flag} {text!r}: a log range needs LO > 0")
     return Dimension(flag, action.dest, text, "int" if integer else "float", low, high, log)
-
-
-def flag_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """Every option string of ``parser`` (``--lr``, ``-h``, ...) mapped to its action.
-
-    The action's ``option_strings``, ``dest``, ``type``, ``choices`` and ``nargs`` are
-    public, documented attributes, but argparse has no public way to list a parser's
-    actions: ``add_argument`` returns each one and the parser keeps them in the private
-    list ``_actions``. This is the one place tune reads argparse's internals. The list
-    has had that name and meaning from argparse's first release through CPython 3.14 (and
-    tools such as argcomplete read it too); ``test_tune.py`` fails here first if it moves.
-    """
-    return {flag: action for action in parser._actions for flag in action.option_strings}
 
 
 def split_search_space(
@@ -208,6 +208,23 @@ def split_search_space(
     return dims, fixed
 
 
+# At most this many corners of the search space are checked before the search starts.
+MAX_CORNERS = 256
+
+
+def check_corners(train_args: argparse.Namespace, dims: list[Dimension]) -> None:
+    """train's checks of several flags (a warm-up within the run, a size the network
+    accepts...) at the corners of the space: every choice, both ends of each range. A
+    value inside a range that fails (an --image-size range crosses sizes that do not fit)
+    is reported by its trial, which then ends the search with the same one line."""
+    ends = [d.choices if d.kind == "categorical" else (d.low, d.high) for d in dims]
+    for corner in itertools.islice(itertools.product(*ends), MAX_CORNERS):
+        values = {
+            d.name: int(v) if d.kind == "int" else v for d, v in zip(dims, corner, strict=True)
+        }
+        check_combinations(argparse.Namespace(**{**vars(train_args), **values}))
+
+
 def _resolve(flag: str, actions: dict[str, argparse.Action]) -> argparse.Action | None:
     """The action of ``flag`` or of the one flag it abbreviates, as argparse allows."""
     if flag in actions:
@@ -221,17 +238,15 @@ def _resolve(flag: str, actions: dict[str, argparse.Action]) -> argparse.Action 
 
 def build_parser() -> argparse.ArgumentParser:
     """Tune's own flags; everything it does not know goes to train's parser."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m minunet.tune",
         description="Search train's hyper-parameters with Optuna (TPE + median pruning).",
-        epilog=EXAMPLES,
+        epilog=EXAMPLES + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # an abbreviation must not steal a train flag (--tr...)
     )
     p.add_argument("--out", default="runs/tune", help="search folder (default runs/tune)")
-    p.add_argument(
-        "--trials", type=positive_int, default=20, help="trials this worker runs (default 20)"
-    )
+    p.add_argument("--trials", type=int, default=20, help="trials this worker runs (default 20)")
     p.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
     p.add_argument(
         "--metric",
@@ -289,23 +304,23 @@ class Setup:
 
 
 def parse_setup(argv: Sequence[str]) -> Setup:
-    args, rest = build_parser().parse_known_args(list(argv))
+    parser = build_parser()
+    args, rest = parser.parse_known_args(list(argv))
+    check_ranges(parser, args)
+    check_output_dir("--out", args.out)
     train_parser = build_train_parser()
     dims, fixed = split_search_space(rest, train_parser)
     if not dims:
         raise MinunetError(
             f"nothing to search: give at least one train flag a range or a list ({SPACE_SYNTAX})"
         )
-    base = config_from_args(train_parser.parse_args(fixed))  # train's own checks, up front
+    # train's own checks, up front: each fixed flag, then the checks of several flags for
+    # the corners of the space (every choice, both ends of a range) with the fixed flags.
+    train_args = parse_args(train_parser, fixed, check_data_dir)
+    check_corners(train_args, dims)
+    base = config_from_args(train_args)
     if base.resume:
         raise MinunetError("--resume is not for tune: re-run the same command to continue")
-    for name, value in (
-        ("--tpe-startup", args.tpe_startup),
-        ("--prune-startup", args.prune_startup),
-        ("--prune-warmup", args.prune_warmup),
-    ):
-        if value < 0:
-            raise MinunetError(f"{name} {value}: expected 0 or more")
     out = Path(args.out)
     return Setup(
         out=out,
@@ -461,7 +476,8 @@ class Objective:
         trial.set_user_attr("train_args", args)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        cfg = config_from_args(self.parser.parse_args([*args, "--out", str(run_dir)]))
+        trial_args = [*args, "--out", str(run_dir)]
+        cfg = config_from_args(parse_args(self.parser, trial_args, check_combinations))
         shown = " ".join(f"{k}={_short(v)}" for k, v in params.items())
         print(f"trial {trial.number}: {shown}", flush=True)
 
