@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from minunet.errors import RunFailure
 from minunet.io.atomic import save_npz_atomic
 
 CACHE_FORMAT = 2  # bump when the cached arrays' layout or meaning changes
@@ -105,10 +106,12 @@ def save_cache(path: Path, arrays: dict[str, np.ndarray], key: str) -> bool:
     entries = {**arrays, _FORMAT: np.array(CACHE_FORMAT), _KEY: np.array(key)}
     try:
         save_npz_atomic(path, entries)
-    except OSError as exc:
+    except (OSError, RunFailure) as exc:  # atomic writes report an OSError as a RunFailure
+        cause = exc.__cause__ if isinstance(exc, RunFailure) else exc
+        reason = getattr(cause, "strerror", None) or exc
         kept = "the previous file is kept" if path.is_file() else "nothing was left behind"
         warnings.warn(
-            f"{path}: cannot write the data cache ({exc.strerror or exc}); {kept}, and the "
+            f"{path}: cannot write the data cache ({reason}); {kept}, and the "
             "next run decodes the data again: free disk space or set $MINUNET_DATA to a "
             "writable folder",
             stacklevel=2,
