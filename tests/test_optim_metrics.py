@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from minunet.nn import Parameter
+from minunet.nn.clip import clip_grad_norm
 from minunet.nn.metrics import confusion_matrix, metrics_from_confusion
-from minunet.nn.optim import SGD, Adam, AdamW, clip_grad_norm, learning_rate, make_optimizer
+from minunet.nn.optim import SGD, Adam, AdamW, learning_rate, make_optimizer
 
 torch = pytest.importorskip("torch", reason="PyTorch (the reference) is not installed")
 
