@@ -64,21 +64,15 @@ class ConvBlock(Layer):
         super().__init__()
         # With BatchNorm right after it, a conv bias would be subtracted out again.
         bias = not batchnorm
-        self.conv1 = Conv2d(
-            in_channels, out_channels, 3, padding=padding, bias=bias, dtype=dtype, rng=rng
-        )
-        # With BatchNorm, the ReLU is done by the BatchNorm layer in the same pass.
-        if batchnorm:
-            self.bn1 = BatchNorm2d(out_channels, relu=True, dtype=dtype)
-        else:
-            self.relu1 = ReLU()
-        self.conv2 = Conv2d(
-            out_channels, out_channels, 3, padding=padding, bias=bias, dtype=dtype, rng=rng
-        )
-        if batchnorm:
-            self.bn2 = BatchNorm2d(out_channels, relu=True, dtype=dtype)
-        else:
-            self.relu2 = ReLU()
+        # Two stages, conv1 and bn1 (or relu1), then conv2 and bn2: the names a checkpoint uses.
+        for stage, c_in in enumerate((in_channels, out_channels), start=1):
+            conv = Conv2d(c_in, out_channels, 3, padding=padding, bias=bias, dtype=dtype, rng=rng)
+            setattr(self, f"conv{stage}", conv)
+            # With BatchNorm, the ReLU is done by the BatchNorm layer in the same pass.
+            if batchnorm:
+                setattr(self, f"bn{stage}", BatchNorm2d(out_channels, relu=True, dtype=dtype))
+            else:
+                setattr(self, f"relu{stage}", ReLU())
         self.sequence = list(self.children().values())  # in assignment order
 
     def forward(self, x: Any, keep_cache: bool = True) -> Any:

@@ -21,7 +21,6 @@ off (``MINUNET_CUDA_KERNELS=0``: every GPU kernel).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from minunet.core.backend import get_array_module
 from minunet.nn.base import Parameter
@@ -60,6 +59,7 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     decoupled = False
+    default_weight_decay = 0.0  # what weight_decay=None means: PyTorch's default for the class
 
     def __init__(
         self,
@@ -67,9 +67,10 @@ class Adam(Optimizer):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
     ) -> None:
-        super().__init__(params, lr, weight_decay)
+        wd = self.default_weight_decay if weight_decay is None else weight_decay
+        super().__init__(params, lr, wd)
         self.beta1, self.beta2 = betas
         self.eps = eps
 
@@ -93,19 +94,10 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay, by default PyTorch's 1e-2 (betas, eps: Adam's)."""
+    """Adam with decoupled weight decay, by default PyTorch's 1e-2."""
 
     decoupled = True
-
-    def __init__(
-        self,
-        params: Sequence[Parameter],
-        lr: float = 1e-3,
-        *,
-        weight_decay: float = 1e-2,
-        **adam: Any,
-    ) -> None:
-        super().__init__(params, lr, weight_decay=weight_decay, **adam)
+    default_weight_decay = 1e-2
 
 
 def make_optimizer(
