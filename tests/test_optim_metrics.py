@@ -33,6 +33,13 @@ torch = pytest.importorskip("torch", reason="PyTorch (the reference) is not inst
             lambda p: AdamW(p, 1e-2, weight_decay=0.1),
             lambda p: torch.optim.AdamW(p, 1e-2, weight_decay=0.1),
         ),
+        # Defaults (AdamW's weight decay 1e-2, Adam's none) and the options by position.
+        (lambda p: Adam(p), lambda p: torch.optim.Adam(p)),
+        (lambda p: AdamW(p), lambda p: torch.optim.AdamW(p)),
+        (
+            lambda p: AdamW(p, 1e-2, (0.8, 0.99), 1e-6, 0.05),
+            lambda p: torch.optim.AdamW(p, 1e-2, (0.8, 0.99), 1e-6, 0.05),
+        ),
     ],
 )
 def test_optimisers_match_torch(ours, theirs):
