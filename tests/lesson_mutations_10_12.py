@@ -54,7 +54,7 @@ MUTATIONS = [
     # --- lesson 11: debugging -----------------------------------------------------------
     dict(
         lesson="11_debugging",
-        path="minunet/nn/optim.py",
+        path="minunet/nn/optimizer_base.py",
         find="p.grad[...] = 0",
         replace="pass",
         check='assert good["loss"][-1] < 0.7 * entropy',

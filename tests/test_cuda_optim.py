@@ -26,7 +26,8 @@ from minunet.accel.cuda import kernel as cuda
 from minunet.accel.cuda.emulator import CXX, emulate
 from minunet.core.backend import get_backend, to_device, to_numpy
 from minunet.nn.base import Parameter
-from minunet.nn.optim import SGD, Adam, AdamW, Optimizer
+from minunet.nn.optim import SGD, Adam, AdamW
+from minunet.nn.optimizer_base import Optimizer
 
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler (g++/c++) on PATH")
 

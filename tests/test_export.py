@@ -99,6 +99,12 @@ def test_torch_unet_takes_exactly_minunet_config():
     config = UNet(**CONFIGS["valid-bn"]).config
     assert TorchUNet(**config).config == config
     assert tuple(config) == cli.CONFIG_KEYS
+    # Both check their settings through one function, each naming itself.
+    for model in (UNet, TorchUNet):
+        with pytest.raises(ValueError, match=rf"^{model.__name__} needs depth >= 1.*depth=0"):
+            model(depth=0)
+        with pytest.raises(ValueError, match="padding must be one of"):
+            model(padding="full")
 
 
 @pytest.mark.parametrize("key", CONFIGS)

@@ -133,7 +133,10 @@ def test_bad_input_raises_one_clear_value_error(layer, x, match):
 
 
 def test_bad_layer_arguments():
-    with pytest.raises(ValueError, match="positive channels"):
+    # One shared check, each layer named in its own message.
+    with pytest.raises(ValueError, match="^Conv2d needs positive channels.*in=0"):
         Conv2d(0, 4, 3)
+    with pytest.raises(ValueError, match="^ConvTranspose2d needs positive.*p=-1"):
+        ConvTranspose2d(2, 2, 2, stride=2, padding=-1)
     with pytest.raises(ValueError, match="output_padding"):
         ConvTranspose2d(2, 2, 3, stride=2, output_padding=2)

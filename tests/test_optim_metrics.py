@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from minunet.nn import Parameter
+from minunet.nn.clip import clip_grad_norm
 from minunet.nn.metrics import confusion_matrix, metrics_from_confusion
-from minunet.nn.optim import SGD, Adam, AdamW, clip_grad_norm, learning_rate, make_optimizer
+from minunet.nn.optim import SGD, Adam, AdamW, learning_rate, make_optimizer
 
 torch = pytest.importorskip("torch", reason="PyTorch (the reference) is not installed")
 
@@ -31,6 +32,13 @@ torch = pytest.importorskip("torch", reason="PyTorch (the reference) is not inst
         (
             lambda p: AdamW(p, 1e-2, weight_decay=0.1),
             lambda p: torch.optim.AdamW(p, 1e-2, weight_decay=0.1),
+        ),
+        # Defaults (AdamW's weight decay 1e-2, Adam's none) and the options by position.
+        (lambda p: Adam(p), lambda p: torch.optim.Adam(p)),
+        (lambda p: AdamW(p), lambda p: torch.optim.AdamW(p)),
+        (
+            lambda p: AdamW(p, 1e-2, (0.8, 0.99), 1e-6, 0.05),
+            lambda p: torch.optim.AdamW(p, 1e-2, (0.8, 0.99), 1e-6, 0.05),
         ),
     ],
 )

@@ -24,7 +24,7 @@ from typing import Any
 
 from minunet.accel import cpu, winograd
 from minunet.accel.cuda import im2col as cuda_im2col
-from minunet.nn.conv import Conv2d, Im2colCache
+from minunet.nn.conv import Conv2d
 from minunet.nn.conv_transpose import ConvTranspose2d
 
 
@@ -46,11 +46,12 @@ class WinogradCache:
 class FastConv2d(Conv2d):
     """Conv2d with the fast paths above. x (N, C_in, H, W) -> (N, C_out, Ho, Wo)."""
 
+    matmul = staticmethod(cpu.batched_matmul)
     im2col = staticmethod(cuda_im2col.im2col)
     col2im = staticmethod(cuda_im2col.col2im)
 
     def forward(self, x: Any) -> Any:
-        ho, wo = self.check(x)
+        self.check(x)
         weight = self.params["weight"].data
         bias = self.params["bias"].data if "bias" in self.params else None
         k = self.kernel_size
@@ -61,12 +62,7 @@ class FastConv2d(Conv2d):
         if cpu.fast_conv_ok(x, self.stride, self.dilation, self.padding, k):
             self._cache = BlockedConvCache(x)
             return cpu.conv2d_forward(x, weight, bias, self.padding)
-        cols = self.im2col(x, k, k, self.stride, self.padding, self.dilation)  # (N, C*k*k, P)
-        out = cpu.batched_matmul(weight.reshape(self.out_channels, -1), cols)  # (N, K, P)
-        if bias is not None:
-            out += bias[:, None]
-        self._cache = Im2colCache(x.shape, cols)
-        return out.reshape(x.shape[0], self.out_channels, ho, wo)
+        return super().forward(x)  # im2col, with the batched products
 
     def backward(self, dout: Any, input_grad: bool = True) -> Any:
         weight, cache = self.params["weight"], self._cache
@@ -80,15 +76,7 @@ class FastConv2d(Conv2d):
                 cache.x, weight.data, dout, self.padding, has_bias, input_grad
             )
         else:
-            n, kout = dout.shape[:2]
-            d = dout.reshape(n, kout, -1)  # (N, K, P)
-            dw = cpu.batched_matmul(d, cache.cols.transpose(0, 2, 1)).sum(axis=0)
-            db = d.sum(axis=(0, 2)) if has_bias else None
-            dx = None
-            if input_grad:
-                dcols = cpu.batched_matmul(weight.data.reshape(kout, -1).T, d)  # (N, C*k*k, P)
-                k, s, p, dil = self.kernel_size, self.stride, self.padding, self.dilation
-                dx = self.col2im(dcols, cache.x_shape, k, k, s, p, dil)
+            return super().backward(dout, input_grad)
         weight.grad += dw.reshape(weight.shape)
         if has_bias:
             self.params["bias"].grad += db
@@ -101,25 +89,6 @@ class FastConvTranspose2d(ConvTranspose2d):
     x (N, C_in, H, W) -> (N, C_out, Ho, Wo)
     """
 
+    matmul = staticmethod(cpu.batched_matmul)
     im2col = staticmethod(cuda_im2col.im2col)
     col2im = staticmethod(cuda_im2col.col2im)
-
-    def forward(self, x: Any) -> Any:
-        ho, wo = self.check(x)
-        n, c, h, w = x.shape
-        w2 = self.params["weight"].data.reshape(c, -1)  # (C_in, K*k*k)
-        cols = cpu.batched_matmul(w2.T, x.reshape(n, c, h * w))  # (N, K*k*k, H*W)
-        self._cache = x
-        return self.columns_to_image(cols, (n, self.out_channels, ho, wo), h, w)
-
-    def backward(self, dout: Any) -> Any:
-        x = self._cache
-        n, c, h, w = x.shape
-        dcols = self.image_to_columns(dout, h, w)  # (N, K*k*k, H*W)
-        weight = self.params["weight"]
-        dw = cpu.batched_matmul(x.reshape(n, c, h * w), dcols.transpose(0, 2, 1)).sum(axis=0)
-        weight.grad += dw.reshape(weight.shape)
-        if "bias" in self.params:
-            self.params["bias"].grad += dout.sum(axis=(0, 2, 3))
-        dx = cpu.batched_matmul(weight.data.reshape(c, -1), dcols)  # (N, C_in, H*W)
-        return dx.reshape(x.shape)

@@ -86,29 +86,25 @@ def load_splits(opts: DataOptions, split: str = "train") -> tuple[Any, Any]:
         return pool.subset(train_index), pool.subset(val_index)
     if opts.data_dir is None:
         raise DataError(f"--data {opts.data} needs --data-dir pointing at the data folder")
+    # The options both loaders below take: the validation split and the border weights.
+    split_options = dict(
+        val_fraction=opts.val_fraction, seed=opts.seed, border_weights=opts.border_weights
+    )
     if opts.data == "folder":
         from minunet.data.folder import load_folder
 
         train, val = load_folder(
             opts.data_dir,
             size,
-            val_fraction=opts.val_fraction,
-            seed=opts.seed,
             mask_suffix=opts.mask_suffix,
             ignore_index=opts.ignore_index,
             num_classes=opts.num_classes,
-            border_weights=opts.border_weights,
+            **split_options,
         )
     else:
         from minunet.data.isbi import load_isbi2012
 
-        train, val = load_isbi2012(
-            opts.data_dir,
-            size,
-            val_fraction=opts.val_fraction,
-            seed=opts.seed,
-            border_weights=opts.border_weights,
-        )
+        train, val = load_isbi2012(opts.data_dir, size, **split_options)
     if split == "test":
         return val, None
     return train, val

@@ -64,21 +64,15 @@ class ConvBlock(Layer):
         super().__init__()
         # With BatchNorm right after it, a conv bias would be subtracted out again.
         bias = not batchnorm
-        self.conv1 = Conv2d(
-            in_channels, out_channels, 3, padding=padding, bias=bias, dtype=dtype, rng=rng
-        )
-        # With BatchNorm, the ReLU is done by the BatchNorm layer in the same pass.
-        if batchnorm:
-            self.bn1 = BatchNorm2d(out_channels, relu=True, dtype=dtype)
-        else:
-            self.relu1 = ReLU()
-        self.conv2 = Conv2d(
-            out_channels, out_channels, 3, padding=padding, bias=bias, dtype=dtype, rng=rng
-        )
-        if batchnorm:
-            self.bn2 = BatchNorm2d(out_channels, relu=True, dtype=dtype)
-        else:
-            self.relu2 = ReLU()
+        # Two stages, conv1 and bn1 (or relu1), then conv2 and bn2: the names a checkpoint uses.
+        for stage, c_in in enumerate((in_channels, out_channels), start=1):
+            conv = Conv2d(c_in, out_channels, 3, padding=padding, bias=bias, dtype=dtype, rng=rng)
+            setattr(self, f"conv{stage}", conv)
+            # With BatchNorm, the ReLU is done by the BatchNorm layer in the same pass.
+            if batchnorm:
+                setattr(self, f"bn{stage}", BatchNorm2d(out_channels, relu=True, dtype=dtype))
+            else:
+                setattr(self, f"relu{stage}", ReLU())
         self.sequence = list(self.children().values())  # in assignment order
 
     def forward(self, x: Any, keep_cache: bool = True) -> Any:
@@ -102,6 +96,38 @@ def _run(layer: Layer, *inputs: Any, keep: bool) -> Any:
     return out
 
 
+def unet_config(
+    model: str,
+    in_channels: int,
+    num_classes: int,
+    base_channels: int,
+    depth: int,
+    padding: str,
+    batchnorm: bool,
+    dropout: float,
+) -> dict[str, Any]:
+    """Check a U-Net's settings (one clear ValueError naming ``model``); return them as the
+    dict ``UNet.config`` keeps, from which ``UNet(**config)`` or ``TorchUNet(**config)``
+    builds the same network."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if depth < 1 or base_channels < 1 or in_channels < 1 or num_classes < 2:
+        raise ValueError(
+            f"{model} needs depth >= 1, base_channels >= 1, in_channels >= 1 and "
+            f"num_classes >= 2; got depth={depth}, base_channels={base_channels}, "
+            f"in_channels={in_channels}, num_classes={num_classes}"
+        )
+    return dict(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        base_channels=base_channels,
+        depth=depth,
+        padding=padding,
+        batchnorm=batchnorm,
+        dropout=dropout,
+    )
+
+
 class UNet(Layer):
     """U-Net for semantic segmentation. x (N, in_channels, H, W) -> logits (N, num_classes, Ho, Wo).
 
@@ -122,22 +148,8 @@ class UNet(Layer):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-        if depth < 1 or base_channels < 1 or in_channels < 1 or num_classes < 2:
-            raise ValueError(
-                "UNet needs depth >= 1, base_channels >= 1, in_channels >= 1 and "
-                f"num_classes >= 2; got depth={depth}, base_channels={base_channels}, "
-                f"in_channels={in_channels}, num_classes={num_classes}"
-            )
-        self.config = dict(
-            in_channels=in_channels,
-            num_classes=num_classes,
-            base_channels=base_channels,
-            depth=depth,
-            padding=padding,
-            batchnorm=batchnorm,
-            dropout=dropout,
+        self.config = unet_config(
+            "UNet", in_channels, num_classes, base_channels, depth, padding, batchnorm, dropout
         )
         self.in_channels, self.num_classes, self.depth = in_channels, num_classes, depth
         self.padding = padding

@@ -201,3 +201,38 @@ def he_normal(
 ) -> np.ndarray:
     """He (Kaiming) normal initialisation: std = sqrt(2 / fan_in), right for ReLU nets."""
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
+
+
+def check_conv_arguments(
+    layer: str,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int,
+    padding: int,
+    dilation: int,
+) -> None:
+    """Raise one clear ValueError for a convolution's impossible sizes (Conv2d and its transpose)."""
+    if min(in_channels, out_channels, kernel_size, stride, dilation) < 1 or padding < 0:
+        raise ValueError(
+            f"{layer} needs positive channels, kernel_size, stride and dilation, "
+            f"and padding >= 0; got in={in_channels} out={out_channels} "
+            f"k={kernel_size} s={stride} p={padding} d={dilation}"
+        )
+
+
+def conv_parameters(
+    weight_shape: tuple[int, int, int, int],
+    fan_in: int,
+    out_channels: int,
+    bias: bool,
+    rng: np.random.Generator | None,
+    dtype: Any,
+) -> dict[str, Parameter]:
+    """A convolution's ``weight`` (He-initialised, ``weight_shape``) and, with ``bias``, a
+    zero ``bias`` (out_channels,)."""
+    rng = rng or np.random.default_rng()
+    params = {"weight": Parameter(he_normal(weight_shape, fan_in, rng, dtype))}
+    if bias:
+        params["bias"] = Parameter(np.zeros(out_channels, dtype=dtype))
+    return params

@@ -23,13 +23,14 @@ im2col and col2im are one GPU kernel each. ``MINUNET_ACCEL=0`` turns them all of
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from minunet.core.im2col import col2im, conv_output_size, im2col
-from minunet.nn.base import Layer, Parameter, check_input, he_normal
+from minunet.nn.base import Layer, check_conv_arguments, check_input, conv_parameters
 
 
 @dataclass
@@ -43,7 +44,9 @@ class Im2colCache:
 class Conv2d(Layer):
     """2-D convolution. x (N, C_in, H, W) -> (N, C_out, Ho, Wo)."""
 
-    # The column functions, as attributes so that a fast subclass can swap in its own.
+    # The products (a plain ``a @ b``) and the column functions, as attributes so that a
+    # fast subclass can swap in its own.
+    matmul = staticmethod(operator.matmul)
     im2col = staticmethod(im2col)
     col2im = staticmethod(col2im)
 
@@ -61,21 +64,15 @@ class Conv2d(Layer):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        if min(in_channels, out_channels, kernel_size, stride, dilation) < 1 or padding < 0:
-            raise ValueError(
-                "Conv2d needs positive channels, kernel_size, stride and dilation, "
-                f"and padding >= 0; got in={in_channels} out={out_channels} "
-                f"k={kernel_size} s={stride} p={padding} d={dilation}"
-            )
+        check_conv_arguments(
+            "Conv2d", in_channels, out_channels, kernel_size, stride, padding, dilation
+        )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.dilation = dilation
-        rng = rng or np.random.default_rng()
+        shape = (out_channels, in_channels, kernel_size, kernel_size)
         fan_in = in_channels * kernel_size * kernel_size
-        w = he_normal((out_channels, in_channels, kernel_size, kernel_size), fan_in, rng, dtype)
-        self.params["weight"] = Parameter(w)
-        if bias:
-            self.params["bias"] = Parameter(np.zeros(out_channels, dtype=dtype))
+        self.params.update(conv_parameters(shape, fan_in, out_channels, bias, rng, dtype))
         self._cache: Any = None
 
     def output_shape(self, h: int, w: int) -> tuple[int, int]:
@@ -100,7 +97,7 @@ class Conv2d(Layer):
         n, k = x.shape[0], self.kernel_size
         cols = self.im2col(x, k, k, self.stride, self.padding, self.dilation)  # (N, C*k*k, P)
         w2 = self.params["weight"].data.reshape(self.out_channels, -1)  # (K, C*k*k)
-        out = w2 @ cols  # (N, K, P)
+        out = self.matmul(w2, cols)  # W @ cols[n] for every n: (N, K, P)
         if "bias" in self.params:
             out += self.params["bias"].data[:, None]
         self._cache = Im2colCache(x.shape, cols)
@@ -114,12 +111,12 @@ class Conv2d(Layer):
         weight, cache = self.params["weight"], self._cache
         n, kout = dout.shape[:2]
         d = dout.reshape(n, kout, -1)  # (N, K, P)
-        dw = (d @ cache.cols.transpose(0, 2, 1)).sum(axis=0)  # (K, C*k*k), summed over n
+        dw = self.matmul(d, cache.cols.transpose(0, 2, 1)).sum(axis=0)  # (K, C*k*k), sum over n
         weight.grad += dw.reshape(weight.shape)
         if "bias" in self.params:
             self.params["bias"].grad += d.sum(axis=(0, 2))
         if not input_grad:
             return None
-        dcols = weight.data.reshape(kout, -1).T @ d  # (N, C*k*k, P)
+        dcols = self.matmul(weight.data.reshape(kout, -1).T, d)  # (N, C*k*k, P)
         k = self.kernel_size
         return self.col2im(dcols, cache.x_shape, k, k, self.stride, self.padding, self.dilation)

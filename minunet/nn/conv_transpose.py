@@ -29,18 +29,21 @@ turns them all off.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
 
 from minunet.core.im2col import col2im, im2col
-from minunet.nn.base import Layer, Parameter, check_input, he_normal
+from minunet.nn.base import Layer, check_conv_arguments, check_input, conv_parameters
 
 
 class ConvTranspose2d(Layer):
     """Transposed 2-D convolution. x (N, C_in, H, W) -> (N, C_out, Ho, Wo)."""
 
-    # The column functions, as attributes so that a fast subclass can swap in its own.
+    # The products (a plain ``a @ b``) and the column functions, as attributes so that a
+    # fast subclass can swap in its own.
+    matmul = staticmethod(operator.matmul)
     im2col = staticmethod(im2col)
     col2im = staticmethod(col2im)
 
@@ -59,12 +62,9 @@ class ConvTranspose2d(Layer):
         rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__()
-        if min(in_channels, out_channels, kernel_size, stride, dilation) < 1 or padding < 0:
-            raise ValueError(
-                "ConvTranspose2d needs positive channels, kernel_size, stride and dilation, "
-                f"and padding >= 0; got in={in_channels} out={out_channels} "
-                f"k={kernel_size} s={stride} p={padding} d={dilation}"
-            )
+        check_conv_arguments(
+            "ConvTranspose2d", in_channels, out_channels, kernel_size, stride, padding, dilation
+        )
         if not 0 <= output_padding < stride:
             # PyTorch also allows output_padding < dilation; those extra rows receive no
             # input at all, and supporting them is not worth the special case here.
@@ -75,29 +75,18 @@ class ConvTranspose2d(Layer):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.output_padding, self.dilation = output_padding, dilation
-        rng = rng or np.random.default_rng()
         # Each output pixel receives in_channels * (k/s)^2 contributions; for the U-Net's
         # k = s = 2 that is in_channels, the fan-in He initialisation should use.
         fan_in = max(1, in_channels * (kernel_size // stride) ** 2)
-        w = he_normal((in_channels, out_channels, kernel_size, kernel_size), fan_in, rng, dtype)
-        self.params["weight"] = Parameter(w)
-        if bias:
-            self.params["bias"] = Parameter(np.zeros(out_channels, dtype=dtype))
+        shape = (in_channels, out_channels, kernel_size, kernel_size)
+        self.params.update(conv_parameters(shape, fan_in, out_channels, bias, rng, dtype))
         self._cache: Any = None
 
     def output_shape(self, h: int, w: int) -> tuple[int, int]:
         """(Ho, Wo) for an (H, W) input, PyTorch's formula."""
-        k, s, p, d, op = (
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.output_padding,
-        )
-        return (
-            (h - 1) * s - 2 * p + d * (k - 1) + op + 1,
-            (w - 1) * s - 2 * p + d * (k - 1) + op + 1,
-        )
+        s, p, op = self.stride, self.padding, self.output_padding
+        span = self.dilation * (self.kernel_size - 1)  # from the first tap to the last
+        return (h - 1) * s - 2 * p + span + op + 1, (w - 1) * s - 2 * p + span + op + 1
 
     def check(self, x: Any) -> tuple[int, int]:
         """Raise a clear ValueError for a wrong input; return the output size (Ho, Wo)."""
@@ -112,7 +101,7 @@ class ConvTranspose2d(Layer):
         ho, wo = self.check(x)
         n, c, h, w = x.shape
         w2 = self.params["weight"].data.reshape(c, -1)  # (C_in, K*k*k)
-        cols = w2.T @ x.reshape(n, c, h * w)  # (N, K*k*k, H*W)
+        cols = self.matmul(w2.T, x.reshape(n, c, h * w))  # (N, K*k*k, H*W)
         self._cache = x
         return self.columns_to_image(cols, (n, self.out_channels, ho, wo), h, w)
 
@@ -121,11 +110,12 @@ class ConvTranspose2d(Layer):
         n, c, h, w = x.shape
         dcols = self.image_to_columns(dout, h, w)  # (N, K*k*k, H*W)
         weight = self.params["weight"]
-        dw = (x.reshape(n, c, h * w) @ dcols.transpose(0, 2, 1)).sum(axis=0)  # (C_in, K*k*k)
+        # dW (C_in, K*k*k): sum_n x[n] (C_in, H*W) @ dcols[n]^T
+        dw = self.matmul(x.reshape(n, c, h * w), dcols.transpose(0, 2, 1)).sum(axis=0)
         weight.grad += dw.reshape(weight.shape)
         if "bias" in self.params:
             self.params["bias"].grad += dout.sum(axis=(0, 2, 3))
-        dx = weight.data.reshape(c, -1) @ dcols  # (N, C_in, H*W)
+        dx = self.matmul(weight.data.reshape(c, -1), dcols)  # (N, C_in, H*W)
         return dx.reshape(x.shape)
 
     def columns_to_image(self, cols: Any, out_shape: tuple[int, ...], h: int, w: int) -> Any:

@@ -1,8 +1,8 @@
 """Optimisers: SGD, Adam and AdamW (learning-rate schedules: ``minunet.nn.schedule``).
 
-Each optimiser updates ``Parameter.data`` in place from ``Parameter.grad``. Their state
-(momentum buffers, Adam's moments, the step count) is exposed by ``state_dict`` so that a
-checkpoint can resume a run exactly.
+Each optimiser updates ``Parameter.data`` in place from ``Parameter.grad``. What they share
+(the step count, per-parameter state, and saving that state so a checkpoint resumes a run
+exactly) is ``minunet.nn.optimizer_base.Optimizer``; gradient clipping: ``minunet.nn.clip``.
 
     SGD (momentum mu, PyTorch's form):  v = mu * v + g;   p -= lr * v      (Nesterov: g + mu * v)
     Adam:   m = b1 m + (1-b1) g;   v = b2 v + (1-b2) g^2;   p -= lr * m_hat / (sqrt(v_hat) + eps)
@@ -21,68 +21,18 @@ off (``MINUNET_CUDA_KERNELS=0``: every GPU kernel).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import numpy as np
-
-from minunet.core.backend import get_array_module, to_device, to_numpy
+from minunet.core.backend import get_array_module
 from minunet.nn.base import Parameter
+from minunet.nn.clip import clip_grad_norm
+from minunet.nn.optimizer_base import Optimizer
 from minunet.nn.schedule import SCHEDULES, learning_rate
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-# SCHEDULES and learning_rate are re-exported: the training loop imports them from here.
+# Optimizer, clip_grad_norm, SCHEDULES and learning_rate are re-exported: the training loop
+# and the lessons import them from here, with the optimisers.
 __all__ = ["OPTIMIZERS", "SCHEDULES", "SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm"]
 __all__ += ["learning_rate", "make_optimizer"]
-
-
-class Optimizer:
-    """Shared bookkeeping: parameters, learning rate, step count, per-parameter state."""
-
-    def __init__(self, params: Sequence[Parameter], lr: float, weight_decay: float = 0.0) -> None:
-        self.params = list(params)
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.steps = 0
-        self.state: dict[str, list[Any]] = {}
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad[...] = 0
-
-    def step(self) -> None:
-        self.steps += 1
-        for i, p in enumerate(self.params):
-            self._update(i, p)
-
-    def _update(self, i: int, p: Parameter) -> None:
-        raise NotImplementedError
-
-    def _buffers(self, name: str) -> list[Any]:
-        """One zero-initialised buffer per parameter, created on first use."""
-        if name not in self.state:
-            self.state[name] = [get_array_module(p.data).zeros_like(p.data) for p in self.params]
-        return self.state[name]
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        out = {"steps": np.asarray(self.steps, dtype=np.int64)}
-        for name, bufs in self.state.items():
-            for i, b in enumerate(bufs):
-                out[f"{name}.{i}"] = to_numpy(b).copy()
-        return out
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.steps = int(state["steps"])
-        names = {k.rsplit(".", 1)[0] for k in state if k != "steps"}
-        for name in names:
-            bufs = []
-            for i, p in enumerate(self.params):
-                arr = np.asarray(state[f"{name}.{i}"])
-                if arr.shape != p.data.shape:
-                    raise ValueError(
-                        f"optimiser state {name}.{i} has shape {arr.shape}, expected {p.data.shape}"
-                    )
-                bufs.append(to_device(arr.astype(p.data.dtype), get_array_module(p.data)))
-            self.state[name] = bufs
 
 
 class SGD(Optimizer):
@@ -109,6 +59,7 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     decoupled = False
+    default_weight_decay = 0.0  # what weight_decay=None means: PyTorch's default for the class
 
     def __init__(
         self,
@@ -116,9 +67,10 @@ class Adam(Optimizer):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
     ) -> None:
-        super().__init__(params, lr, weight_decay)
+        wd = self.default_weight_decay if weight_decay is None else weight_decay
+        super().__init__(params, lr, wd)
         self.beta1, self.beta2 = betas
         self.eps = eps
 
@@ -142,17 +94,10 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    decoupled = True
+    """Adam with decoupled weight decay, by default PyTorch's 1e-2."""
 
-    def __init__(
-        self,
-        params: Sequence[Parameter],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-    ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay)
+    decoupled = True
+    default_weight_decay = 1e-2
 
 
 def make_optimizer(
@@ -171,16 +116,3 @@ def make_optimizer(
     if name == "adamw":
         return AdamW(params, lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
-
-
-def clip_grad_norm(params: Sequence[Parameter], max_norm: float) -> Any:
-    """Scale all gradients so their global L2 norm is at most ``max_norm``.
-
-    Returns the norm before clipping as a 0-d backend array (no host synchronisation).
-    """
-    xp = get_array_module(params[0].grad)
-    total = xp.sqrt(sum((p.grad.astype(xp.float32) ** 2).sum() for p in params))
-    scale = xp.minimum(1.0, max_norm / (total + 1e-6))
-    for p in params:
-        p.grad *= scale.astype(p.grad.dtype)
-    return total

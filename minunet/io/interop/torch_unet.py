@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from minunet.model.geometry import PADDINGS
+from minunet.model.unet import unet_config
 
 
 class CountingDropout(nn.Dropout):
@@ -85,22 +85,8 @@ class TorchUNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-        if depth < 1 or base_channels < 1 or in_channels < 1 or num_classes < 2:
-            raise ValueError(
-                "TorchUNet needs depth >= 1, base_channels >= 1, in_channels >= 1 and "
-                f"num_classes >= 2; got depth={depth}, base_channels={base_channels}, "
-                f"in_channels={in_channels}, num_classes={num_classes}"
-            )
-        self.config = dict(
-            in_channels=in_channels,
-            num_classes=num_classes,
-            base_channels=base_channels,
-            depth=depth,
-            padding=padding,
-            batchnorm=batchnorm,
-            dropout=dropout,
+        self.config = unet_config(
+            "TorchUNet", in_channels, num_classes, base_channels, depth, padding, batchnorm, dropout
         )
         pad = 1 if padding == "same" else 0
         widths = [base_channels * 2**level for level in range(depth + 1)]
