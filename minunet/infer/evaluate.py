@@ -50,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image-size",
         type=positive_int,
-        help="resize to this size (default: the training size); 0 is not allowed, use --native",
+        help="score the data resized to this size, the net run on it as it is (default: "
+        "score at native size, the net at its training scale)",
     )
     p.add_argument(
-        "--native", action="store_true", help="folder/isbi2012: evaluate at native resolution"
+        "--native", action="store_true", help="run the net at native resolution: --scale native"
     )
     p.add_argument("--val-fraction", type=float, help="default: the training's")
     p.add_argument("--val-size", type=positive_int, default=64, help="synthetic: images")
@@ -76,7 +77,7 @@ def evaluation_plan(args: argparse.Namespace, meta: dict) -> tuple[int | None, I
                 "as it is; drop --scale/--native, or drop --image-size to score at native size"
             )
         return args.image_size, InputScale(NATIVE)
-    scale = InputScale(NATIVE) if args.native else resolve_scale(args.scale, meta)
+    scale = resolve_scale(NATIVE if args.native else args.scale, meta)
     source = args.data or meta.get("data", {}).get("source", "synthetic")
     if source in ("synthetic", "pets-tfds"):  # no other size to load them at
         return meta_size, scale

@@ -821,7 +821,7 @@ def validate(
     model.train()
     metrics = metrics_from_confusion(conf, list(split.class_names))
     counts = to_numpy(conf)
-    metrics["loss"] = float(totals[-1]) / max(1, len(split.images)) if loss_fn else None
+    metrics["loss"] = None if loss_fn is None else float(totals[-1]) / max(1, len(split.images))
     names = list(split.class_names)
     metrics["classes_predicted"] = [n for n, c in zip(names, counts.sum(axis=0), strict=True) if c]
     metrics["classes_present"] = [n for n, c in zip(names, counts.sum(axis=1), strict=True) if c]
