@@ -78,7 +78,8 @@ def plot_curves(history: list[dict[str, Any]], path: str | os.PathLike) -> None:
     names = list(history[-1].get("val_iou", {})) if history else []
     for k, name in enumerate(names):
         ious = [h.get("val_iou", {}).get(name, np.nan) for h in history]
-        ax2.plot(epochs, ious, ".--", color=PALETTE[k % len(PALETTE)] / 255, label=name)
+        # Matplotlib's cycle, not the mask palette: its outline white is invisible here.
+        ax2.plot(epochs, ious, ".--", color=f"C{k % 10}", label=name)
     ax2.set(xlabel="epoch", ylabel="IoU", title="validation IoU", ylim=(0, 1))
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
