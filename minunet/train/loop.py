@@ -235,7 +235,7 @@ def train(
                 std=data.std,
                 ignore_index=data.ignore_index,
                 comm=comm,
-                native_masks=None if data.val_native is None else data.val_native.masks,
+                native_masks=data.val_masks_native,
                 loss_fn=loss_fn,
             )
             record = run.end_epoch(model, opt, metrics, totals, cfg.epochs, log)
@@ -342,7 +342,8 @@ class _Data:
     ignore_index: int | None
     mean: Any
     std: Any
-    val_native: Any = None  # the validation split at native size, when ``val`` is resized
+    # The validation masks (H_i, W_i) at native size when ``val`` is resized, else None.
+    val_masks_native: list[np.ndarray] | None = None
 
 
 def _load_data(cfg: TrainConfig, xp: Any, comm: Communicator) -> _Data:
@@ -380,10 +381,9 @@ def _load_data(cfg: TrainConfig, xp: Any, comm: Communicator) -> _Data:
     val_native = None if cfg.crop else load_native_val(cfg.data)
     if val_native is not None and list(val_native.names) != list(val_data.names):
         raise MinunetError("the native-size validation split does not match the resized one")
+    masks = None if val_native is None else val_native.masks  # its images are not needed
     # Crops pad small samples with the ignore label, which the loss must then skip.
-    return _Data(
-        train_data, val_data, loader, num_classes, loader.ignore_index, mean, std, val_native
-    )
+    return _Data(train_data, val_data, loader, num_classes, loader.ignore_index, mean, std, masks)
 
 
 def _build_model(
