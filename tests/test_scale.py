@@ -241,3 +241,25 @@ def test_curves_show_both_losses_per_class_iou_and_whole_epochs(monkeypatch, tmp
     figures[0].canvas.draw()
     ticks = [t for t in loss_ax.get_xticks() if 1 <= t <= 3]
     assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_the_native_validation_split_is_the_resized_one_at_native_size(tmp_path):
+    from test_pets_score import write_pets_layout
+
+    from minunet.data.imageio import resize_mask
+    from minunet.data.sources import load_splits
+
+    sizes = {"Abyssinian_1": (21, 30), "Bengal_7": (16, 24), "beagle_3": (27, 13), "pug_2": (9, 11)}
+    write_pets_layout(tmp_path / "pets", "trainval", sizes, seed=4)
+    for source, root in (("pets", tmp_path / "pets"), ("folder", None)):
+        if root is None:
+            root = write_folder(tmp_path / "folder", 6, 40, seed=2)
+        opts = DataOptions(data=source, data_dir=str(root), image_size=8, val_fraction=0.5)
+        opts = replace(opts, download=False, progress=False)
+        _, val = load_splits(opts)
+        native = load_native_val(opts)
+        assert native.names == val.names and len(val) >= 2
+        for name, small, mask in zip(val.names, val.masks, native.masks, strict=True):
+            assert mask.shape == sizes.get(name, (40, 40))
+            np.testing.assert_array_equal(resize_mask(mask, (8, 8)), small)
+    assert load_native_val(DataOptions(data="synthetic", image_size=8)) is None
