@@ -2,7 +2,8 @@
 # Real accuracy on the real Oxford-IIIT Pets sample that sits beside the repository on the
 # development machines (../shared/data/pets-sample: 691 images and trimaps, downscaled, in
 # the official layout). Trains on its trainval list (356 images, 10% held out to pick
-# best.npz), then scores the first 120 test images at their native resolution.
+# best.npz), then scores the first 120 test images at their native resolution (the net on
+# each image resized to 128 px, its logits resized back: evaluate's default).
 #
 #   bash benchmarks/pets_sample.sh [DATA_DIR] [OUT_DIR] [extra train flags...]
 #
@@ -16,4 +17,4 @@ python -m minunet.train --data pets --data-dir "$DATA" --no-download --image-siz
     --base-channels 16 --depth 4 --epochs 15 --batch-size 8 --lr 1e-3 --optimizer adam \
     --out "$OUT" --no-progress "$@"
 python -m minunet.evaluate --checkpoint "$OUT/best.npz" --data pets --data-dir "$DATA" \
-    --native --limit 120 --out "$OUT/eval"
+    --limit 120 --out "$OUT/eval"

@@ -187,9 +187,11 @@ def test_onnx_matches_minunet_on_two_sizes_and_two_batch_sizes(key):
             "class_names": ["a", "b"],
             "mask_values": [0, 255],
             "normalization": {"mean": 0.5, "std": 0.25},
+            "input": {"mode": "resized", "size": 64},
         }
     }
     proto = unet_to_onnx(model.state_dict(), model.config, meta)
+    assert "resize each image to 64x64 (bilinear) before" in proto.doc_string
     onnx.checker.check_model(proto, full_check=True)
     assert [i.name for i in proto.graph.input] == ["image"]
     assert [o.name for o in proto.graph.output] == ["logits"]
@@ -198,6 +200,7 @@ def test_onnx_matches_minunet_on_two_sizes_and_two_batch_sizes(key):
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["minunet.config"]) == model.config
     assert json.loads(props["minunet.mask_values"]) == [0, 255]
+    assert json.loads(props["minunet.input"]) == {"mode": "resized", "size": 64}
     ops = {n.op_type for n in proto.graph.node}
     assert ("BatchNormalization" in ops) == model.config["batchnorm"]
     assert ("Slice" in ops) == (model.config["padding"] == "valid")

@@ -255,3 +255,27 @@ def test_a_checkpoint_without_its_image_size_needs_size(pets_root, tmp_path, cap
     argv = ["--checkpoint", str(path), "--data-dir", str(pets_root), "--size", "12"]
     report = run_json(argv, capsys)
     assert report["size"] == 12 and list(report["iou"]) == ["class 0", "class 1", "class 2"]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_evaluate_and_the_independent_scorer_count_the_same_pixels(
+    native, pets_root, checkpoint, tmp_path, capsys
+):
+    """``python -m minunet.evaluate`` at its defaults (the net at the checkpoint's training
+    size, logits resized back, ONE confusion matrix at native size) and with --scale native
+    give this scorer's confusion matrix exactly. One image per batch, as the scorer runs
+    them: a batched GEMM may sum in another order and flip an exact near-tie."""
+    from minunet.infer import evaluate
+
+    scorer = run_json(
+        ["--checkpoint", str(checkpoint), "--data-dir", str(pets_root)]
+        + (["--native"] if native else []),
+        capsys,
+    )
+    argv = ["--checkpoint", str(checkpoint), "--data", "pets", "--data-dir", str(pets_root)]
+    argv += ["--batch-size", "1", "--out", str(tmp_path / "ev")]
+    assert evaluate.main(argv + (["--scale", "native"] if native else [])) == 0
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert report["images"] == len(TEST_SIZES) and report["scored_at"] == "native"
+    assert report["confusion"] == scorer["confusion"]
+    assert report["metrics"]["miou"] == pytest.approx(scorer["miou"], rel=1e-12)

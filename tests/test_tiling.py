@@ -114,3 +114,50 @@ def test_same_unet_tiled_and_untiled_agree_everywhere_borders_included(size):
     # The tiled logits are stored as float32: the float64 result rounded once, a relative
     # error of at most 2**-24 (6e-8); everything else is float64 (1e-15 relative).
     np.testing.assert_allclose(tiled, whole, rtol=2**-24 + 1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "depth, size, tile",
+    # (size + 2 * border) is itself an accepted side, so the whole padded image runs in one
+    # pass to compare with. Tile outputs 12 (depth 3) and 20 (depth 4) are 4 more than a
+    # multiple of 2**depth: off the pooling grid, were the tiles to step by their output.
+    [(3, (36, 44), 100), (4, (36, 52), 204)],
+)
+def test_valid_unet_tiled_equals_whole_image_pass_at_depth_3_and_4(depth, size, tile):
+    border = geometry.border(depth, "valid")
+    padded_side = [s + 2 * border for s in size]
+    assert all(geometry.output_size(s, depth, "valid") for s in padded_side)
+    assert (tile - 2 * border) % 2**depth == 4
+    net = UNet(2, 3, base_channels=2, depth=depth, padding="valid", dtype=np.float64, seed=4)
+    rng = np.random.default_rng(depth)
+    for p in net.parameters():  # non-trivial weights, so a misaligned pooling grid shows
+        p.data += rng.standard_normal(p.data.shape) * 0.3
+    net.eval()
+    image = rng.standard_normal((2, *size)).astype(np.float32)
+    padded = np.pad(image, [(0, 0), (border, border), (border, border)], "symmetric")
+    whole = net.infer(padded[None].astype(np.float64))
+    calls: list = []
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        calls.append(x.shape)
+        return net.infer(x.astype(np.float64))
+
+    tiled = predict_tiled(forward, image, tile, num_classes=3, depth=depth, border=border)
+    assert len(calls) > 1 and {c[2:] for c in calls} == {(tile, tile)}  # really tiled
+    # float64 throughout (GEMM order differences ~1e-15 relative); the tiled result is
+    # stored as float32, one rounding: at most 2**-24 relative.
+    np.testing.assert_allclose(tiled, whole[0], rtol=2**-24 + 1e-12, atol=1e-12)
+
+
+def test_valid_tile_too_small_to_step_on_the_pooling_grid():
+    border = geometry.border(3, "valid")
+    smallest = geometry.input_size(3, "valid")  # output 4 < 2**3
+    with pytest.raises(ValueError, match="at least"):
+        predict_tiled(
+            tiny_net(False),
+            np.zeros((2, 32, 32), np.float32),
+            smallest,
+            num_classes=3,
+            depth=3,
+            border=border,
+        )

@@ -363,6 +363,25 @@ def load_pets_native(
     """
     root = find_or_fetch_pets(data_dir, **fetch_kwargs)
     names = read_split_names(root / "annotations" / f"{split}.txt")[:limit]
+    return _decode_native(root, names)
+
+
+def pets_val_native(
+    data_dir: str | os.PathLike | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    **fetch_kwargs,
+) -> NativeSizeData:
+    """The validation part of ``pets_splits`` (same images, same order) at native size,
+    so that training can score its validation the way a user's prediction is scored."""
+    root = find_or_fetch_pets(data_dir, **fetch_kwargs)
+    names = read_split_names(root / "annotations" / "trainval.txt")
+    _, val_index = holdout(len(names), val_fraction, seed)
+    return _decode_native(root, [names[i] for i in val_index])
+
+
+def _decode_native(root: Path, names: list[str]) -> NativeSizeData:
+    """The listed pairs at their own sizes: (H_i, W_i, 3) images, (H_i, W_i) classes."""
     images, masks = [], []
     for name in names:
         image, trimap = _read_pair(root, name)

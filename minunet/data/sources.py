@@ -108,3 +108,44 @@ def load_splits(opts: DataOptions, split: str = "train") -> tuple[Any, Any]:
     if split == "test":
         return val, None
     return train, val
+
+
+def load_native_val(opts: DataOptions) -> Any:
+    """The validation split of ``load_splits(opts)``, the same samples in the same order,
+    at native resolution (``NativeSizeData``), for scoring a net trained on resized
+    images against the masks as the user has them.
+
+    None where the resized split is all there is: synthetic data is drawn at
+    ``image_size`` (its native size), and pets-tfds is read resized. Also None when
+    ``image_size`` is None (the split is native already).
+    """
+    if opts.image_size is None or opts.data in ("synthetic", "pets-tfds"):
+        return None
+    if opts.data == "pets":
+        from minunet.data.pets import pets_val_native
+
+        return pets_val_native(
+            opts.data_dir,
+            opts.val_fraction,
+            opts.seed,
+            download=opts.download,
+            verify=opts.verify,
+            base_url=opts.base_url,
+            progress=opts.progress,
+        )
+    if opts.data == "folder":
+        from minunet.data.folder import load_folder
+
+        return load_folder(
+            opts.data_dir,
+            None,
+            val_fraction=opts.val_fraction,
+            seed=opts.seed,
+            mask_suffix=opts.mask_suffix,
+            ignore_index=opts.ignore_index,
+            num_classes=opts.num_classes,
+            log=None,
+        )[1]
+    from minunet.data.isbi import load_isbi2012
+
+    return load_isbi2012(opts.data_dir, None, val_fraction=opts.val_fraction, seed=opts.seed)[1]

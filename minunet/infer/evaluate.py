@@ -4,6 +4,15 @@ Prints pixel accuracy, per-class IoU and Dice and mean IoU, writes the confusion
 as a plot (and its counts as JSON) into --out. For Oxford-IIIT Pets the split is the
 official test list; for the synthetic data it is the fixed validation split; for a
 folder, the validation split.
+
+The metrics are dataset-level and counted at each image's native size: ONE confusion
+matrix over every pixel of every image (not a mean of per-image scores), the way
+``benchmarks/pets_score.py`` counts them. The network runs at the scale it learned
+(``minunet.infer.scale``; ``--scale`` overrides it): a resized model on each image resized
+to its training size, the logits resized back to the native size before the argmax.
+``--image-size N`` instead scores the data resized to N x N (masks by nearest neighbour),
+the network run on it as it is. Synthetic and pets-tfds data exist only at their
+training size, which is their native size here.
 """
 
 from __future__ import annotations
@@ -24,7 +33,14 @@ from minunet.cli import (
 from minunet.core.backend import BACKENDS, get_backend, to_device
 from minunet.data.sources import SOURCES, DataOptions, load_splits
 from minunet.errors import MinunetError
-from minunet.infer.inference import predict_classes
+from minunet.infer.predict import SCALE_HELP
+from minunet.infer.scale import (
+    NATIVE,
+    InputScale,
+    predict_classes_at_scale,
+    resolve_scale,
+    scale_flag,
+)
 from minunet.io.atomic import atomic_write
 from minunet.io.checkpoint import load_model
 from minunet.nn.metrics import confusion_matrix, format_metrics, metrics_from_confusion
@@ -44,18 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image-size",
         type=int,
-        help="resize to this size (default: the training size); 0 is not allowed, use --native",
+        help="score the data resized to this size, the net run on it as it is (default: "
+        "score at native size, the net at its training scale)",
     )
     p.add_argument(
-        "--native", action="store_true", help="folder/isbi2012: evaluate at native resolution"
+        "--native", action="store_true", help="run the net at native resolution: --scale native"
     )
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-fraction", type=float, help="default: the training's")
     p.add_argument("--val-size", type=int, default=64, help="synthetic: images")
     p.add_argument("--seed", type=int, default=None, help="default: the training seed")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--out", default="evaluation", help="folder for confusion.png/.json")
     p.add_argument("--backend", choices=BACKENDS, default="numpy")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--scale", type=scale_flag, default="auto", help=SCALE_HELP)
     return p
 
 
@@ -63,6 +81,23 @@ def check_paths(args: argparse.Namespace) -> None:
     """--checkpoint is a readable file and --out writable (--data-dir: see main)."""
     check_input_file("--checkpoint", args.checkpoint)
     check_output_dir("--out", args.out)
+
+
+def evaluation_plan(args: argparse.Namespace, meta: dict) -> tuple[int | None, InputScale]:
+    """(the size the data is loaded at, None for native; the scale the net runs at)."""
+    meta_size = meta.get("data", {}).get("image_size") or 128
+    if args.image_size:  # score the resized data, the net run on it as it is
+        if args.scale != "auto" or args.native:
+            raise MinunetError(
+                "--image-size scores data resized to that size with the network run on it "
+                "as it is; drop --scale/--native, or drop --image-size to score at native size"
+            )
+        return args.image_size, InputScale(NATIVE)
+    scale = resolve_scale(NATIVE if args.native else args.scale, meta)
+    source = args.data or meta.get("data", {}).get("source", "synthetic")
+    if source in ("synthetic", "pets-tfds"):  # no other size to load them at
+        return meta_size, scale
+    return None, scale
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,13 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir is not None:  # the data must be there, or pets downloads into it
         must_exist = source in ("folder", "isbi2012")
         (check_input_dir if must_exist else check_output_dir)("--data-dir", args.data_dir)
-    size = None if args.native else (args.image_size or meta_data.get("image_size") or 128)
+    size, scale = evaluation_plan(args, ck.meta)
     opts = DataOptions(
         data=source,
         data_dir=args.data_dir or train_cfg.get("data_dir"),
         image_size=size,
         seed=args.seed if args.seed is not None else train_cfg.get("seed", 0),
-        val_fraction=args.val_fraction,
+        val_fraction=(
+            train_cfg.get("val_fraction", 0.1) if args.val_fraction is None else args.val_fraction
+        ),
         val_size=args.val_size,
         mask_suffix=train_cfg.get("mask_suffix", ""),
         ignore_index=train_cfg.get("ignore_index"),
@@ -98,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             f"predicts {model.num_classes}"
         )
     mean, std = ck.normalization
-    preds = predict_classes(model, data.images, xp, mean, std, args.batch_size)
+    preds = predict_classes_at_scale(model, data.images, xp, mean, std, scale, args.batch_size)
     k = model.num_classes
     ignore = data.ignore_index
     conf = xp.zeros((k, k), dtype=xp.int64)
@@ -106,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         conf += confusion_matrix(to_device(pred, xp), to_device(mask, xp), k, ignore)
     names = list(data.class_names)
     m = metrics_from_confusion(conf, names)
-    print(f"{source}: {len(data)} images")
+    where = "native size" if size is None else f"{size}x{size}"
+    print(f"{source}: {len(data)} images, scored at {where}; the network saw {scale.describe()}")
     print(format_metrics(m))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "class_names": names,
         "checkpoint": str(args.checkpoint),
         "images": len(data),
+        "scored_at": "native" if size is None else size,
+        "scale": scale.record(),
     }
     atomic_write(out / "metrics.json", lambda f: f.write(json.dumps(report, indent=2).encode()))
     print(f"wrote {out / 'confusion.png'} and {out / 'metrics.json'}")

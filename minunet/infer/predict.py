@@ -5,8 +5,12 @@ For every IMAGE it writes, into --out:
                     the training masks (e.g. 1/2/3 for Pets trimaps, 0/255 for binary masks)
   NAME_overlay.png  the class colours blended over the image
 
-Images of any size are predicted at native resolution: padded to what the network
-accepts and cropped back (same padding), or overlap-tiled (valid padding, or --tile).
+The network runs at the scale it learned (``minunet.infer.scale``, from the checkpoint's
+record): a model trained on images resized to S x S predicts on the image resized to
+S x S, and its logits are resized back to the native size before the argmax; a model
+trained on native-resolution crops predicts at native resolution, padded to what the
+network accepts and cropped back (same padding), or overlap-tiled (valid padding, or
+--tile). --scale native|N overrides the record.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from minunet.cli import (
 from minunet.core.backend import BACKENDS, get_backend
 from minunet.data.imageio import open_image
 from minunet.errors import MinunetError
-from minunet.infer.inference import predict_logits
+from minunet.infer.scale import predict_logits_at_scale, resolve_scale, scale_flag
 from minunet.io.atomic import atomic_write
 from minunet.io.checkpoint import load_model
 from minunet.train.plots import overlay
@@ -68,7 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="predict in overlapping tiles of this side (bounded memory for large images)",
     )
+    p.add_argument("--scale", type=scale_flag, default="auto", help=SCALE_HELP)
     return p
+
+
+SCALE_HELP = (
+    "the scale the network sees each image at: auto (default) as it trained, from the "
+    "checkpoint (resized to its --image-size S, logits resized back to the native size; "
+    "or native resolution for a --crop model); native: the image as it is; N: resized "
+    "to N x N, logits resized back. Masks are always written at the native size"
+)
 
 
 def check_paths(args: argparse.Namespace) -> None:
@@ -90,12 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     values = np.asarray(data.get("mask_values") or range(model.num_classes))
     if values.max() > 255:
         raise MinunetError("the checkpoint's mask values do not fit an 8-bit PNG")
+    scale = resolve_scale(args.scale, ck.meta)
+    print(f"the network sees each image {scale.describe()}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.images:
         path = Path(name)
         image = read_input(path, model.in_channels)
-        logits = predict_logits(model, image, xp, mean, std, tile=args.tile)
+        logits = predict_logits_at_scale(model, image, xp, mean, std, scale, tile=args.tile)
         classes = logits.argmax(axis=0)
         save_png(out / f"{path.stem}_mask.png", values[classes].astype(np.uint8))
         save_png(out / f"{path.stem}_overlay.png", overlay(image, classes))

@@ -13,9 +13,15 @@ Two kinds of network, two input-size rules (``minunet.model.geometry`` has them 
 
 * **valid padding** (the paper's network: no zero padding, each 3x3 conv trims a pixel
   on each side): h' = h - 2 * border. The image is mirror-padded by ``border`` on every
-  side and tiled so that the output tiles cover it exactly: the result equals running the
-  network on the whole mirror-padded image. The tile side must be one the network accepts
-  (``geometry.input_size``; 572 -> 388 for depth 4, border 92).
+  side (and at the bottom and right as far as the last tile reaches) and tiled so that the
+  output tiles cover it. The tile side must be one the network accepts
+  (``geometry.input_size``; 572 -> 388 for depth 4, border 92). Every tile starts on a
+  multiple of 2**depth of the padded image, so its pooling grid is the whole image's:
+  a tile's output is then exactly the whole padded image's output at that place, and the
+  result equals running the network on the whole mirror-padded image. The output side
+  itself is 4 more than a multiple of 2**depth (388 = 24 * 16 + 4), so for depth >= 3
+  consecutive tiles step by the output side rounded down to a multiple of 2**depth and
+  overlap by the remainder (4 px; the overlap is split at its middle).
 * **same padding** (minunet's default network): h' = h, and a U-Net of depth d needs
   tile sides that are multiples of 2**d. The image is mirror-padded at the bottom and
   right to a multiple of 2**d, tiles overlap by ``2 * margin`` pixels, and each tile
@@ -107,7 +113,7 @@ def predict_tiled(
     image = np.asarray(image, dtype=np.float32)
     _, h, w = image.shape
     if border > 0:
-        plan = _plan_valid(h, w, tile, border)
+        plan = _plan_valid(h, w, tile, border, depth)
     else:
         plan = _plan_same(h, w, tile, depth, tile // 8 if margin is None else margin)
     padded = mirror_pad(image, [(0, 0), *plan.pads])
@@ -150,18 +156,36 @@ class _Plan:
         self.tiles: list[tuple[tuple[int, int], tuple[tuple, tuple]]] = []
 
 
-def _plan_valid(h: int, w: int, tile: int, border: int) -> _Plan:
+def _plan_valid(h: int, w: int, tile: int, border: int, depth: int) -> _Plan:
     out = tile - 2 * border
     if out <= 0:
         raise ValueError(f"tile {tile} leaves no output after trimming {border} px per side")
-    # Enough tiles to cover the image; the padded image has the tiles' full input.
-    rows, cols = -(-h // out), -(-w // out)
-    pads = [(border, border + rows * out - h), (border, border + cols * out - w)]
+    # A tile's output starts where its input does (both shifted by ``border``), so the tile
+    # step is the output side rounded down to the pooling grid: 388 -> 384 for depth 4.
+    align = 2**depth
+    step = out // align * align
+    if step == 0:
+        raise ValueError(
+            f"tile {tile} gives {out} output px, fewer than the 2**depth = {align} px a "
+            f"tile must advance to stay on the pooling grid: use a tile of at least "
+            f"{tile + align}"
+        )
+
+    def axis(length: int) -> list[tuple[int, tuple]]:
+        # The fewest starts 0, step, 2 step, ... whose outputs reach the end.
+        starts = [i * step for i in range(1 + -(-max(length - out, 0) // step))]
+        return [
+            (s, (lo - s, lo, hi))
+            for s, (lo, hi) in zip(starts, _kept(starts, out, length), strict=True)
+        ]
+
+    rows, cols = axis(h), axis(w)
+    # The padded image holds the last tile's whole input: ``border`` before, the rest after.
+    pads = [(border, rows[-1][0] + tile - border - h), (border, cols[-1][0] + tile - border - w)]
     plan = _Plan(pads, (tile, tile))
-    for i in range(rows):
-        for j in range(cols):
-            y, x = i * out, j * out  # input corner in the padded image = output corner
-            plan.tiles.append(((y, x), ((0, y, y + out), (0, x, x + out))))
+    for y, row_part in rows:
+        for x, col_part in cols:
+            plan.tiles.append(((y, x), (row_part, col_part)))
     return plan
 
 

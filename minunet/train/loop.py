@@ -45,9 +45,10 @@ from minunet.accel import accelerate
 from minunet.core.backend import backend_name, get_backend, seed_everything, to_numpy
 from minunet.data.augment import AugmentConfig
 from minunet.data.loader import DEFAULT_MEAN, DEFAULT_STD, DeviceLoader
-from minunet.data.sources import DataOptions, load_splits
+from minunet.data.sources import DataOptions, load_native_val, load_splits
 from minunet.errors import CheckpointError, MinunetError, RunFailure
-from minunet.infer.inference import accepts_as_batch, predict_classes
+from minunet.infer.inference import accepts_as_batch, predict_classes, predict_logits
+from minunet.infer.scale import training_scale, upsampled_classes
 from minunet.io.atomic import atomic_write
 from minunet.io.checkpoint import load_checkpoint, save_checkpoint
 from minunet.io.runlock import RunLock
@@ -237,6 +238,8 @@ def train(
                 std=data.std,
                 ignore_index=data.ignore_index,
                 comm=comm,
+                native_masks=data.val_masks_native,
+                loss_fn=loss_fn,
             )
             record = run.end_epoch(model, opt, metrics, totals, cfg.epochs, log)
             asked = on_epoch is not None and on_epoch(run.epoch, record)
@@ -342,6 +345,8 @@ class _Data:
     ignore_index: int | None
     mean: Any
     std: Any
+    # The validation masks (H_i, W_i) at native size when ``val`` is resized, else None.
+    val_masks_native: list[np.ndarray] | None = None
 
 
 def _load_data(cfg: TrainConfig, xp: Any, comm: Communicator) -> _Data:
@@ -349,7 +354,9 @@ def _load_data(cfg: TrainConfig, xp: Any, comm: Communicator) -> _Data:
 
     With ``--crop`` the splits are loaded at their native sizes and the loader cuts random
     N x N crops; without it they are loaded as ``cfg.data`` says (resized to its
-    ``image_size``) and batched whole.
+    ``image_size``) and batched whole, and the validation split is loaded a second time at
+    its native size (``load_native_val``), which its metrics are counted at, as ``predict``
+    and ``evaluate`` count them.
     """
     data_opts = cfg.data
     if cfg.crop:
@@ -374,8 +381,12 @@ def _load_data(cfg: TrainConfig, xp: Any, comm: Communicator) -> _Data:
         rank=comm.rank,
         world_size=comm.size,
     )
+    val_native = None if cfg.crop else load_native_val(cfg.data)
+    if val_native is not None and list(val_native.names) != list(val_data.names):
+        raise MinunetError("the native-size validation split does not match the resized one")
+    masks = None if val_native is None else val_native.masks  # its images are not needed
     # Crops pad small samples with the ignore label, which the loss must then skip.
-    return _Data(train_data, val_data, loader, num_classes, loader.ignore_index, mean, std)
+    return _Data(train_data, val_data, loader, num_classes, loader.ignore_index, mean, std, masks)
 
 
 def _build_model(
@@ -424,6 +435,8 @@ def _run_meta(cfg: TrainConfig, data: _Data, model: UNet) -> dict[str, Any]:
             "in_channels": data.train.in_channels,
             "image_size": cfg.data.image_size,
             "normalization": {"mean": data.mean, "std": data.std},
+            # How the net saw its images, which predict and evaluate repeat.
+            "input": training_scale(cfg.data.image_size, cfg.crop).record(),
         },
         "config": json.loads(json.dumps(asdict(cfg))),
     }
@@ -524,13 +537,21 @@ class _Run:
             "epoch": self.epoch,
             "step": self.step,
             "train_loss": train_loss,
+            "val_loss": metrics["loss"],
             "val_miou": metrics["miou"],
             "val_pixel_accuracy": metrics["pixel_accuracy"],
             "val_iou": metrics["iou"],
             "val_dice": metrics["dice"],
             "images_per_s": images_per_s,
             "lr": totals.lr,
+            "val_collapsed": False,
         }
+        warning = collapse_warning(metrics)
+        if warning is not None:
+            record["val_collapsed"] = True
+            if not any(h.get("val_collapsed") for h in self.history):  # said once per run
+                record["warning"] = warning
+                log(f"warning: {warning}")
         self.history.append(record)
         improved = metrics["miou"] > self.best
         self.best = max(self.best, metrics["miou"])
@@ -549,7 +570,8 @@ class _Run:
             atomic_write(self.out / "metrics.jsonl", lambda f, s=lines: f.write(s.encode()))
             plot_curves(self.history, self.out / "curves.png")
         log(
-            f"epoch {self.epoch}/{epochs}  loss {train_loss:.4f}  val mIoU {metrics['miou']:.4f}"
+            f"epoch {self.epoch}/{epochs}  loss {train_loss:.4f}  val loss {metrics['loss']:.4f}"
+            f"  val mIoU {metrics['miou']:.4f}"
             f"  pixel acc {metrics['pixel_accuracy']:.4f}  {images_per_s:.1f} img/s"
             + ("  (best)" if improved else "")
         )
@@ -750,37 +772,87 @@ def validate(
     std: Any,
     ignore_index: int | None,
     comm: Communicator | None = None,
+    native_masks: list[np.ndarray] | None = None,
+    loss_fn: SoftmaxCrossEntropy | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on a split (``nn.metrics.metrics_from_confusion``), from one
-    confusion matrix accumulated on the device and read once.
+    confusion matrix accumulated on the device and read once, as ``predict`` would score
+    them (``minunet.infer.scale``).
 
     Images the model takes as one batch go through ``batch_size`` at a time (normalised
     with ``mean`` and ``std``); others (crop training: native sizes) one at a time, tiled
-    for a valid-padding net. With several ranks, each scores its own share of the split
-    and the matrices are summed.
+    for a valid-padding net. ``native_masks``: the split's masks (H_i, W_i) at native size
+    when its images were resized for training; the logits are then resized back to each
+    native size before the argmax and scored against these, as ``predict`` does.
+    With several ranks, each scores its own share of the split and the matrices are summed.
+
+    Besides the metrics: ``loss``, the mean per image of ``loss_fn`` on the split at the
+    scale it trains at (None without ``loss_fn``), comparable with the training loss;
+    ``classes_predicted`` and ``classes_present``: how many classes the predictions use
+    and how many the truth has (``collapse_warning`` compares them).
     """
     comm = comm or Communicator()
     k = model.num_classes
     model.eval()
     conf = xp.zeros((k, k), dtype=xp.int64)
+    loss_sum = xp.zeros((), dtype=xp.float64)
     if accepts_as_batch(model, split.images):
         loader = DeviceLoader.for_eval(
             split, xp, batch_size, mean=mean, std=std, rank=comm.rank, world_size=comm.size
         )
-        for x, y, _ in loader.epoch(0):
-            if len(x):  # with several ranks, a rank's share of the last batch can be empty
-                pred = model.infer(x).argmax(axis=1)
-                conf += confusion_matrix(pred, y, k, ignore_index)
+        shares = loader.batch_indices(0)
+        for (x, y, w), index in zip(loader.epoch(0), shares, strict=True):
+            if not len(x):  # with several ranks, a rank's share of the last batch can be empty
+                continue
+            logits = model.infer(x)  # (B, K, S, S)
+            if loss_fn is not None:
+                loss_sum += loss_fn.forward(logits, y, w).astype(xp.float64) * len(x)
+            if native_masks is None:
+                conf += confusion_matrix(logits.argmax(axis=1), y, k, ignore_index)
+                continue
+            masks = [native_masks[i] for i in index]
+            preds = upsampled_classes(logits, [m.shape for m in masks])
+            for pred, mask in zip(preds, masks, strict=True):
+                conf += confusion_matrix(pred, xp.asarray(mask), k, ignore_index)
     else:
-        mine = list(range(comm.rank, len(split.images), comm.size))
-        preds = predict_classes(model, [split.images[i] for i in mine], xp, mean, std)
-        for pred, i in zip(preds, mine, strict=True):
+        for i in range(comm.rank, len(split.images), comm.size):
+            logits = xp.asarray(predict_logits(model, split.images[i], xp, mean, std))  # (K, H, W)
             mask = xp.asarray(split.masks[i])
-            conf += confusion_matrix(xp.asarray(pred), mask, k, ignore_index)
-    conf = to_numpy(comm.allreduce_sum(conf))  # the one read back of the validation
+            if logits.shape[1:] != mask.shape:  # a valid net on a side it cannot reach
+                raise MinunetError(f"validation logits {logits.shape} do not cover {mask.shape}")
+            if loss_fn is not None:
+                loss_sum += loss_fn.forward(logits[None], mask[None].astype(xp.int32))
+            conf += confusion_matrix(logits.argmax(axis=0), mask, k, ignore_index)
+    # One allreduce and one read back: the confusion counts and the loss sum side by side
+    # (float64 holds the counts exactly).
+    both = xp.concatenate([conf.ravel().astype(xp.float64), loss_sum[None]])
+    totals = to_numpy(comm.allreduce_sum(both))
+    counts = totals[:-1].astype(np.int64).reshape(k, k)
     model.release()
     model.train()
-    return metrics_from_confusion(conf, list(split.class_names))
+    metrics = metrics_from_confusion(counts, list(split.class_names))
+    metrics["loss"] = None if loss_fn is None else float(totals[-1]) / max(1, len(split.images))
+    names = list(split.class_names)
+    metrics["classes_predicted"] = [n for n, c in zip(names, counts.sum(axis=0), strict=True) if c]
+    metrics["classes_present"] = [n for n, c in zip(names, counts.sum(axis=1), strict=True) if c]
+    return metrics
+
+
+def collapse_warning(metrics: dict[str, Any]) -> str | None:
+    """The one-line warning for validation predictions that use only one or two classes
+    while the truth has more (None otherwise): the net has learned to answer the
+    cheapest class everywhere, usually the dominant one."""
+    used, present = metrics["classes_predicted"], metrics["classes_present"]
+    if len(used) > 2 or len(used) >= len(present):
+        return None
+    return (
+        f"the predicted masks are all {' and '.join(used) or 'ignored'}: the validation "
+        f"predictions use {len(used)} of the {len(present)} classes in the truth "
+        f"({', '.join(present)}). Likely causes: one class dominates the pixels, so predicting "
+        "it everywhere is the cheapest answer; a learning rate too high; too few steps. "
+        "Try --class-weights auto (or w0,w1,...), --border-weights (folder/isbi2012), "
+        "a lower --lr (e.g. 10 times lower)"
+    )
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:

@@ -62,15 +62,29 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> None:
 
 
 def plot_curves(history: list[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Training loss and validation mean IoU per epoch (records of metrics.jsonl)."""
+    """curves.png from the records of metrics.jsonl, what a user reads first: the training
+    and validation losses side by side (diverging: over-fitting), then the validation mean
+    IoU with each class's IoU (one flat at 0: a class the net never predicts)."""
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-")
-    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
-    ax2.plot(epochs, [h["val_miou"] for h in history], "o-", color="tab:green")
-    ax2.set(xlabel="epoch", ylabel="mean IoU", title="validation mean IoU", ylim=(0, 1))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="training")
+    val_loss = [h.get("val_loss") for h in history]
+    if any(v is not None for v in val_loss):  # records from before val_loss have none
+        ax1.plot(epochs, [np.nan if v is None else v for v in val_loss], "s-", label="validation")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax2.plot(epochs, [h["val_miou"] for h in history], "o-", color="black", lw=2, label="mean")
+    names = list(history[-1].get("val_iou", {})) if history else []
+    for k, name in enumerate(names):
+        ious = [h.get("val_iou", {}).get(name, np.nan) for h in history]
+        # Matplotlib's cycle, not the mask palette: its outline white is invisible here.
+        ax2.plot(epochs, ious, ".--", color=f"C{k % 10}", label=name)
+    ax2.set(xlabel="epoch", ylabel="IoU", title="validation IoU", ylim=(0, 1))
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.legend(fontsize=8)
     save_figure(fig, path)
 
 

@@ -30,7 +30,10 @@ Choices, and why:
   odd row, and the Concat then fails on mismatched shapes.)
 
 The model's ``doc_string`` and ``metadata_props`` say how the input must be normalised
-(from the checkpoint's ``meta["data"]["normalization"]``), the class names and the sizes.
+(from the checkpoint's ``meta["data"]["normalization"]``), the class names, the sizes, and
+the scale the network learned at (``minunet.infer.scale``, ``meta["data"]["input"]``): a
+model trained on images resized to S x S wants its input resized to S x S and its logits
+resized back to the image's size before the argmax, as ``minunet.predict`` does.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import minunet
+from minunet.infer.scale import scale_from_meta
 from minunet.io.atomic import atomic_write
 from minunet.model import geometry
 
@@ -111,6 +115,22 @@ class _GraphBuilder:
         ends = self.ints(f"{out}.ends", [-margin, -margin])  # negative: counted from the end
         axes = self.ints(f"{out}.axes", [2, 3])
         return self.node("Slice", [x, starts, ends, axes], out)
+
+
+def _scale_text(meta: dict[str, Any]) -> str:
+    """How to size an image for the network, from the checkpoint's record of training."""
+    scale = scale_from_meta(meta)
+    if scale.resized:
+        return (
+            f"trained on images resized to {scale.size}x{scale.size}: resize each image to "
+            f"{scale.size}x{scale.size} (bilinear) before, and resize the logits back to the "
+            "image's size (bilinear, half-pixel centres) before the argmax."
+        )
+    return "trained at native resolution" + (
+        f" on {scale.crop} px crops: run it on the image as it is (tiled if large)."
+        if scale.crop
+        else ": run it on the image as it is."
+    )
 
 
 def _normalization_text(meta: dict[str, Any]) -> tuple[str, Any]:
@@ -232,6 +252,7 @@ def unet_to_onnx(
             "softmax; argmax over axis 1 is the class map"
             + (f" (classes {class_names})" if class_names else "")
             + (f"; class i is written as mask value {mask_values}[i]." if mask_values else "."),
+            f"Scale: {_scale_text(meta)}",
             "BatchNorm is kept as inference-mode BatchNormalization with the running "
             "statistics; dropout (identity in inference) is omitted.",
         ]
@@ -243,6 +264,7 @@ def unet_to_onnx(
             "minunet.normalization": json.dumps(norm),
             "minunet.class_names": json.dumps(class_names),
             "minunet.mask_values": json.dumps(mask_values),
+            "minunet.input": json.dumps(scale_from_meta(meta).record()),
         },
     )
     onnx.checker.check_model(model, full_check=True)  # full: shape inference as well
