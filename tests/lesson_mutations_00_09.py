@@ -145,10 +145,10 @@ MUTATIONS = [
         CPU,
         "            for a in range(1, kh):\n                np.matmul(cols[a * wo",
         "            for a in range(2, kh):\n                np.matmul(cols[a * wo",
-        ("conv16.forward(x16)", "cpu.conv2d_forward(x16"),
-        "accelerated path (minunet.accel.cpu): one kernel row dropped. Today Conv2d takes it"
-        " for 16 channels, so conv16.forward trips first; once Conv2d is the pure reference,"
-        " the direct cpu.conv2d_forward call does",
+        ("fast16.forward(x16)", "cpu.conv2d_forward(x16"),
+        "accelerated path (minunet.accel.cpu): one kernel row dropped. The accelerated layer"
+        " (FastConv2d, 16 channels: the blocked road) trips first; with MINUNET_ACCEL=0 it"
+        " stays the reference and the direct cpu.conv2d_forward call does",
     ),
     _row(
         "01",
