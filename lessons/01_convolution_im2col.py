@@ -30,7 +30,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minunet.accel import cpu
+from minunet.accel import accelerate, cpu
 from minunet.core.im2col import conv_output_size, im2col
 from minunet.data.loader import normalize
 from minunet.data.synthetic import make_toy_pets
@@ -208,7 +208,7 @@ print("loop im2col == offset im2col == minunet.core.im2col.im2col, for 4 (stride
 # %% [markdown]
 # ## The layer: minunet's `Conv2d`
 #
-# The reference road of `Conv2d.forward` (`minunet.nn`) is exactly the two lines above:
+# `Conv2d.forward` (`minunet.nn.conv`, the reference layer) is exactly the two lines above:
 # `cols = im2col(x)`, then `out = w2 @ cols + b`. It keeps `cols` for the backward pass
 # (lesson 02). Its weight has PyTorch's shape `(K, C, kh, kw)`. We load our weights into
 # it and demand the same numbers as the definition, in float64 so that only rounding at
@@ -216,12 +216,14 @@ print("loop im2col == offset im2col == minunet.core.im2col.im2col, for 4 (stride
 #
 # On NumPy the same sums also have a faster road, the accelerated path of
 # `minunet.accel.cpu` (lesson 09): channels-last columns built block by block, keeping
-# only `x` for the backward instead of `cols`. It serves stride-1 convolutions with at
-# least `cpu.MIN_CHANNELS` input channels, and `minunet.accel` decides which layers take
-# it, so a 3-channel check like the first one below only ever exercises im2col. The
-# second check uses 16 input channels and compares three things with the loops: the
-# im2col product written out, the `Conv2d` layer (whichever road it took: the printout
-# names it), and `cpu.conv2d_forward` called directly.
+# only `x` for the backward instead of `cols`. The reference `Conv2d` never takes it;
+# its fast subclass `FastConv2d` (`minunet.accel.conv`) does, for stride-1 convolutions
+# with at least `cpu.MIN_CHANNELS` input channels, and `minunet.accel.accelerate(layer)`
+# turns a layer into its fast class (the `UNet` does that to itself). The second check
+# uses 16 input channels and compares four things with the loops: the im2col product
+# written out, the reference `Conv2d`, the same layer accelerated (the printout names the
+# road it took, from the kind of cache it kept for the backward), and
+# `cpu.conv2d_forward` called directly.
 
 # %%
 for stride, padding in [(1, 1), (2, 0)]:
@@ -242,14 +244,15 @@ conv16 = Conv2d(16, 4, 3, padding=1, dtype=np.float64)
 conv16.params["weight"].data[...] = weight16
 conv16.params["bias"].data[...] = bias16
 np.testing.assert_allclose(conv16.forward(x16), loops16, atol=1e-12)
+reference_road = type(conv16._cache).__name__  # Im2colCache: the reference keeps cols
+fast16 = accelerate(conv16)  # the same object, now a FastConv2d with the same weights
+np.testing.assert_allclose(fast16.forward(x16), loops16, atol=1e-12)
 np.testing.assert_allclose(
     cpu.conv2d_forward(x16, weight16, bias16, padding=1), loops16, atol=1e-12
 )
-# Which road the layer took: its cache starts with the road's name where it has two.
-cache = getattr(conv16, "_cache", None)
-road = cache[0] if isinstance(cache, tuple) and isinstance(cache[0], str) else "im2col"
 print(
-    f"16 input channels: im2col + matmul == {type(conv16).__module__}.Conv2d ({road} road)"
+    f"16 input channels: im2col + matmul == Conv2d (cache {reference_road})"
+    f" == {type(fast16).__name__} (cache {type(fast16._cache).__name__})"
     " == minunet.accel.cpu.conv2d_forward == the definition"
 )
 

@@ -179,8 +179,11 @@ assert error_w < 1e-6  # float64, eps 1e-6: ~1e-9 expected; a wrong term is off 
 #   reads higher). Averaged over classes they need not: see below;
 # - mean IoU = the average of IoU over the classes.
 #
-# minunet builds `C` with one `bincount` of `t*K + p` (it works on the GPU, batch by
-# batch). Here is the slow, obvious version, and the formulas by hand:
+# minunet builds `C` by counting each pixel's flat index `t*K + p` into a `K*K` array with
+# one `xp.add.at` (pixels it does not count go to a spare last bin). It works on the GPU,
+# batch by batch, without reading anything back to the CPU, which `bincount` or a boolean
+# mask would do to size its output. Here is the slow, obvious version, and the formulas
+# by hand:
 
 
 # %%

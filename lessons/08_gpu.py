@@ -58,12 +58,15 @@ else:
 #   passes over memory. Those do little arithmetic per byte, so their speed is set by
 #   memory bandwidth and by how many passes they make.
 #
-# So minunet replaces the wasteful ones with short CUDA kernels of its own, each in the
-# module of its layer, beside the NumPy code it replaces: im2col and col2im (one launch
-# each), max-pool forward and backward, BatchNorm with its ReLU (three launches each way,
-# where the array code takes a dozen full passes and some twenty tiny launches), softmax
-# cross-entropy (one), and the optimiser update (one per parameter).
-# `MINUNET_CUDA_KERNELS=0` switches them off, to compare.
+# So minunet replaces the wasteful ones with short CUDA kernels of its own: im2col and
+# col2im (one launch each), max-pool forward and backward, BatchNorm with its ReLU (three
+# launches each way, where the array code takes a dozen full passes and some twenty tiny
+# launches), softmax cross-entropy (one), and the optimiser update (one per parameter).
+# They live in `minunet/accel/cuda/`, one module per family, each beside the fast class
+# that runs it (a subclass of the reference layer, loss or optimiser in `minunet/nn`,
+# which stays plain array code); `minunet.accel.accelerate` gives an object its fast
+# class, and the `UNet` does that to itself. `MINUNET_CUDA_KERNELS=0` switches the
+# kernels off, to compare.
 #
 # CuPy 14 dropped its cuDNN bindings, so none of this calls cuDNN: every convolution is
 # minunet's own im2col + cuBLAS. Two costs do not exist on the CPU. Each kernel launch

@@ -318,9 +318,10 @@ np.testing.assert_allclose(p_text, hand_momentum(lr, mu, False), rtol=1e-13, ato
 # At step 1 the corrected `m_hat = g` and `v_hat = g^2`, so the first step is
 # `lr * g / (|g| + eps)`: almost exactly `lr * sign(g)` in every coordinate.
 #
-# The library folds the corrections into the step size, `(lr / c1) * m / (sqrt(v / c2) +
-# eps)`, which is the same number rounded differently: agreement to a few units in the
-# last place of float64, not bit for bit.
+# The library (which calls `m` and `v` by PyTorch's names, `exp_avg` and `exp_avg_sq`)
+# folds the corrections into the step size, `(lr / c1) * m / (sqrt(v / c2) + eps)`, which
+# is the same number rounded differently: agreement to a few units in the last place of
+# float64, not bit for bit.
 
 
 # %%

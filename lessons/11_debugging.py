@@ -256,8 +256,9 @@ np.testing.assert_allclose(alone_eval, in_batch_eval, rtol=1e-4, atol=1e-5)
 #
 # Real masks have pixels nobody labelled (the Pets trimaps' "unclassified" border, or
 # 255 in many data sets). They must carry no loss and no gradient. minunet refuses a
-# label outside `[0, K)` unless it is declared as `ignore_index`, so the mistake can only
-# be made on purpose, e.g. by clipping 255 into the last class to make the error go
+# label outside `[0, K)` unless it is declared as `ignore_index`, with a `ValueError`
+# that says so (unchecked, the label would reach the loss's indexing, where NumPy stops
+# with an `IndexError` far from the cause), so the mistake can only be made on purpose, e.g. by clipping 255 into the last class to make the error go
 # away. That **leaks**: the ignored pixels become confident "outline" targets.
 
 # %%
@@ -265,9 +266,12 @@ y_unknown = y.copy()
 y_unknown[:, :4, :] = 255  # the top rows of every image: unlabelled
 try:
     SoftmaxCrossEntropy().forward(uniform, y_unknown)
-    raise AssertionError("a label of 255 without ignore_index must be refused")
-except ValueError as err:
+except ValueError as err:  # minunet's own check: one line that says what is wrong
     print("refused:", err)
+except IndexError as err:  # NumPy's, from deep inside the loss: nothing checked the label
+    raise AssertionError(f"a label of 255 reached the loss unchecked: {err}") from None
+else:
+    raise AssertionError("a label of 255 without ignore_index must be refused")
 
 logits = new_model().forward(x, train=True).astype(np.float64)
 right = SoftmaxCrossEntropy(ignore_index=255)

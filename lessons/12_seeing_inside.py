@@ -25,8 +25,9 @@ import numpy as np
 
 from minunet.data.loader import normalize
 from minunet.data.synthetic import make_toy_pets
-from minunet.infer.tiling import predict_tiled, valid_output_size
+from minunet.infer.tiling import predict_tiled
 from minunet.model import UNet
+from minunet.model.geometry import output_size
 from minunet.nn.losses import SoftmaxCrossEntropy
 from minunet.nn.optim import Adam
 
@@ -135,12 +136,12 @@ def field_intervals(side: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
 # The net: valid padding, float64, an input a little larger than the field.
 
 # %%
-side = next(s for s in range(RF + 8, 400) if valid_output_size(s, DEPTH))
+side = next(s for s in range(RF + 8, 400) if output_size(s, DEPTH, "valid"))
 net = UNet(3, 2, 4, DEPTH, padding="valid", batchnorm=False, dtype=np.float64, seed=0)
 images = np.random.default_rng(0).standard_normal((8, 3, side, side))
 lo, hi = field_intervals(side, DEPTH)
 out_side = len(lo)
-assert out_side == valid_output_size(side, DEPTH) == net.output_size(side)
+assert out_side == output_size(side, DEPTH, "valid") == net.output_size(side)
 widths = hi - lo + 1
 print(f"input {side}, output {out_side}: field width per output position {widths}")
 period = widths[: 2**DEPTH]  # the pattern repeats every 2**depth output pixels
@@ -249,7 +250,8 @@ plt.show()
 # tile: each input tile is `t` pixels, its output is the central `t - 2 * shrink`; tiles
 # are placed so the outputs cover the image exactly, and the context missing beyond the
 # image border is filled by **mirroring** the image. `minunet.infer.tiling.predict_tiled`
-# does that.
+# does that; its mirror (`mirror_pad`) is NumPy's "symmetric" one, which repeats the edge
+# pixel, because that is how training pads a sample smaller than its crop.
 #
 # Is the result the same as running the net once on the whole mirror-padded image? Only
 # if every tile starts on the whole image's **pooling grid**: a 2x2 pool pairs pixels
@@ -264,17 +266,17 @@ plt.show()
 # %%
 def tiling_against_whole(depth: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
     """Tiled and whole-image logits (K, H, W) of a valid U-Net; and tile, out, shrink."""
-    start = next(s for s in range(16, 400) if valid_output_size(s, depth))
-    t = next(s for s in range(start, 400) if (valid_output_size(s, depth) or 0) >= 8)
-    out = valid_output_size(t, depth)
+    start = next(s for s in range(16, 400) if output_size(s, depth, "valid"))
+    t = next(s for s in range(start, 400) if (output_size(s, depth, "valid") or 0) >= 8)
+    out = output_size(t, depth, "valid")
     pad = (t - out) // 2
     # An image of n tiles' outputs per side, for the smallest n >= 4 whose mirror-padded
     # image is itself a valid input: then the whole-image run exists to compare with.
-    n = next(n for n in range(4, 12) if valid_output_size(n * out + 2 * pad, depth))
+    n = next(n for n in range(4, 12) if output_size(n * out + 2 * pad, depth, "valid"))
     img = normalize(make_toy_pets(1, image_size=n * out, seed=3).images)[0]  # (3, H, W)
     net = UNet(3, 3, 4, depth, padding="valid", seed=1)
-    tiled = predict_tiled(net.infer, img, t, num_classes=3, depth=depth, valid_shrink=pad)
-    mirrored = np.pad(img, [(0, 0), (pad, pad), (pad, pad)], mode="reflect")
+    tiled = predict_tiled(net.infer, img, t, num_classes=3, depth=depth, border=pad)
+    mirrored = np.pad(img, [(0, 0), (pad, pad), (pad, pad)], mode="symmetric")
     return tiled, net.infer(mirrored[None])[0], t, out, pad
 
 
@@ -295,7 +297,7 @@ assert out3 % 8 and seams > 1e-2
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4))
 photo = make_toy_pets(1, image_size=h, seed=3).images[0]  # (H, W, 3) uint8, for display
-axes[0].imshow(np.pad(photo, [(shrink, shrink), (shrink, shrink), (0, 0)], mode="reflect"))
+axes[0].imshow(np.pad(photo, [(shrink, shrink), (shrink, shrink), (0, 0)], mode="symmetric"))
 axes[0].add_patch(plt.Rectangle((-0.5, -0.5), tile, tile, fill=False, ec="b", lw=2))
 axes[0].add_patch(
     plt.Rectangle((shrink - 0.5, shrink - 0.5), out_tile, out_tile, fill=False, ec="y", lw=2)
@@ -332,10 +334,10 @@ plt.show()
 #    given as `[("conv", k), ("pool", k), ...]` (a pool's stride is its size). The check
 #    builds each chain from minunet's `Conv2d` and `MaxPool2d` and measures the support
 #    of one output's gradient.
-# 2. **A mutation.** In `_mirror` (`minunet/infer/tiling.py`), change
-#    `mode = "reflect" if` to `mode = "symmetric" if` (NumPy's other mirror, which repeats
+# 2. **A mutation.** In `mirror_pad` (`minunet/infer/tiling.py`), change
+#    `mode="symmetric")` to `mode="reflect")` (NumPy's other mirror, which does not repeat
 #    the edge pixel). Which of these checks would fail?
-#    - `"tiled_equals_whole"`: tiled == the net on the whole reflect-padded image;
+#    - `"tiled_equals_whole"`: tiled == the net on the whole symmetric-padded image;
 #    - `"tiled_shape"`: the tiled logits are `(K, H, W)`;
 #    - `"tiled_class_map"`: `output="classes"` is the argmax of `output="logits"`.
 #

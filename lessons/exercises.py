@@ -32,8 +32,8 @@ from minunet.core.gradcheck import numerical_gradient
 from minunet.core.im2col import col2im, conv_output_size, im2col
 from minunet.data.augment import sample_bilinear
 from minunet.data.loader import normalize
-from minunet.infer.tiling import valid_output_size
 from minunet.model import UNet
+from minunet.model.geometry import border, output_size
 from minunet.nn import Conv2d, ConvTranspose2d, MaxPool2d, Parameter
 from minunet.nn.losses import SoftmaxCrossEntropy
 from minunet.nn.metrics import metrics_from_confusion
@@ -203,7 +203,7 @@ def check_my_valid_output_size(my_valid_output_size: Callable) -> None:
     for depth in (1, 2, 3, 4):
         net = UNet(1, 2, 1, depth, padding="valid")
         for size in range(1, 300):
-            want = valid_output_size(size, depth)
+            want = output_size(size, depth, "valid")
             assert want is None or want == net.output_size(size)
             got = my_valid_output_size(size, depth)
             assert got == want, f"depth {depth}, size {size}: {got} != {want}"
@@ -481,10 +481,10 @@ def check_my_receptive_field(my_receptive_field: Callable) -> None:
 
 def _tiled_run(m: Any, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     net = UNet(3, 2, 2, 1, padding="valid", dtype=np.float32, seed=0)
-    tile, out = 20, valid_output_size(20, 1)
-    shrink = (tile - out) // 2
-    tiled = m.predict_tiled(net.infer, image, tile, num_classes=2, depth=1, valid_shrink=shrink)
-    mirrored = np.pad(image, [(0, 0), (shrink, shrink), (shrink, shrink)], mode="reflect")
+    tile = 20
+    pad = border(1, "valid")  # pixels the net trims from each side
+    tiled = m.predict_tiled(net.infer, image, tile, num_classes=2, depth=1, border=pad)
+    mirrored = np.pad(image, [(0, 0), (pad, pad), (pad, pad)], mode="symmetric")
     return tiled, net.infer(mirrored[None])[0]
 
 
@@ -501,8 +501,7 @@ def _tiled_shape(m: Any) -> None:
 def _tiled_class_map(m: Any) -> None:
     image = _rng().standard_normal((3, 24, 24)).astype(np.float32)
     net = UNet(3, 2, 2, 1, padding="valid", dtype=np.float32, seed=0)
-    shrink = (20 - valid_output_size(20, 1)) // 2
-    args = dict(num_classes=2, depth=1, valid_shrink=shrink)
+    args = dict(num_classes=2, depth=1, border=border(1, "valid"))
     logits = m.predict_tiled(net.infer, image, 20, **args)
     classes = m.predict_tiled(net.infer, image, 20, output="classes", **args)
     np.testing.assert_array_equal(classes, logits.argmax(axis=0))
@@ -516,7 +515,7 @@ TILING_CHECKS = {
 
 
 def check_answer_mirror_mutation(answer: Any) -> None:
-    mod = mutant("minunet.infer.tiling", 'mode = "reflect" if', 'mode = "symmetric" if')
+    mod = mutant("minunet.infer.tiling", 'mode="symmetric")', 'mode="reflect")')
     _check_mutation(answer, TILING_CHECKS, mod)
 
 

@@ -33,6 +33,8 @@ IM2COL = "minunet/core/im2col.py"
 CONV = "minunet/nn/conv.py"
 BN = "minunet/nn/batchnorm.py"
 CPU = "minunet/accel/cpu.py"
+CUDA_IM2COL = "minunet/accel/cuda/im2col.py"
+CUDA_BN = "minunet/accel/cuda/batchnorm.py"
 
 MUTATIONS = [
     # -- lesson 00: layouts, normalisation, broadcasting, the backend ----------------------
@@ -126,8 +128,8 @@ MUTATIONS = [
     _row(
         "01",
         CONV,
-        "            out += bias[:, None]",
-        "            out -= bias[:, None]",
+        '            out += self.params["bias"].data[:, None]',
+        '            out -= self.params["bias"].data[:, None]',
         "np.testing.assert_allclose(out_lib, conv2d_loops(",
         "the reference (im2col) Conv2d subtracts its bias",
     ),
@@ -143,10 +145,10 @@ MUTATIONS = [
         CPU,
         "            for a in range(1, kh):\n                np.matmul(cols[a * wo",
         "            for a in range(2, kh):\n                np.matmul(cols[a * wo",
-        ("conv16.forward(x16)", "cpu.conv2d_forward(x16"),
-        "accelerated path (minunet.accel.cpu): one kernel row dropped. Today Conv2d takes it"
-        " for 16 channels, so conv16.forward trips first; once Conv2d is the pure reference,"
-        " the direct cpu.conv2d_forward call does",
+        ("fast16.forward(x16)", "cpu.conv2d_forward(x16"),
+        "accelerated path (minunet.accel.cpu): one kernel row dropped. The accelerated layer"
+        " (FastConv2d, 16 channels: the blocked road) trips first; with MINUNET_ACCEL=0 it"
+        " stays the reference and the direct cpu.conv2d_forward call does",
     ),
     _row(
         "01",
@@ -209,8 +211,8 @@ MUTATIONS = [
     _row(
         "02",
         CONV,
-        "dcols = cpu.batched_matmul(weight.data.reshape(kout, -1).T, d)",
-        "dcols = cpu.batched_matmul(-weight.data.reshape(kout, -1).T, d)",
+        "dcols = weight.data.reshape(kout, -1).T @ d",
+        "dcols = -weight.data.reshape(kout, -1).T @ d",
         'err_msg="Conv2d dx"',
         "the input gradient's sign flipped",
     ),
@@ -343,8 +345,8 @@ MUTATIONS = [
     _row(
         "02",
         BN,
-        "dout = dout * (relu_out > 0)",
-        "dout = dout * (relu_out >= 0)",
+        "dout = dout * (cache.relu_out > 0)",
+        "dout = dout * (cache.relu_out >= 0)",
         "np.testing.assert_array_equal(fused.backward(d_block)",
         "the fused ReLU's backward lets everything through",
     ),
@@ -437,8 +439,8 @@ MUTATIONS = [
     _row(
         "03",
         "minunet/nn/conv_transpose.py",
-        "dx = cpu.batched_matmul(weight.data.reshape(c, -1), dcols)",
-        "dx = -cpu.batched_matmul(weight.data.reshape(c, -1), dcols)",
+        "dx = weight.data.reshape(c, -1) @ dcols",
+        "dx = -weight.data.reshape(c, -1) @ dcols",
         '"ConvTranspose2d gradient check"',
     ),
     _row(
@@ -490,9 +492,9 @@ MUTATIONS = [
     ),
     _row(
         "04",
-        "minunet/model/unet.py",
-        "            size = size * 2 - shrink\n",
-        "            size = size * 2 - shrink // 2\n",
+        "minunet/model/geometry.py",
+        "        size = up - trim\n",
+        "        size = up - trim // 2\n",
         "assert paper.output_size(572) == 388",
     ),
     _row(
@@ -562,8 +564,8 @@ MUTATIONS = [
     _row(
         "05",
         "minunet/nn/losses.py",
-        "return (probs - onehot) * (weights / total)[:, None]",
-        "return (onehot - probs) * (weights / total)[:, None]",
+        "return (c.probs - onehot) * (c.weights / c.total)[:, None]",
+        "return (onehot - c.probs) * (c.weights / c.total)[:, None]",
         "np.testing.assert_allclose(ce.backward(), dz_hand",
     ),
     _row(
@@ -600,8 +602,8 @@ MUTATIONS = [
     _row(
         "05",
         "minunet/nn/losses.py",
-        "return (probs - onehot) * (weights / total)[:, None]",
-        "return (probs - onehot) * (weights**2 / total)[:, None]",
+        "return (c.probs - onehot) * (c.weights / c.total)[:, None]",
+        "return (c.probs - onehot) * (c.weights**2 / c.total)[:, None]",
         "np.testing.assert_allclose(wce.backward(), dz_hand",
         "weights squared in the backward (all weights 1 in the plain case: only this sees it)",
     ),
@@ -624,8 +626,8 @@ MUTATIONS = [
     _row(
         "05",
         "minunet/nn/metrics.py",
-        "counts = xp.bincount(t * num_classes + p",
-        "counts = xp.bincount(p * num_classes + t",
+        "xp.where(keep, t * num_classes + p, k2)",
+        "xp.where(keep, p * num_classes + t, k2)",
         "np.testing.assert_array_equal(conf, confusion_by_hand(pred, truth, 3))",
         "the confusion matrix transposed (rows the prediction)",
     ),
@@ -815,8 +817,8 @@ MUTATIONS = [
     _row(
         "07",
         "minunet/nn/optim.py",
-        "p.data -= (self.lr / c1) * m / (",
-        "p.data += (self.lr / c1) * m / (",
+        "p.data -= (self.lr / c1) * exp_avg / (",
+        "p.data += (self.lr / c1) * exp_avg / (",
         'assert np.mean(history["step_loss"][-5:]) < 0.8',
         "Adam climbs the loss",
     ),
@@ -831,8 +833,8 @@ MUTATIONS = [
     _row(
         "07",
         "minunet/nn/optim.py",
-        "p.data -= (self.lr / c1) * m / (",
-        "p.data -= (self.lr / 10 / c1) * m / (",
+        "p.data -= (self.lr / c1) * exp_avg / (",
+        "p.data -= (self.lr / 10 / c1) * exp_avg / (",
         '"no better than the class prior on training data"',
         "Adam's steps 10x too small: the loss falls by 20%, but not below the prior's entropy",
     ),
@@ -855,34 +857,35 @@ MUTATIONS = [
     # -- lesson 08: the GPU (the first three need one) -------------------------------------
     _row(
         "08",
-        IM2COL,
+        CUDA_IM2COL,
         "? x[(r * H + h) * W + w] : (T)0;",
         "? x[(r * H + h) * W + w] : (T)1;",
         "np.testing.assert_allclose(gpu_loss, cpu_loss",
-        "CUDA im2col kernel reads the padding as 1",
+        "CUDA im2col kernel (minunet.accel.cuda.im2col) reads the padding as 1",
         needs="gpu",
     ),
     _row(
         "08",
-        IM2COL,
+        CUDA_IM2COL,
         "sum += cols[(((r * kh + i) * kw + j) * Ho + top / stride) * Wo + left / stride];",
         "sum -= cols[(((r * kh + i) * kw + j) * Ho + top / stride) * Wo + left / stride];",
         "np.testing.assert_allclose(to_numpy(gpu_dx), cpu_dx",
-        "CUDA col2im kernel subtracts: the input gradients differ",
+        "CUDA col2im kernel (minunet.accel.cuda.im2col) subtracts: the input gradients differ",
         needs="gpu",
     ),
     _row(
         "08",
-        BN,
-        "gamma.grad += dgamma.astype(dout.dtype)",
-        "gamma.grad -= dgamma.astype(dout.dtype)",
+        CUDA_BN,
+        "gamma_grad[c] += (T)dg;",
+        "gamma_grad[c] -= (T)dg;",
         "np.testing.assert_allclose(to_numpy(p.grad), cpu_grads[name].grad",
-        "BatchNorm's kernel path adds dgamma with the wrong sign (dx is unaffected)",
+        "the BatchNorm kernels (minunet.accel.cuda.batchnorm) add dgamma with the wrong sign"
+        " (dx is unaffected)",
         needs="gpu",
     ),
     _row(
         "08",
-        IM2COL,
+        CUDA_IM2COL,
         "? x[(r * H + h) * W + w] : (T)0;",
         "? x[(r * H + h) * W + w] : (T)1;",
         "np.testing.assert_array_equal(cols_kernel, im2col(xs, 3, 3, 2, 1))",
@@ -890,7 +893,7 @@ MUTATIONS = [
     ),
     _row(
         "08",
-        IM2COL,
+        CUDA_IM2COL,
         "if (left < 0 || left % stride != 0 || left / stride >= Wo) continue;",
         "if (left < 0 || left / stride >= Wo) continue;",
         "np.testing.assert_array_equal(back_kernel, col2im(cols_kernel",
@@ -944,8 +947,8 @@ MUTATIONS = [
         "            for a in range(1, kh):\n                np.matmul(cols[a * wo",
         "            for a in range(2, kh):\n                np.matmul(cols[a * wo",
         ("np.testing.assert_allclose(mine, conv.forward(x[None])[0]", "for got, want in"),
-        "accelerated path (minunet.accel.cpu): a kernel row dropped. Conv2d takes it today (9"
-        " channels); once Conv2d is the pure reference, the direct cpu calls trip instead",
+        "accelerated path (minunet.accel.cpu): a kernel row dropped; the lesson's Conv2d is"
+        " FastConv2d, whose 9-channel layers take this path, so its check trips first",
     ),
     _row(
         "09",

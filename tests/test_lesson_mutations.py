@@ -7,7 +7,8 @@ The tables in ``tests/lesson_mutations_*.py`` (every module of that name definin
     dict(lesson="02", path="minunet/core/im2col.py", find="...", replace="...",
          check="...")
 
-``lesson`` is the prefix of a lesson source (``lessons/02_*.py``); ``path`` the file to
+``lesson`` is the lesson's two-digit number, the prefix of its source (``"02"`` for
+``lessons/02_*.py``; one convention for every table, not the full stem); ``path`` the file to
 break, relative to the repository root (library code, or for a check of a lesson's own
 by-hand derivation, the lesson itself); ``find`` an exact snippet of it, which must occur
 exactly once (so a moved or edited target fails loudly instead of silently mutating
@@ -69,6 +70,8 @@ MUTATIONS = load_mutations()
 
 
 def lesson_source(prefix: str) -> Path:
+    if not re.fullmatch(r"\d\d", prefix):
+        raise LookupError(f"lesson {prefix!r}: give the two-digit number (e.g. '02')")
     matches = [p for p in LESSONS.glob(f"{prefix}_*.py") if re.match(r"\d\d_", p.name)]
     if len(matches) != 1:
         raise LookupError(f"lesson {prefix!r}: {len(matches)} sources match lessons/{prefix}_*.py")

@@ -11,7 +11,7 @@ def my_receptive_field(layers):
     return r
 
 
-# "symmetric" repeats the edge pixel, "reflect" does not: the tiles' context changes, so
-# the tiled result no longer equals the net on the reflect-padded image. The shapes and
+# "reflect" does not repeat the edge pixel, "symmetric" does: the tiles' context changes,
+# so the tiled result no longer equals the net on the symmetric-padded image. The shapes and
 # the class map (argmax of whatever logits come out) are unaffected.
 answer_mirror_mutation = {"tiled_equals_whole"}
