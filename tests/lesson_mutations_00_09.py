@@ -211,8 +211,8 @@ MUTATIONS = [
     _row(
         "02",
         CONV,
-        "dcols = weight.data.reshape(kout, -1).T @ d",
-        "dcols = -weight.data.reshape(kout, -1).T @ d",
+        "dcols = self.matmul(weight.data.reshape(kout, -1).T, d)",
+        "dcols = self.matmul(-weight.data.reshape(kout, -1).T, d)",
         'err_msg="Conv2d dx"',
         "the input gradient's sign flipped",
     ),
@@ -439,8 +439,8 @@ MUTATIONS = [
     _row(
         "03",
         "minunet/nn/conv_transpose.py",
-        "dx = weight.data.reshape(c, -1) @ dcols",
-        "dx = -weight.data.reshape(c, -1) @ dcols",
+        "dx = self.matmul(weight.data.reshape(c, -1), dcols)",
+        "dx = -self.matmul(weight.data.reshape(c, -1), dcols)",
         '"ConvTranspose2d gradient check"',
     ),
     _row(
