@@ -1,6 +1,6 @@
 """Shared test settings: hypothesis profiles, the GPU marker, and the torch reference.
 
-Two hypothesis profiles, chosen with the environment variable ``HYPOTHESIS_PROFILE``:
+Three hypothesis profiles, chosen with the environment variable ``HYPOTHESIS_PROFILE``:
 
 - ``ci`` (the default): derandomised. Every run draws the same 25 examples per property
   (seeded from each test's own source), so a CI run cannot fail by the luck of the draw,
@@ -12,7 +12,11 @@ Two hypothesis profiles, chosen with the environment variable ``HYPOTHESIS_PROFI
       HYPOTHESIS_PROFILE=thorough python -m pytest -q tests/test_gradients.py
       HYPOTHESIS_PROFILE=thorough python -m pytest -q tests/ --hypothesis-seed=7
 
-A failure under either profile is a real bug or a tolerance that does not follow from
+- ``seeds``: 50 examples per property from the seed given with ``--hypothesis-seed=N``,
+  for the sweep over many seeds (``bash tests/property_seeds.sh 20`` runs every property
+  file under seeds 1..20 and lists the seeds that failed).
+
+A failure under any profile is a real bug or a tolerance that does not follow from
 what is compared: fix that, never the draw.
 """
 
@@ -35,6 +39,14 @@ settings.register_profile(
 settings.register_profile(
     "thorough",
     max_examples=300,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "seeds",
+    max_examples=50,
+    database=None,
     deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
