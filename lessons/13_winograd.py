@@ -112,7 +112,7 @@ AT = np.array([[1, 1, 1, 0], [0, 1, -1, 1]], dtype=np.float64)  # (m, n) = (2, 4
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # (n, 3)
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]], dtype=np.float64)
 
-for trial in range(5):
+for _ in range(5):
     d, g = rng.standard_normal(4), rng.standard_normal(3)
     direct = np.array([g @ d[i : i + 3] for i in range(2)])  # 6 multiplications
     fast = AT @ ((G @ g) * (BT @ d))  # 4 multiplications, once G g is known
@@ -139,7 +139,7 @@ AT_derived = evaluation(points, 2).T
 G_derived = evaluation(points, 3) / size
 BT_derived = np.linalg.inv(evaluation(points, 4)).T * size
 for name, derived, typed in [("A^T", AT_derived, AT), ("G", G_derived, G), ("B^T", BT_derived, BT)]:
-    np.testing.assert_allclose(derived, typed, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(derived, typed, rtol=0, atol=1e-15, err_msg=name)
 print(f"points {points} + infinity: denominators {denominators}")
 print("evaluate, multiply, interpolate == the matrices written out above")
 
@@ -201,8 +201,10 @@ tile = AT @ ((G @ g @ G.T) * (BT @ d @ BT.T)) @ AT.T
 np.testing.assert_allclose(tile, direct, rtol=1e-13, atol=1e-13)
 for mm in (2, 4):
     nn = mm + 2
-    print(f"F({mm}x{mm}, 3x3): {nn * nn} multiplications per tile instead of {9 * mm * mm}"
-          f" ({9 * mm * mm / (nn * nn):.2f}x fewer)")
+    print(
+        f"F({mm}x{mm}, 3x3): {nn * nn} multiplications per tile instead of {9 * mm * mm}"
+        f" ({9 * mm * mm / (nn * nn):.2f}x fewer)"
+    )
 
 # %% [markdown]
 # **A layer.** Cut the (padded) input into `n x n` tiles that start every `m` pixels
@@ -309,7 +311,9 @@ for mm in (2, 4):
         np.testing.assert_allclose(
             out, out_ref, rtol=0, atol=bound(mm, np.float64, 9 * cb + 1, xmax * wmax)
         )
-        np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=bound(mm, np.float64, 9 * kb, dmax * wmax))
+        np.testing.assert_allclose(
+            dx, dx_ref, rtol=0, atol=bound(mm, np.float64, 9 * kb, dmax * wmax)
+        )
         np.testing.assert_allclose(
             dw, ref.params["weight"].grad, rtol=0, atol=bound(mm, np.float64, terms_dw, dmax * xmax)
         )
@@ -474,7 +478,9 @@ tn, tc, tside = (1, 16, 8) if SMALL else (8, 256, 16)
 calls = 2 if SMALL else 5
 xt = rng.standard_normal((tn, tc, tside, tside), dtype=np.float32)
 wt = (rng.standard_normal((tc, tc, 3, 3)) * np.sqrt(2 / (tc * 9))).astype(np.float32)
-print(f"Conv2d 3x3 {tc}->{tc}, x ({tn}, {tc}, {tside}, {tside}) float32, forward, median of {calls}")
+print(
+    f"Conv2d 3x3 {tc}->{tc}, x ({tn}, {tc}, {tside}, {tside}) float32, forward, median of {calls}"
+)
 print(f"load average {load_average()}")
 blocked_ms = median_ms(lambda: cpu.conv2d_forward(xt, wt, None, 1), calls)
 winograd_ms = median_ms(lambda: winograd.conv2d_forward(xt, wt, None, 1, 2), calls)
