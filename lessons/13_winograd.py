@@ -264,6 +264,7 @@ def bound(m, dtype, terms, scale):
 nb, cb, kb, side = (2, 6, 5, 8) if SMALL else (2, 16, 12, 16)
 x = rng.standard_normal((nb, cb, side, side))
 layer = Conv2d(cb, kb, 3, padding=1, dtype=np.float64, rng=rng)
+layer.params["bias"].data[...] = rng.standard_normal(kb)  # it starts at zero: test it too
 weight = layer.params["weight"].data
 want = layer.forward(x) - layer.params["bias"].data[:, None, None]  # the by-hand has no bias
 for mm, matrices in [(2, (AT, G, BT)), (4, winograd.toom_cook(4))]:
@@ -299,6 +300,7 @@ for mm in (2, 4):
     for padding in (1, 0):
         ref = Conv2d(cb, kb, 3, padding=padding, dtype=np.float64, rng=rng)
         w_ref, b_ref = ref.params["weight"].data, ref.params["bias"].data
+        b_ref[...] = rng.standard_normal(kb)
         x = rng.standard_normal((nb, cb, hx, wx))
         out_ref = ref.forward(x)
         dout = rng.standard_normal(out_ref.shape)
