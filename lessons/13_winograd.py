@@ -46,8 +46,9 @@ from minunet.nn import Conv2d  # the reference: im2col and one product
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
 rng = np.random.default_rng(0)
-print(f"Winograd switched on: {winograd.ENABLED and cpu.ENABLED} (MINUNET_WINOGRAD=0 keeps")
-print("  every convolution on lesson 09's blocked path)")
+print(
+    f"Winograd switched on: {winograd.ENABLED and cpu.ENABLED} (MINUNET_WINOGRAD=0 switches it off)"
+)
 
 # %% [markdown]
 # ## 1. F(2, 3): two outputs of a 3-tap filter with 4 multiplications
@@ -92,10 +93,11 @@ print("  every convolution on lesson 09's blocked path)")
 # (4 x 4)`. The rows of `B^T` are the coefficients of the interpolation basis polynomials:
 # for a finite point `p_j`, `l_j(z) = prod_{l != j}(z - p_l) / prod_{l != j}(p_j - p_l)`
 # (1 at `p_j`, 0 at the other points, no `z^3` term); for infinity, `z (z - 1)(z + 1) = z^3
-# - z`. The denominators `2` make `B^T` fractional. Each product `(G g)_j (B^T d)_j` is
-# unchanged when row `j` of `G` is multiplied by a number and row `j` of `B^T` divided by
-# it, so we move the denominators into `G`: the filter is transformed once per layer, the
-# input once per tile, so `B^T` is the one to keep integer. Written out:
+# - z`. The denominators (-1, 2 and 2) make `B^T` fractional. Each product `(G g)_j (B^T
+# d)_j` is unchanged when row `j` of `G` is multiplied by a number and row `j` of `B^T`
+# divided by it, so we move the denominators' sizes into `G` (their signs stay in `B^T`):
+# the filter is transformed once per layer, the input once per tile, so `B^T` is the one
+# to keep integer. Written out:
 #
 # $$A^T = \begin{pmatrix} 1 & 1 & 1 & 0 \\ 0 & 1 & -1 & 1 \end{pmatrix},\quad
 #   G = \begin{pmatrix} 1 & 0 & 0 \\ \tfrac12 & \tfrac12 & \tfrac12 \\
@@ -383,13 +385,13 @@ assert errors[4] > errors[2], "F(4, 3) should round more than F(2, 3)"
 print(f"F(4, 3) / F(2, 3) float32 error: {errors[4] / errors[2]:.0f}x")
 
 # %% [markdown]
-# `F(2x2, 3x3)`'s float32 error is of the size of the direct sums': its transforms hold
-# only 0, 1 and 1/2, and grow the tiles a few times. `F(4x4, 3x3)` saves more (4x fewer
+# `F(2x2, 3x3)`'s float32 error is of the size of the direct sums': its transforms'
+# entries are of size 0, 1 and 1/2, and grow the tiles about twice. `F(4x4, 3x3)` saves more (4x fewer
 # multiplications against 2.25x) but rounds an order of magnitude more, on every layer
 # and every training step, in the forward and in both gradients. minunet promises
 # results that agree with PyTorch, so it takes the cheaper error: `winograd.TILE` is 2.
-# (Other points can do better than `+-2`, and float64 would make the error harmless;
-# neither changes that trade at float32.) `F(4x4, 3x3)` stays in the library, tested,
+# (In float64 the larger error would be harmless, but the U-Net trains in float32.)
+# `F(4x4, 3x3)` stays in the library, tested,
 # for anyone who wants to measure that trade on their own layers.
 #
 # ## 4. When it pays
@@ -447,8 +449,8 @@ for channels, cache_type in [(c_min, WinogradCache), (c_min // 2, BlockedConvCac
     print(f"FastConv2d {channels} -> {channels}: {type(conv._cache).__name__}")
 
 # %% [markdown]
-# **A timing, on this machine.** One deep layer of a base-32 U-Net (256 to 256 channels
-# at 16x16, a batch of 8), forward only, float32: lesson 09's blocked path
+# **A timing, on this machine.** One deep layer (256 to 256 channels at 16x16, a batch
+# of 8), forward only, float32: lesson 09's blocked path
 # (`cpu.conv2d_forward`) against Winograd (`winograd.conv2d_forward`), called directly,
 # whatever the rule would pick. Each figure is the median of a few calls after a
 # warm-up. As in lesson 09, these times belong to this machine at this moment: on a busy
