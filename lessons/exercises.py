@@ -519,6 +519,81 @@ def check_answer_mirror_mutation(answer: Any) -> None:
     _check_mutation(answer, TILING_CHECKS, mod)
 
 
+# --- lesson 13: Winograd convolutions ---------------------------------------------------
+
+
+def _winograd_product(at: np.ndarray, g: np.ndarray, bt: np.ndarray) -> np.ndarray:
+    """T[i, k, l] = sum_j AT[i, j] G[j, k] BT[j, l]: the coefficient of g_k d_l in y_i."""
+    return np.einsum("ij,jk,jl->ikl", at, g, bt)
+
+
+def _parallel(row: np.ndarray, direction: np.ndarray) -> bool:
+    """Whether ``row`` is a nonzero multiple of ``direction`` (a row scaling is allowed)."""
+    along = row @ direction / (direction @ direction)
+    return abs(along) > 1e-12 and np.allclose(row, along * direction, rtol=0, atol=1e-10)
+
+
+def check_my_toom_cook(my_toom_cook: Callable) -> None:
+    from minunet.accel import winograd  # here, not at the top: only lesson 13 needs it
+
+    shift = np.array([[[float(l == i + k) for l in range(4)] for k in range(3)] for i in range(2)])
+    rng = _rng()
+    for points in ((0, 1, -1), (0, 1, 2), (0.5, -1, 3), (-2, 0, 0.25)):
+        at, g, bt = (np.asarray(a, dtype=np.float64) for a in my_toom_cook(points))
+        shapes = (at.shape, g.shape, bt.shape)
+        assert shapes == ((2, 4), (4, 3), (4, 4)), f"points {points}: shapes {shapes}"
+        # Row j of G (column j of A^T) evaluates at point j, up to a scaling; the last
+        # row is the point at infinity (the leading coefficient).
+        for j, p in enumerate(points):
+            assert _parallel(g[j], np.array([1.0, p, p * p])), f"G row {j} is not at point {p}"
+            assert _parallel(at[:, j], np.array([1.0, p])), f"A^T column {j}: not at point {p}"
+        assert _parallel(g[3], np.array([0.0, 0.0, 1.0])), "G row 3 is not the point at infinity"
+        # Entries up to about 30 for these points: sums of a few such products, 1e-10.
+        for _ in range(3):
+            d, taps = rng.standard_normal(4), rng.standard_normal(3)
+            direct = np.array([taps @ d[i : i + 3] for i in range(2)])
+            got = at @ ((g @ taps) * (bt @ d))
+            np.testing.assert_allclose(got, direct, rtol=1e-10, atol=1e-10, err_msg=f"{points}")
+        np.testing.assert_allclose(_winograd_product(at, g, bt), shift, rtol=0, atol=1e-10)
+    mine = _winograd_product(*my_toom_cook(winograd.POINTS[2]))
+    library = _winograd_product(*winograd.toom_cook(2))
+    np.testing.assert_allclose(mine, library, rtol=0, atol=1e-12, err_msg="against toom_cook(2)")
+
+
+def _winograd_against_reference(m: Any, padding: int, which: str) -> None:
+    """One output of minunet.accel.winograd (or a mutated copy ``m``) against Conv2d."""
+    ref = Conv2d(3, 4, 3, padding=padding, dtype=np.float64, rng=_rng(7))
+    w, b = ref.params["weight"].data, ref.params["bias"].data
+    x = _rng(8).standard_normal((2, 3, 6, 7))
+    out_ref = ref.forward(x)
+    dout = _rng(9).standard_normal(out_ref.shape)
+    dx_ref = ref.backward(dout)
+    if which == "forward":
+        got, want = m.conv2d_forward(x, w, b, padding), out_ref
+    else:
+        dx, dw, _ = m.conv2d_backward(x, w, dout, padding, False)
+        got, want = (dx, dx_ref) if which == "dx" else (dw, ref.params["weight"].grad)
+    # F(2,3) in float64: growth 81 x eps x at most 84 terms of size ~10 is ~2e-11.
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+WINOGRAD_CHECKS = {
+    "dx_padding_1": lambda m: _winograd_against_reference(m, 1, "dx"),
+    "dx_padding_0": lambda m: _winograd_against_reference(m, 0, "dx"),
+    "dw_padding_0": lambda m: _winograd_against_reference(m, 0, "dw"),
+    "forward_padding_0": lambda m: _winograd_against_reference(m, 0, "forward"),
+}
+
+
+def check_answer_dx_padding_mutation(answer: Any) -> None:
+    mod = mutant(
+        "minunet.accel.winograd",
+        "flipped, None, KERNEL - 1 - padding, m)",
+        "flipped, None, padding, m)",
+    )
+    _check_mutation(answer, WINOGRAD_CHECKS, mod)
+
+
 # --- which name each lesson's checks take -------------------------------------------------
 
 EXERCISES: dict[str, list[tuple[str, Check]]] = {
@@ -554,5 +629,9 @@ EXERCISES: dict[str, list[tuple[str, Check]]] = {
     "12": [
         ("my_receptive_field", check_my_receptive_field),
         ("answer_mirror_mutation", check_answer_mirror_mutation),
+    ],
+    "13": [
+        ("my_toom_cook", check_my_toom_cook),
+        ("answer_dx_padding_mutation", check_answer_dx_padding_mutation),
     ],
 }
