@@ -539,7 +539,8 @@ if threads > 1:
 # - `MINUNET_FAST_CPU=0` switches the fast paths off; `MINUNET_THREADS` sets the threads.
 #   The deepest layers (128 channels and more) take Winograd F(2x2, 3x3) instead
 #   (`minunet/accel/winograd.py`: 16 multiplications per 2x2 output tile instead of 36);
-#   `MINUNET_WINOGRAD=0` keeps them on the blocked path.
+#   `MINUNET_WINOGRAD=0` keeps them on the blocked path; the optional
+#   [lesson 13](13_winograd.ipynb) derives it.
 #
 # Next: [lesson 10](10_init_and_optimisers.ipynb), how the weights start and how the
 # optimisers move them. Or back to [the reading order](README.md).
