@@ -68,3 +68,25 @@ def test_one_function_for_auto_weights_and_the_border_map():
         class_weights(data, "1,2")
     with pytest.raises(DataError, match="negative"):
         class_weights(data, "1,-2,0")
+
+
+def test_sqrt_mode_is_the_square_root_of_median_frequency_balancing():
+    """--class-weights sqrt (the default): sqrt(median(freq) / freq[k]) from a pixel count,
+    absent classes 0; balanced classes keep weight 1."""
+    from minunet.data.class_weights import class_weights
+    from minunet.data.dataset import SegmentationData
+
+    masks = np.zeros((2, 4, 5), dtype=np.uint8)
+    masks[0, :2] = 1  # 10 of 40 pixels are class 1, none class 3, the rest class 0
+    masks[1, 0, 0] = 2  # one pixel of class 2
+    images = np.zeros((2, 4, 5, 3), dtype=np.uint8)
+    data = SegmentationData(images, masks, ["a", "b", "c", "d"])
+    counts = np.array([29, 10, 1, 0])
+    freq = counts[:3] / 40
+    want = np.append(np.sqrt(np.median(freq) / freq), 0.0)
+    np.testing.assert_allclose(class_weights(data, "sqrt"), want, rtol=1e-6)  # float32 out
+    np.testing.assert_allclose(
+        class_weights(data, "sqrt") ** 2, class_weights(data, "auto"), rtol=1e-6
+    )
+    balanced = SegmentationData(images, np.arange(40).reshape(2, 4, 5) % 2, ["a", "b"])
+    np.testing.assert_array_equal(class_weights(balanced, "sqrt"), [1.0, 1.0])

@@ -29,7 +29,7 @@ class DataOptions:
     data_dir: str | None = None
     image_size: int | None = 128
     seed: int = 0
-    val_fraction: float = 0.1
+    val_fraction: float = 0.05
     train_size: int = 400  # synthetic only
     val_size: int = 64  # synthetic only
     download: bool = True  # pets only

@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--val-fraction",
         type=float,
-        default=0.1,
-        help="share held out for validation (default 0.1)",
+        default=0.05,
+        help="share held out for validation: it picks best.npz and draws the curves "
+        "(default 0.05)",
     )
     g.add_argument("--train-size", type=int, default=400, help="synthetic: images")
     g.add_argument("--val-size", type=int, default=64, help="synthetic: val images")
@@ -94,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--class-weights",
-        default="none",
-        help="none | auto (median frequency) | w0,w1,... (default none)",
+        default="sqrt",
+        help="sqrt (the square root of median-frequency weights) | auto (median frequency) "
+        "| none | w0,w1,... (default sqrt)",
     )
 
     g = p.add_argument_group("model")
@@ -234,9 +236,9 @@ def class_count(args: argparse.Namespace) -> tuple[int, str] | None:
 
 
 def check_class_weights(text: str, classes: tuple[int, str] | None) -> None:
-    """--class-weights: none, auto, or one finite weight >= 0 per class, not all 0. (The
-    count of a folder's classes without --num-classes is checked once it is read.)"""
-    if text in ("none", "auto"):
+    """--class-weights: sqrt, auto, none, or one finite weight >= 0 per class, not all 0.
+    (The count of a folder's classes without --num-classes is checked once it is read.)"""
+    if text in ("none", "auto", "sqrt"):
         return
     try:
         weights = [float(w) for w in text.split(",")]
@@ -244,7 +246,8 @@ def check_class_weights(text: str, classes: tuple[int, str] | None) -> None:
         weights = []
     if not weights or not all(math.isfinite(w) for w in weights):
         raise UsageError(
-            f"--class-weights must be none, auto or comma-separated numbers w0,w1,..., got {text!r}"
+            f"--class-weights must be sqrt, auto, none or comma-separated numbers w0,w1,..., "
+            f"got {text!r}"
         )
     if min(weights) < 0 or max(weights) == 0:
         raise UsageError(f"--class-weights must be >= 0 and not all 0, got {text!r}")

@@ -92,7 +92,7 @@ class TrainConfig:
     jitter: float = 0.1
     elastic: float = 0.0  # std of the elastic grid displacements (px); 0: off
     crop: int | None = None  # train on random crops at native size
-    class_weights: str = "none"  # none | auto | w0,w1,...
+    class_weights: str = "sqrt"  # sqrt | auto | none | w0,w1,... (data/class_weights.py)
     seed: int = 0
     out: str = "runs/unet"
     resume: bool = False
