@@ -10,7 +10,10 @@
 # Extra flags go to every training run unchanged, so the same script measures a proposed
 # change before it becomes a default (e.g. `--class-weights 1,1,2`). Both checkpoints a
 # run leaves are scored: last.npz (the model after the last epoch) and best.npz (the
-# epoch with the best mean IoU on the held-out images), when there is one.
+# epoch with the best mean IoU on the held-out images), when there is one. A seed whose
+# run folder already holds score_last.json is not run again: rerunning the command after an
+# interruption finishes the missing seeds, and seeds run side by side (SEEDS=0, SEEDS=1,
+# ... into one OUT_DIR) are tabulated together by one more call with all of them.
 #
 # The PyTorch reference on the same protocol (plain U-Net, base 16, 128 px, Adam 1e-3,
 # batch 8, flips, 15 epochs on all 356 trainval images): test mIoU 0.563.
@@ -29,6 +32,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 for seed in $SEEDS; do
     run="$OUT/seed$seed"
+    [[ -f "$run/score_last.json" ]] && continue
     "$PY" -m minunet.train --data pets --data-dir "$DATA" --no-download --image-size 128 \
         --base-channels 16 --depth 4 --batch-size 8 --epochs "$EPOCHS" --seed "$seed" \
         --out "$run" --no-progress "$@"
