@@ -537,10 +537,10 @@ if threads > 1:
 # - For stride 1, `dx` is the convolution of `dout` (padding `kh-1-p`) with the kernel
 #   flipped and its channel axes swapped: a gather, safe to split, and the same fast code.
 # - `MINUNET_FAST_CPU=0` switches the fast paths off; `MINUNET_THREADS` sets the threads.
-#   The deepest layers (128 channels and more) take Winograd F(2x2, 3x3) instead
-#   (`minunet/accel/winograd.py`: 16 multiplications per 2x2 output tile instead of 36);
-#   `MINUNET_WINOGRAD=0` keeps them on the blocked path; the optional
-#   [lesson 13](13_winograd.ipynb) derives it.
+#   With `MINUNET_WINOGRAD=1` the deepest layers (128 channels and more) take Winograd
+#   F(2x2, 3x3) instead (`minunet/accel/winograd.py`: 16 multiplications per 2x2 output
+#   tile instead of 36); it is off by default because on the machine it was measured on
+#   it did not pay. The optional [lesson 13](13_winograd.ipynb) derives it.
 #
 # Next: [lesson 10](10_init_and_optimisers.ipynb), how the weights start and how the
 # optimisers move them. Or back to [the reading order](README.md).

@@ -420,9 +420,14 @@ print(f"F(4, 3) / F(2, 3) float32 error: {errors[4] / errors[2]:.0f}x")
 # dilation 1, padding at most 2 (the input gradient's padding `2 - p` must not be
 # negative), and **at least `MIN_CHANNELS` input and output channels**: the U-Net's
 # deep, small layers. Everything else keeps lesson 09's blocked path or im2col.
-# `FastConv2d` asks it on every call, and its cache records the road taken.
+# `FastConv2d` asks it on every call, and its cache records the road taken. The rule is
+# off unless switched on (`MINUNET_WINOGRAD=1`, or `winograd.ENABLED = True` as here):
+# on the 2-core machine minunet was measured on, Winograd was slower than the blocked path
+# at 128 and 256 channels and level at 512 (`benchmarks/RESULTS.md`), so by default every
+# layer keeps the blocked path.
 
 # %%
+winograd.ENABLED = True  # opt-in: see the rule above and the timing below
 c_min = winograd.MIN_CHANNELS
 print(f"winograd.MIN_CHANNELS = {c_min}, winograd.TILE = {winograd.TILE}")
 on = winograd.ENABLED and cpu.ENABLED
@@ -513,9 +518,10 @@ print(f"Winograd vs blocked: {blocked_ms / winograd_ms:.2f}x the speed (above 1:
 #   same 16 products with the roles exchanged, then `G^T dU G`.
 # - The transforms grow the numbers before rounding: `F(4x4, 3x3)` rounds about an order
 #   of magnitude more in float32, so minunet uses `F(2x2, 3x3)`.
-# - It pays only where the products dominate the memory-bound transforms: `tile_for`
-#   picks it for 3x3, stride-1 NumPy layers with at least `MIN_CHANNELS` channels in and
-#   out; `MINUNET_WINOGRAD=0` keeps them on the blocked path.
+# - It pays only where the products dominate the memory-bound transforms: switched on
+#   (`MINUNET_WINOGRAD=1`), `tile_for` picks it for 3x3, stride-1 NumPy layers with at
+#   least `MIN_CHANNELS` channels in and out. In NumPy on a small CPU it did not pay at
+#   the U-Net's sizes, so it is off by default: a measurement decides, not the count.
 #
 # Back to [lesson 09](09_fast_numpy.ipynb) or to [the reading order](README.md).
 

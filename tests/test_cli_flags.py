@@ -170,7 +170,10 @@ def test_a_value_that_is_no_number_is_one_line(capsys, monkeypatch):
         (["--class-weights", "1,-1,1"], "--class-weights must be >= 0 and not all 0"),
         (["--class-weights", "0,0,0"], "--class-weights must be >= 0 and not all 0"),
         (["--class-weights", "a,b"], "--class-weights must be sqrt, auto, none or comma-separated"),
-        (["--class-weights", "nan,1"], "--class-weights must be sqrt, auto, none or comma-separated"),
+        (
+            ["--class-weights", "nan,1"],
+            "--class-weights must be sqrt, auto, none or comma-separated",
+        ),
         (["--class-weights", "1,2", "--num-classes", "3"], "one weight per class (3: from"),
         (["--class-weights", "1,2"], "one weight per class (3: pet, background, outline)"),
         (["--data", "isbi2012", "--data-dir", ".", "--class-weights", "1,2,3"], "(2: membrane"),

@@ -133,6 +133,7 @@ def test_a_wrong_transform_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_rule_picks_winograd_only_for_deep_3x3_stride_1_numpy_layers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(winograd, "ENABLED", True)  # opt-in (MINUNET_WINOGRAD=1)
     deep = np.zeros((1, winograd.MIN_CHANNELS, 4, 4), dtype=np.float32)
     shallow = np.zeros((1, winograd.MIN_CHANNELS - 1, 4, 4), dtype=np.float32)
     c = winograd.MIN_CHANNELS
@@ -148,13 +149,32 @@ def test_the_rule_picks_winograd_only_for_deep_3x3_stride_1_numpy_layers(
     assert winograd.tile_for(deep, c, 3, 1, 1, 1) == 0
 
 
-def test_fast_conv2d_takes_winograd_and_matches_the_reference_layer() -> None:
+def test_winograd_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off by default (it did not pay where it was measured): the rule picks nothing."""
+    import importlib
+
+    monkeypatch.delenv("MINUNET_WINOGRAD", raising=False)
+    fresh = importlib.reload(winograd)
+    try:
+        deep = np.zeros((1, fresh.MIN_CHANNELS, 4, 4), dtype=np.float32)
+        assert not fresh.ENABLED and fresh.tile_for(deep, fresh.MIN_CHANNELS, 3, 1, 1, 1) == 0
+        monkeypatch.setenv("MINUNET_WINOGRAD", "1")
+        assert importlib.reload(winograd).ENABLED
+    finally:
+        monkeypatch.undo()
+        importlib.reload(winograd)
+
+
+def test_fast_conv2d_takes_winograd_and_matches_the_reference_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Through the layer: FastConv2d on a deep layer runs Winograd (its cache says so), and
     its forward and gradients equal the reference Conv2d's within the float64 bound."""
     from minunet.accel import accelerate
     from minunet.accel.conv import WinogradCache
     from minunet.nn import Conv2d
 
+    monkeypatch.setattr(winograd, "ENABLED", True)  # opt-in (MINUNET_WINOGRAD=1)
     c = winograd.MIN_CHANNELS
     rng = np.random.default_rng(3)
     ref = Conv2d(c, c, 3, padding=1, dtype=np.float64, rng=np.random.default_rng(4))
@@ -207,6 +227,7 @@ def test_a_short_training_run_with_winograd_tracks_the_blocked_run(
             opt.step()
         return losses
 
+    monkeypatch.setattr(winograd, "ENABLED", True)  # opt-in (MINUNET_WINOGRAD=1)
     with_winograd = run()
     monkeypatch.setattr(winograd, "ENABLED", False)
     blocked = run()

@@ -4,8 +4,8 @@ Both do the reference's arithmetic (``minunet.nn.conv``, ``minunet.nn.conv_trans
 with faster pieces, chosen per call from the arrays they meet:
 
 * NumPy, 3x3, stride 1, at least ``winograd.MIN_CHANNELS`` input and output channels (the
-  U-Net's deep layers): Winograd F(2x2, 3x3) (``minunet.accel.winograd``), 16
-  multiplications per output tile instead of 36.
+  U-Net's deep layers), when switched on with ``MINUNET_WINOGRAD=1``: Winograd F(2x2, 3x3)
+  (``minunet.accel.winograd``), 16 multiplications per output tile instead of 36.
 * NumPy, stride 1, dilation 1, at least ``cpu.MIN_CHANNELS`` input channels (every other 3x3
   convolution of the U-Net after the first): the blocked channels-last convolution of
   ``minunet.accel.cpu``, which keeps only the input for the backward.

@@ -49,13 +49,17 @@ from minunet.accel.cpu import parallel
 
 KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
 
-# MINUNET_WINOGRAD=0 keeps every convolution on the blocked path (MINUNET_FAST_CPU=0 and
-# MINUNET_ACCEL=0 switch it off too, with the other CPU fast paths).
-ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
+# Opt-in: MINUNET_WINOGRAD=1 turns it on. On the 2-core machine it was measured on
+# (benchmarks/RESULTS.md), NumPy's memory-bound transforms cost more than the products they
+# save at the U-Net's sizes: slower than the blocked path at 128 and 256 channels, level at
+# 512, and a whole training step slower with it. Turn it on where benchmarks/layers.py's
+# "winograd ratio" beats its "blocked ratio". (MINUNET_FAST_CPU=0 and MINUNET_ACCEL=0
+# switch it off with the other CPU fast paths.)
+ENABLED = os.environ.get("MINUNET_WINOGRAD", "0") == "1"
 
-# The selection rule (``tile_for``): Winograd where both channel counts are at least this
-# many. Below it the transforms, which run at memory speed, cost more than the products
-# they save; the measurement that set it is in benchmarks/RESULTS.md (benchmarks/layers.py).
+# The selection rule (``tile_for``), when switched on: Winograd where both channel counts
+# are at least this many; below it the transforms, which run at memory speed, cost more
+# than the products they save (benchmarks/layers.py measures both paths per layer).
 MIN_CHANNELS = 128
 TILE = 2  # F(2x2, 3x3): F(4x4, 3x3) saves more products but its float32 error is 10x larger
 

@@ -67,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-fraction",
         type=float,
         default=0.05,
-        help="share held out for validation: it picks best.npz and draws the curves "
-        "(default 0.05)",
+        help="share held out for validation: it picks best.npz and draws the curves (default 0.05)",
     )
     g.add_argument("--train-size", type=int, default=400, help="synthetic: images")
     g.add_argument("--val-size", type=int, default=64, help="synthetic: val images")
