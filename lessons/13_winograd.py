@@ -422,9 +422,9 @@ print(f"F(4, 3) / F(2, 3) float32 error: {errors[4] / errors[2]:.0f}x")
 # deep, small layers. Everything else keeps lesson 09's blocked path or im2col.
 # `FastConv2d` asks it on every call, and its cache records the road taken. The rule is
 # off unless switched on (`MINUNET_WINOGRAD=1`, or `winograd.ENABLED = True` as here):
-# on the 2-core machine minunet was measured on, Winograd was slower than the blocked path
-# at 128 and 256 channels and level at 512 (`benchmarks/RESULTS.md`), so by default every
-# layer keeps the blocked path.
+# on the 2-core machine minunet was measured on, a layer's forward and backward together
+# were slower with Winograd than on the blocked path at 128 and 256 channels and level at
+# 512 (`benchmarks/RESULTS.md`), so by default every layer keeps the blocked path.
 
 # %%
 winograd.ENABLED = True  # opt-in: see the rule above and the timing below
@@ -500,7 +500,11 @@ print(f"Winograd vs blocked: {blocked_ms / winograd_ms:.2f}x the speed (above 1:
 
 # %% [markdown]
 # At most 36/16 = 2.25x could come from the products; the transforms take their share
-# back, more of it the fewer the channels. Read the ratio with the load averages, and
+# back, more of it the fewer the channels. The forward alone can win, as here; a training
+# step also pays the backward, whose weight gradient transforms the input tiles again and
+# the output gradient's tiles besides, and whose input gradient is another forward: over
+# forward and backward together the blocked path was as fast or faster on the machine
+# minunet was measured on, which is why the rule is off by default. Read the ratio with the load averages, and
 # compare ratios measured on one machine, never absolute times across machines.
 #
 # ## What to remember
