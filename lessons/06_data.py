@@ -61,7 +61,7 @@ PETS_SAMPLE = (
 have_pets = PETS_SAMPLE is not None and is_pets_root(PETS_SAMPLE)
 if have_pets:
     names = read_split_names(PETS_SAMPLE / "annotations" / "trainval.txt")
-    print(f"real Pets sample found at {PETS_SAMPLE}: {len(names)} trainval images")
+    print(f"real Pets sample found (MINUNET_PETS_SAMPLE): {len(names)} trainval images")
 else:
     names = []
     where = (

@@ -4,7 +4,7 @@ No internet: a fixture builds a tiny archive pair in the official layout, with t
 quirks (a PNG and an RGBA PNG named .jpg, a grayscale and a CMYK JPEG, AppleDouble ``._``
 twins, stray ``.mat`` files, a ``#`` header in list.txt, an uncompressed tar named .tar.gz),
 and serves it from a local HTTP server that can drop the connection mid-file and can ignore
-``Range``. One test reads the real sample in ../shared/data/pets-sample when it is there.
+``Range``. One test reads the real sample from the folder ``MINUNET_PETS_SAMPLE`` names, when set.
 """
 
 from __future__ import annotations
