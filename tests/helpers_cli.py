@@ -18,6 +18,26 @@ from typing import Any
 # unbuffered output, so a child killed by a timeout or a signal still shows its last lines.
 CHILD_ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
+# The flags of a training run small enough for a test: 16 synthetic 32 px images, a base-4,
+# depth-2 net, batches of 4 (add --epochs, --out and whatever the test is about).
+TINY_TRAIN_FLAGS = [
+    "--data",
+    "synthetic",
+    "--image-size",
+    "32",
+    "--base-channels",
+    "4",
+    "--depth",
+    "2",
+    "--train-size",
+    "16",
+    "--val-size",
+    "8",
+    "--batch-size",
+    "4",
+    "--no-progress",
+]
+
 # Long enough for a tiny training run on a busy 2-core machine; a hung child fails the test.
 TIMEOUT_S = 300
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_cli import run_python
+from helpers_cli import TINY_TRAIN_FLAGS, run_python
 
 from minunet.model import UNet
 from minunet.nn.losses import SoftmaxCrossEntropy
@@ -80,26 +80,7 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     assert "rank 1 failed on purpose" in r.stderr
 
 
-TINY_RUN = [
-    "-m",
-    "minunet.train",
-    "--data",
-    "synthetic",
-    "--image-size",
-    "32",
-    "--base-channels",
-    "4",
-    "--depth",
-    "2",
-    "--train-size",
-    "16",
-    "--val-size",
-    "8",
-    "--batch-size",
-    "4",
-    "--no-progress",
-    "--sync-bn",
-]
+TINY_RUN = ["-m", "minunet.train", *TINY_TRAIN_FLAGS, "--sync-bn"]
 
 
 def test_training_command_on_two_ranks(tmp_path):

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from helpers_cli import run_python, start_python
+from helpers_cli import TINY_TRAIN_FLAGS, run_python, start_python
 from PIL import Image
 
 from minunet.data.sources import DataOptions
@@ -20,23 +20,7 @@ from minunet.nn.optim import make_optimizer
 from minunet.train import TrainConfig, train
 from minunet.train.loop import NonFiniteLoss
 
-TINY = [
-    "--data",
-    "synthetic",
-    "--image-size",
-    "32",
-    "--base-channels",
-    "4",
-    "--depth",
-    "2",
-    "--train-size",
-    "16",
-    "--val-size",
-    "8",
-    "--batch-size",
-    "4",
-    "--no-progress",
-]
+TINY = TINY_TRAIN_FLAGS
 
 
 def tiny_config(out, **kw) -> TrainConfig:
