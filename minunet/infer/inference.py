@@ -65,15 +65,16 @@ def predict_logits(
     return to_numpy(logits)
 
 
+def accepts_side(model: UNet, side: int) -> bool:
+    """True when a same-padding ``model`` takes ``side`` x ``side`` images as they are."""
+    return model.padding == "same" and geometry.output_size(side, model.depth, "same") is not None
+
+
 def accepts_as_batch(model: UNet, images: Any) -> bool:
     """True when ``images`` is one (N, H, W, C) array the model takes as it is: a
     same-padding net and sides that are multiples of 2**depth. Anything else (a list of
     sizes, a valid-padding net) goes one image at a time through ``predict_logits``."""
-    return (
-        isinstance(images, np.ndarray)
-        and model.padding == "same"
-        and all(geometry.output_size(s, model.depth, "same") for s in images.shape[1:3])
-    )
+    return isinstance(images, np.ndarray) and all(accepts_side(model, s) for s in images.shape[1:3])
 
 
 def predict_classes(

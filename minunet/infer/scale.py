@@ -34,9 +34,8 @@ import numpy as np
 from minunet.core.backend import to_device, to_numpy
 from minunet.data.imageio import resize_image
 from minunet.data.loader import normalize
-from minunet.infer.inference import predict_classes, predict_logits
+from minunet.infer.inference import accepts_side, predict_classes, predict_logits
 from minunet.infer.rescale import resize_bilinear
-from minunet.model import geometry
 
 RESIZED, NATIVE = "resized", "native"
 
@@ -167,8 +166,3 @@ def predict_classes_at_scale(
         logits = model.infer(x)  # (B, K, S, S)
         out.extend(to_numpy(c) for c in upsampled_classes(logits, [im.shape[:2] for im in chunk]))
     return out
-
-
-def accepts_side(model: Any, side: int) -> bool:
-    """True when a same-padding ``model`` takes ``side`` x ``side`` images as they are."""
-    return model.padding == "same" and geometry.output_size(side, model.depth, "same") is not None
