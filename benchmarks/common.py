@@ -61,7 +61,34 @@ class Device:
                 parts.append(f"threadpoolctl {threadpoolctl.__version__}")
             except ImportError:
                 parts.append("NO threadpoolctl (minunet's BLAS threads unmanaged)")
+            parts.append(blas_kernels())
         return ", ".join(parts)
+
+
+def blas_kernels() -> str:
+    """Which kernels NumPy's OpenBLAS runs, and whether the environment chose them.
+
+    OpenBLAS picks its kernels for the CPU when it loads, unless OPENBLAS_CORETYPE names
+    them. Some machines pin an older set (on the 2-core AMD EPYC of RESULTS.md the
+    environment sets OPENBLAS_CORETYPE=Haswell, AVX2, where OpenBLAS alone picks SkylakeX,
+    AVX-512, whose products run about twice as fast), so every header says which ran.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "OpenBLAS kernels unknown (no threadpoolctl)"
+    arch = next(
+        (
+            lib.get("architecture")
+            for lib in threadpool_info()
+            if lib.get("internal_api") == "openblas"
+        ),
+        None,
+    )
+    if arch is None:
+        return "BLAS not OpenBLAS"
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    return f"OpenBLAS {arch} kernels" + (f" (pinned: OPENBLAS_CORETYPE={pinned})" if pinned else "")
 
 
 def load_line() -> str:

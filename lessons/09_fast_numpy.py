@@ -226,6 +226,31 @@ print(f"columns of one block: {block_cols / MiB:.2f} MiB (im2col: {cols_bytes / 
 # A block's columns are a MiB or two: small enough to stay in the caches while they
 # are used, where the whole batch's im2col columns went out to main memory and back.
 #
+# **Small images are the exception.** In the U-Net's deep layers the images are 16x16
+# or 8x8 and the channels number in the hundreds. A block of rows there has a few dozen
+# output pixels, so each product has a few dozen rows, while the weights it multiplies
+# are megabytes (512 -> 512 channels: 9.4 MB) that every such product reads again. At
+# `cpu.SMALL_PIXELS` output pixels or fewer, a block is therefore a few *whole images*
+# with *full* channels-last columns, kh*kw*C values per pixel in the order (a, b, c):
+# one product of (images*Ho*Wo, kh*kw*C) @ (kh*kw*C, K) per block. The weights are laid
+# out to match, `cpu.tap_major(weight)` (K, kh*kw, C). Below, those columns for two
+# small images are checked against lesson 01's im2col, reordered.
+
+# %%
+xs = rng.standard_normal((2, 8, 6, 5))
+print(
+    f"cpu.SMALL_PIXELS = {cpu.SMALL_PIXELS}; a 6x5 output is small: {cpu.small_images(xs, 3, 3, 1)}"
+)
+full = cpu.image_columns(xs, 0, 2, 3, 3, 1)  # (2*6*5, 9*8), rows (n, y, x), columns (a, b, c)
+ref = im2col(xs, 3, 3, 1, 1)  # (N, C*9, P), rows (c, a, b)
+ref = ref.reshape(2, 8, 9, 30).transpose(0, 3, 2, 1).reshape(60, 72)  # -> (N*P, (a, b, c))
+np.testing.assert_array_equal(full, ref)
+wt = rng.standard_normal((4, 8, 3, 3))
+np.testing.assert_array_equal(
+    cpu.tap_major(wt).reshape(4, 72), wt.transpose(0, 2, 3, 1).reshape(4, 72)
+)
+print(f"image columns {full.shape} == im2col reordered; tap_major(weight) orders (a, b, c) too")
+#
 # **Two threads.** Python threads normally take turns (the GIL), but NumPy lets go of
 # the GIL while it copies arrays and while OpenBLAS multiplies matrices, so two threads
 # that spend their time in those calls really do run on two cores at once.
@@ -268,19 +293,26 @@ for worker, (first, last, count) in sorted(chunks.items()):
 
 # %%
 @contextmanager
-def fast_path_settings(block_bytes, min_block_pixels, threads):
-    """Temporarily set the block size and the number of threads of minunet.accel.cpu."""
-    saved = cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS, os.environ.get("MINUNET_THREADS")
+def fast_path_settings(block_bytes, min_block_pixels, threads, small_pixels=0):
+    """Temporarily set the block size, the small-image threshold (0: blocks of rows, as
+    this section describes) and the number of threads of minunet.accel.cpu."""
+    saved = (
+        cpu.BLOCK_BYTES,
+        cpu.MIN_BLOCK_PIXELS,
+        cpu.SMALL_PIXELS,
+        os.environ.get("MINUNET_THREADS"),
+    )
     cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS = block_bytes, min_block_pixels
+    cpu.SMALL_PIXELS = small_pixels
     os.environ["MINUNET_THREADS"] = str(threads)
     try:
         yield
     finally:
-        cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS = saved[:2]
-        if saved[2] is None:
+        cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS, cpu.SMALL_PIXELS = saved[:3]
+        if saved[3] is None:
             del os.environ["MINUNET_THREADS"]
         else:
-            os.environ["MINUNET_THREADS"] = saved[2]
+            os.environ["MINUNET_THREADS"] = saved[3]
 
 
 nb, cb, kb, hb, wb = (2, 8, 6, 9, 11) if SMALL else (3, 16, 12, 24, 20)
@@ -314,6 +346,18 @@ for block_bytes, min_pixels, threads in [
         f"{len(used):3d} blocks of {rows_per_block:2d} rows, {threads} thread(s):"
         " out, dx, dw, db == the im2col path (float64, 1e-10)"
     )
+# ... and blocks of whole images, as small images get them
+with fast_path_settings(cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS, 2, small_pixels=hb * wb):
+    out = cpu.conv2d_forward(x, weight, bias, padding=1)
+    dx, dw, db = cpu.conv2d_backward(x, weight, dout, padding=1, need_bias=True)
+for name, got, want in [
+    ("out", out, out_ref),
+    ("dx", dx, dx_ref),
+    ("dw", dw, dw_ref),
+    ("db", db, db_ref),
+]:
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10, err_msg=f"whole images: {name}")
+print("blocks of whole images, 2 threads: out, dx, dw, db == the im2col path (float64, 1e-10)")
 
 # %% [markdown]
 # ## 4. The input gradient is a convolution with the flipped kernel

@@ -143,11 +143,12 @@ MUTATIONS = [
     _row(
         "01",
         CPU,
-        "            for a in range(1, kh):\n                np.matmul(cols[a * wo",
-        "            for a in range(2, kh):\n                np.matmul(cols[a * wo",
+        "            cols[:, :, :, a, b] = padded[:, a : a + ho, b : b + wo]",
+        "            cols[:, :, :, a, b] = padded[:, a : a + ho, b : b + wo] * (a != 1)",
         ("fast16.forward(x16)", "cpu.conv2d_forward(x16"),
-        "accelerated path (minunet.accel.cpu): one kernel row dropped. The accelerated layer"
-        " (FastConv2d, 16 channels: the blocked road) trips first; with MINUNET_ACCEL=0 it"
+        "accelerated path (minunet.accel.cpu): one kernel row dropped from the columns of"
+        " small images. The accelerated layer (FastConv2d, 16 channels, a 6x5 image: the"
+        " blocked road, in blocks of whole images) trips first; with MINUNET_ACCEL=0 it"
         " stays the reference and the direct cpu.conv2d_forward call does",
     ),
     _row(
@@ -946,9 +947,14 @@ MUTATIONS = [
         CPU,
         "            for a in range(1, kh):\n                np.matmul(cols[a * wo",
         "            for a in range(2, kh):\n                np.matmul(cols[a * wo",
-        ("np.testing.assert_allclose(mine, conv.forward(x[None])[0]", "for got, want in"),
-        "accelerated path (minunet.accel.cpu): a kernel row dropped; the lesson's Conv2d is"
-        " FastConv2d, whose 9-channel layers take this path, so its check trips first",
+        (
+            "np.testing.assert_allclose(mine, conv.forward(x[None])[0]",
+            "np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)",
+        ),
+        "accelerated path (minunet.accel.cpu), blocks of rows: a kernel row dropped; the"
+        " lesson's Conv2d is FastConv2d, whose large images take this path, so its check trips"
+        " first in the full lesson; in small mode the images are small (blocks of whole"
+        " images) and section 3's check of the row blocks trips",
     ),
     _row(
         "09",
@@ -961,10 +967,38 @@ MUTATIONS = [
     _row(
         "09",
         CPU,
-        "dw_parts[worker, a] += d @ cols[a * wo : a * wo + p]",
-        "dw_parts[worker, a] = d @ cols[a * wo : a * wo + p]",
+        "reshape(k, kw * c)[...] += (",
+        "reshape(k, kw * c)[...] = (",
         "np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)",
         "accelerated path: each block's dW overwrites the previous block's (+= to =)",
+    ),
+    _row(
+        "09",
+        CPU,
+        "            cols[:, :, :, a, b] = padded[:, a : a + ho, b : b + wo]",
+        "            cols[:, :, :, a, b] = padded[:, b : b + ho, a : a + wo][:, : ho, : wo]",
+        (
+            "np.testing.assert_allclose(mine, conv.forward(x[None])[0]",
+            "np.testing.assert_array_equal(full, ref)",
+        ),
+        "accelerated path, small images: the kernel's rows and columns swapped in the columns"
+        " (section 2's small image meets it first)",
+    ),
+    _row(
+        "09",
+        CPU,
+        "            if bias is not None:\n                res += bias\n            out[i0:i1]",
+        "            if bias is not None:\n                res -= bias\n            out[i0:i1]",
+        ("np.testing.assert_allclose(mine, conv.forward(x[None])[0]", 'err_msg=f"whole images'),
+        "accelerated path, small images: the bias subtracted (section 2's image meets it first)",
+    ),
+    _row(
+        "09",
+        CPU,
+        "+= d.reshape(k, -1) @ cols",
+        "+= d.reshape(k, -1)[:, ::-1] @ cols",
+        'err_msg=f"whole images: {name}"',
+        "accelerated path, small images: dW pairs each output gradient with another pixel",
     ),
     _row(
         "09",

@@ -52,10 +52,13 @@ def fast_and_reference(layer, x, dout, blocked=None):
     h=st.integers(5, 11),
     w=st.integers(5, 11),
     bias=st.booleans(),
-    block_bytes=st.sampled_from([1, 500, 1 << 20]),  # one row per block ... whole images
+    block_bytes=st.sampled_from([1, 500, 1 << 20]),  # one row (or image) per block ... all
+    small=st.booleans(),  # blocks of whole images with full columns, or blocks of rows
     seed=st.integers(0, 2**16),
 )
-def test_conv2d_fast_path_matches_im2col(n, cin, cout, k, pad, h, w, bias, block_bytes, seed):
+def test_conv2d_fast_path_matches_im2col(
+    n, cin, cout, k, pad, h, w, bias, block_bytes, small, seed
+):
     pad = min(pad, k - 1)  # the fast path's condition; larger paddings use the reference
     rng = np.random.default_rng(seed)
     layer = Conv2d(cin, cout, k, padding=pad, bias=bias, dtype=np.float64, rng=rng)
@@ -66,7 +69,10 @@ def test_conv2d_fast_path_matches_im2col(n, cin, cout, k, pad, h, w, bias, block
     dout = rng.standard_normal((n, cout, ho, wo))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cpu, "BLOCK_BYTES", block_bytes)
+        mp.setattr(cpu, "IMAGE_BLOCK_BYTES", block_bytes)
         mp.setattr(cpu, "MIN_BLOCK_PIXELS", 1)  # let tiny images split into row blocks
+        mp.setattr(cpu, "SMALL_PIXELS", 10**6 if small else 0)
+        assert cpu.small_images(x, k, k, pad) == small
         fast, ref = fast_and_reference(layer, x, dout, blocked=True)
     for a, b in zip(fast, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
@@ -79,8 +85,9 @@ def test_conv2d_fast_path_float32_strided_gradient_and_threads(monkeypatch):
     layer = Conv2d(8, 6, 3, padding=1, bias=False, rng=rng)
     x = rng.standard_normal((2, 8, 16, 12), dtype=np.float32)
     dout = rng.standard_normal((2, 10, 16, 12), dtype=np.float32)[:, 2:8]
-    for threads in ("1", "3"):
+    for threads, small in (("1", False), ("3", False), ("1", True), ("3", True)):
         monkeypatch.setenv("MINUNET_THREADS", threads)
+        monkeypatch.setattr(cpu, "SMALL_PIXELS", 10**6 if small else 0)
         fast, ref = fast_and_reference(layer, x, dout, blocked=True)
         for a, b in zip(fast, ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -303,3 +310,4 @@ def test_unet_backward_without_input_grad_keeps_parameter_grads():
         grads.append({k: p.grad.copy() for k, p in net.named_parameters()})
     for name in grads[0]:
         np.testing.assert_array_equal(grads[0][name], grads[1][name], err_msg=name)
+

@@ -19,10 +19,17 @@ it use a single core. This module does the same arithmetic in a different order:
   dropped; the next block reuses the buffers. Blocks are large (megabytes, not a cache's
   kilobytes) because each one costs some twenty NumPy calls, and the threads wait on each
   other's GIL between calls.
+* **Small images in blocks of whole images.** At 16x16 pixels and below (the deep
+  layers: hundreds of channels, megabytes of weights) a block of rows is a product of a
+  few dozen rows that reads all the weights again. There a block is several whole images
+  with full columns (kh*kw*C values per pixel), one product each.
 * **One block per thread, single-threaded BLAS.** Two Python threads each build and
   multiply their own blocks (NumPy releases the GIL inside copies and matrix products);
   OpenBLAS is held to one thread meanwhile so that the two workers do not fight over the
   cores. The products scale with the threads; the copies (memory-bound) hardly do.
+* **Weights tap-major.** (K, C, kh, kw) becomes (K, kh*kw, C), a copy of runs of C
+  values, and each product reads it as a transposed matrix; the input gradient's flipped
+  kernel and the weight gradient go through the same layout.
 * **The backward reuses the forward.** For stride 1, the input gradient of a convolution
   is a convolution of the (padded) output gradient with the kernel flipped and its two
   channel axes swapped: a gather, so blocks never write to the same pixel. The weight
@@ -60,6 +67,12 @@ BLOCK_BYTES = 2 << 20
 # ... but at least this many output pixels per block: a product with only a few dozen rows
 # runs well below OpenBLAS's single-core speed (the U-Net's 8x8, 512-channel layers).
 MIN_BLOCK_PIXELS = 128
+# Images of at most this many output pixels (16x16) are blocked by whole images, with
+# full columns: one product per block of several images. Blocked by rows, the deep
+# layers' products had a few dozen rows each against megabytes of weights that every one
+# of them read again (benchmarks/RESULTS.md).
+SMALL_PIXELS = 256
+IMAGE_BLOCK_BYTES = 16 << 20  # columns per block of whole images, at most
 
 
 def num_threads() -> int:
@@ -214,6 +227,19 @@ def _row_columns(
     return cols.reshape(rows_in_block * wo, kw * c)
 
 
+def tap_major(weight: np.ndarray) -> np.ndarray:
+    """weight (K, C, kh, kw) -> taps (K, kh*kw, C): channels last for each kernel tap.
+
+    The products below want each vertical tap a as a (kw*C, K) matrix with rows ordered
+    (b, c): that is taps[:, a*kw:(a+1)*kw].reshape(K, kw*C).T, a strided view that BLAS
+    reads as a transposed matrix, no copy. Building taps moves runs of C values; putting
+    K last instead (weight.transpose(2, 3, 1, 0)) copies one value at a time and took 5x
+    as long for the deep layers' megabytes of weights (benchmarks/RESULTS.md).
+    """
+    k, c, kh, kw = weight.shape
+    return np.ascontiguousarray(weight.reshape(k, c, kh * kw).transpose(0, 2, 1))
+
+
 def conv2d_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, padding: int
 ) -> np.ndarray:
@@ -224,11 +250,85 @@ def conv2d_forward(
     Per block of P = rows*Wo output pixels: out_block = sum over vertical offsets a of
     cols[a*Wo : a*Wo + P] (P, kw*C) @ W_a (kw*C, K), all channels-last.
     """
-    n, c, h, w = x.shape
-    k, _, kh, kw = weight.shape
+    k, c, kh, kw = weight.shape
+    taps = tap_major(weight)  # (K, kh*kw, C)
+    if small_images(x, kh, kw, padding):
+        return _image_products(x, taps.reshape(k, kh * kw * c).T, kh, kw, bias, padding)
+    mats = [taps[:, a * kw : (a + 1) * kw].reshape(k, kw * c).T for a in range(kh)]
+    return _blocked_products(x, mats, kh, kw, bias, padding)
+
+
+def small_images(x: np.ndarray, kh: int, kw: int, padding: int) -> bool:
+    """True for images of at most SMALL_PIXELS output pixels (the U-Net's deep layers):
+    their blocks are whole images, with full columns (``_image_products``)."""
+    ho, wo = x.shape[2] + 2 * padding - kh + 1, x.shape[3] + 2 * padding - kw + 1
+    return ho * wo <= SMALL_PIXELS
+
+
+def _image_blocks(n: int, image_bytes: int) -> list[tuple[int, int]]:
+    """(first image, end image) blocks: an equal share of the batch per thread, at most
+    IMAGE_BLOCK_BYTES of columns each."""
+    per = max(1, min(-(-n // num_threads()), IMAGE_BLOCK_BYTES // max(1, image_bytes)))
+    return [(i, min(i + per, n)) for i in range(0, n, per)]
+
+
+def image_columns(x: np.ndarray, i0: int, i1: int, kh: int, kw: int, padding: int) -> np.ndarray:
+    """Channels-last im2col of images [i0, i1): x (N, C, H, W) -> (B*Ho*Wo, kh*kw*C) with
+    B = i1 - i0, each row one output pixel's patch ordered (a, b, c), as ``tap_major``
+    orders the weights."""
+    _, c, h, w = x.shape
+    nb = i1 - i0
     ho, wo = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
-    # W_a as (kw*C, K) matrices, rows ordered (b, c) like the channels-last columns.
-    wmat = np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(kh, kw * c, k))
+    padded = scratch("padded", (nb, h + 2 * padding, w + 2 * padding, c), x.dtype)
+    padded[:, :padding] = 0
+    padded[:, padding + h :] = 0
+    padded[:, :, :padding] = 0
+    padded[:, :, padding + w :] = 0
+    padded[:, padding : padding + h, padding : padding + w] = x[i0:i1].transpose(0, 2, 3, 1)
+    cols = scratch("image_cols", (nb, ho, wo, kh, kw, c), x.dtype)
+    for a in range(kh):
+        for b in range(kw):
+            cols[:, :, :, a, b] = padded[:, a : a + ho, b : b + wo]
+    return cols.reshape(nb * ho * wo, kh * kw * c)
+
+
+def _image_products(
+    x: np.ndarray, mat: np.ndarray, kh: int, kw: int, bias: np.ndarray | None, padding: int
+) -> np.ndarray:
+    """x (N, C, H, W) and mat (kh*kw*C, K), rows ordered (a, b, c) -> out (N, K, Ho, Wo).
+
+    Per block of B whole images, one (B*Ho*Wo, kh*kw*C) @ (kh*kw*C, K) product."""
+    n, c, h, w = x.shape
+    k = mat.shape[1]
+    ho, wo = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    out = np.empty((n, k, ho, wo), dtype=x.dtype)
+
+    def work(worker: int, chunk: Sequence[tuple[int, int]]) -> None:
+        for i0, i1 in chunk:
+            cols = image_columns(x, i0, i1, kh, kw, padding)
+            res = scratch("res", (cols.shape[0], k), x.dtype)
+            np.matmul(cols, mat, out=res)
+            if bias is not None:
+                res += bias
+            out[i0:i1] = res.reshape(i1 - i0, ho, wo, k).transpose(0, 3, 1, 2)
+
+    parallel(work, _image_blocks(n, ho * wo * kh * kw * c * x.itemsize))
+    return out
+
+
+def _blocked_products(
+    x: np.ndarray,
+    mats: Sequence[np.ndarray],
+    kh: int,
+    kw: int,
+    bias: np.ndarray | None,
+    padding: int,
+) -> np.ndarray:
+    """The forward's blocks: x (N, C, H, W) and one (kw*C, K) matrix per vertical tap a,
+    rows ordered (b, c) -> out (N, K, Ho, Wo)."""
+    n, c, h, w = x.shape
+    k = mats[0].shape[1]
+    ho, wo = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
     out = np.empty((n, k, ho, wo), dtype=x.dtype)
     blocks = _row_blocks(n, ho, wo, wo * kw * c * x.itemsize)
 
@@ -241,9 +341,9 @@ def conv2d_forward(
             # for the transposing copy at the end.
             res = scratch("res", (p, k), x.dtype)
             part = scratch("part", (p, k), x.dtype)
-            np.matmul(cols[:p], wmat[0], out=res)
+            np.matmul(cols[:p], mats[0], out=res)
             for a in range(1, kh):
-                np.matmul(cols[a * wo : a * wo + p], wmat[a], out=part)
+                np.matmul(cols[a * wo : a * wo + p], mats[a], out=part)
                 res += part
             if bias is not None:
                 res += bias
@@ -266,32 +366,53 @@ def conv2d_backward(
 
     dW_a = sum over blocks of dout_block (K, P) @ cols[a*Wo : a*Wo + P] (P, kw*C), each
     worker summing its own blocks (no shared writes), the per-worker sums added at the end.
-    dx = conv2d_forward(dout, W flipped in space with C and K swapped, padding k-1-p).
+    dx = the forward's blocks over dout, with W flipped in space and C and K swapped, and
+    padding k-1-p.
     """
     n, c, h, w = x.shape
     k, _, kh, kw = weight.shape
     ho, wo = dout.shape[2:]
-    threads = num_threads()
-    dw_parts = np.zeros((threads, kh, k, kw * c), dtype=x.dtype)
-    blocks = _row_blocks(n, ho, wo, wo * kw * c * x.itemsize)
+    db = dout.sum(axis=(0, 2, 3)) if need_bias else None
+    # The flipped kernel's tap a as a (kw*K, C) matrix, rows (b, k): tap (kh-1-a, kw-1-b)
+    # of the forward, its C and K swapped. Tap-major, this is a copy of runs of C values.
+    flipped = tap_major(weight)[:, ::-1].transpose(1, 0, 2) if need_input else None
+    # Per worker, dW in the tap-major layout (K, kh*kw, C) that the columns produce.
+    dw_parts = np.zeros((num_threads(), k, kh * kw, c), dtype=x.dtype)
+    small = small_images(x, kh, kw, padding)
 
-    def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
+    def rows_work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
         for i, r0, r1 in chunk:
             p = (r1 - r0) * wo
             cols = _row_columns(x, i, r0, r1, kh, kw, padding, wo)
             d = dout[i, :, r0:r1].reshape(k, p)  # (K, P), a view
             for a in range(kh):
-                dw_parts[worker, a] += d @ cols[a * wo : a * wo + p]
+                dw_parts[worker, :, a * kw : (a + 1) * kw].reshape(k, kw * c)[...] += (
+                    d @ cols[a * wo : a * wo + p]
+                )
 
-    parallel(work, blocks)
-    # (kh, K, kw, C) -> (K, C, kh, kw)
-    dw = dw_parts.sum(axis=0).reshape(kh, k, kw, c).transpose(1, 3, 0, 2)
-    db = dout.sum(axis=(0, 2, 3)) if need_bias else None
+    def images_work(worker: int, chunk: Sequence[tuple[int, int]]) -> None:
+        for i0, i1 in chunk:
+            cols = image_columns(x, i0, i1, kh, kw, padding)  # (B*Ho*Wo, kh*kw*C)
+            d = scratch("dout_t", (k, i1 - i0, ho * wo), x.dtype)
+            d[...] = dout[i0:i1].reshape(i1 - i0, k, ho * wo).transpose(1, 0, 2)
+            dw_parts[worker].reshape(k, kh * kw * c)[...] += d.reshape(k, -1) @ cols
+
+    if small:
+        parallel(images_work, _image_blocks(n, ho * wo * kh * kw * c * x.itemsize))
+    else:
+        parallel(rows_work, _row_blocks(n, ho, wo, wo * kw * c * x.itemsize))
+    # (K, kh*kw, C) -> (K, C, kh, kw): runs of C values again
+    dw = np.ascontiguousarray(dw_parts.sum(axis=0).transpose(0, 2, 1)).reshape(k, c, kh, kw)
     if not need_input:
-        return None, np.ascontiguousarray(dw), db
-    flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, K, kh, kw)
-    dx = conv2d_forward(np.ascontiguousarray(dout), flipped, None, kh - 1 - padding)
-    return dx, np.ascontiguousarray(dw), db
+        return None, dw, db
+    flipped = np.ascontiguousarray(flipped)  # (kh*kw, K, C)
+    dout = np.ascontiguousarray(dout)
+    if small:
+        dx = _image_products(dout, flipped.reshape(kh * kw * k, c), kh, kw, None, kh - 1 - padding)
+    else:
+        mats = flipped.reshape(kh, kw * k, c)
+        dx = _blocked_products(dout, mats, kh, kw, None, kh - 1 - padding)
+    return dx, dw, db
 
 
 # -- products with a batch axis -------------------------------------------------------------
