@@ -311,3 +311,91 @@ def test_unet_backward_without_input_grad_keeps_parameter_grads():
     for name in grads[0]:
         np.testing.assert_array_equal(grads[0][name], grads[1][name], err_msg=name)
 
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 9),
+    h=st.integers(1, 7),
+    w=st.integers(2, 7),
+    relu=st.booleans(),
+    group_bytes=st.sampled_from([1, 200, 1 << 20]),  # one channel per group ... all of them
+    threads=st.sampled_from(["1", "3"]),
+    sliced=st.booleans(),  # dout a channel slice of a larger array, as Concat hands it back
+    seed=st.integers(0, 2**16),
+)
+def test_threaded_batchnorm_matches_the_reference(
+    n, c, h, w, relu, group_bytes, threads, sliced, seed
+):
+    """ThreadedBatchNorm2d (FastBatchNorm2d on NumPy) against BatchNorm2d in float64: the
+    output, dx, dgamma, dbeta and the running statistics, over channel groups and threads."""
+    from minunet.accel import batchnorm as fast_bn
+    from minunet.nn import BatchNorm2d
+
+    rng = np.random.default_rng(seed)
+    layer = BatchNorm2d(c, relu=relu, dtype=np.float64)
+    layer.params["weight"].data[...] = rng.standard_normal(c)
+    layer.params["bias"].data[...] = rng.standard_normal(c)
+    x = 3 + 2 * rng.standard_normal((n, c, h, w))
+    dout = rng.standard_normal((n, c + 4, h, w))[:, 2 : 2 + c] if sliced else None
+    dout = rng.standard_normal((n, c, h, w)) if dout is None else dout
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_bn, "GROUP_BYTES", group_bytes)
+        mp.setenv("MINUNET_THREADS", threads)
+        fast = accelerate(copy.deepcopy(layer))
+        assert isinstance(fast, fast_bn.ThreadedBatchNorm2d)
+        got = run(fast, x, dout)
+    want = run(layer, x, dout)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        np.testing.assert_allclose(fast.buffers[name], layer.buffers[name], rtol=1e-12, atol=0)
+
+
+def test_threaded_batchnorm_leaves_eval_mode_and_switched_off_to_the_reference():
+    """In eval mode, and with the CPU fast paths off, FastBatchNorm2d is the reference to
+    the bit (the same code runs)."""
+    from minunet.nn import BatchNorm2d
+
+    rng = np.random.default_rng(1)
+    layer = BatchNorm2d(5, relu=True)
+    x = rng.standard_normal((2, 5, 4, 4), dtype=np.float32)
+    dout = rng.standard_normal((2, 5, 4, 4), dtype=np.float32)
+    for train, cpu_on in ((False, True), (True, False)):
+        ref, fast = copy.deepcopy(layer), accelerate(copy.deepcopy(layer))
+        ref.train(train)
+        fast.train(train)
+        with fast_paths(cpu=cpu_on):
+            for a, b in zip(run(fast, x, dout), run(ref, x, dout), strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 9),
+    h=st.integers(2, 9),  # odd sizes: the forward runs here, the backward is the reference's
+    w=st.integers(2, 9),
+    group_bytes=st.sampled_from([1, 100, 1 << 20]),
+    threads=st.sampled_from(["1", "3"]),
+    seed=st.integers(0, 2**16),
+)
+def test_threaded_maxpool_matches_the_reference_with_ties(n, c, h, w, group_bytes, threads, seed):
+    """ThreadedMaxPool2d (FastMaxPool2d on NumPy) against MaxPool2d: output, argmax and dx
+    equal to the bit, on integer-valued inputs full of ties."""
+    from minunet.accel import batchnorm as fast_bn
+    from minunet.accel.pool import ThreadedMaxPool2d
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, (n, c, h, w)).astype(np.float32)
+    dout = rng.standard_normal((n, c, h // 2, w // 2), dtype=np.float32)
+    layer = MaxPool2d(2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_bn, "GROUP_BYTES", group_bytes)
+        mp.setenv("MINUNET_THREADS", threads)
+        fast = accelerate(copy.deepcopy(layer))
+        assert isinstance(fast, ThreadedMaxPool2d)
+        got = run(fast, x, dout) + (fast._cache.argmax,)
+    want = run(layer, x, dout) + (layer._cache.argmax,)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -7,6 +7,8 @@ arrays it meets: NumPy or CuPy, dtype, geometry) and calls the reference otherwi
 test compares the two (tests/test_fast_paths.py, tests/test_cuda_*.py).
 
     cpu         the blocked channels-last convolution and threaded batched products (NumPy)
+    batchnorm   FastBatchNorm2d: channel groups over the threads (NumPy), the kernels (CuPy)
+    pool        FastMaxPool2d: the same for the 2x2 max-pool
     conv        FastConv2d, FastConvTranspose2d: those, and the im2col kernels on CuPy
     cuda/       hand-written CUDA kernels, one module per family, with their layer classes
 
@@ -29,12 +31,13 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from minunet.accel import cpu as _cpu
+from minunet.accel.batchnorm import FastBatchNorm2d
 from minunet.accel.conv import FastConv2d, FastConvTranspose2d
 from minunet.accel.cuda import kernel as _kernel
-from minunet.accel.cuda.batchnorm import KernelBatchNorm2d, KernelSyncBatchNorm2d
+from minunet.accel.cuda.batchnorm import KernelSyncBatchNorm2d
 from minunet.accel.cuda.loss import KernelSoftmaxCrossEntropy
 from minunet.accel.cuda.optim import KernelAdam, KernelAdamW, KernelSGD
-from minunet.accel.cuda.pool import KernelMaxPool2d
+from minunet.accel.pool import FastMaxPool2d
 from minunet.nn import BatchNorm2d, Conv2d, ConvTranspose2d, Layer, MaxPool2d
 from minunet.nn.losses import SoftmaxCrossEntropy
 from minunet.nn.optim import SGD, Adam, AdamW
@@ -44,8 +47,8 @@ from minunet.nn.sync_batchnorm import SyncBatchNorm2d
 IMPLEMENTATIONS: dict[type, type] = {
     Conv2d: FastConv2d,  # blocked conv, threaded products (NumPy); im2col kernels (CuPy)
     ConvTranspose2d: FastConvTranspose2d,  # threaded products (NumPy); im2col kernels (CuPy)
-    MaxPool2d: KernelMaxPool2d,  # MAXPOOL_FORWARD, MAXPOOL_BACKWARD
-    BatchNorm2d: KernelBatchNorm2d,  # the six BatchNorm(+ReLU) kernels
+    MaxPool2d: FastMaxPool2d,  # channel groups over threads; MAXPOOL_FORWARD, MAXPOOL_BACKWARD
+    BatchNorm2d: FastBatchNorm2d,  # channel groups over threads; the six BatchNorm(+ReLU) kernels
     SyncBatchNorm2d: KernelSyncBatchNorm2d,  # the same kernels' partial sums, allreduced
     SoftmaxCrossEntropy: KernelSoftmaxCrossEntropy,  # SOFTMAX_CROSS_ENTROPY
     SGD: KernelSGD,  # SGD_UPDATE

@@ -23,9 +23,11 @@ layer is a fixed per-channel affine map, and dx = dout * gamma * rstd.
 Data-parallel training normalises with the statistics of the global batch instead:
 ``minunet.nn.sync_batchnorm``, which replaces ``batch_statistics`` and ``input_gradient``.
 
-Fast path: ``KernelBatchNorm2d``, a training step in three GPU kernels each way on CuPy
-arrays (listed in ``minunet.accel.IMPLEMENTATIONS``; ``minunet.accel.accelerate`` gives it
-to a model). ``MINUNET_ACCEL=0`` turns it off (``MINUNET_CUDA_KERNELS=0``: every GPU kernel).
+Fast path: ``FastBatchNorm2d`` (``minunet.accel.batchnorm``): in training, these passes
+in channel groups over both CPU cores on NumPy, and three GPU kernels each way on CuPy
+(``KernelBatchNorm2d``); listed in ``minunet.accel.IMPLEMENTATIONS``, and
+``minunet.accel.accelerate`` gives it to a model. ``MINUNET_ACCEL=0`` turns it off
+(``MINUNET_FAST_CPU=0``: the CPU part, ``MINUNET_CUDA_KERNELS=0``: every GPU kernel).
 """
 
 from __future__ import annotations

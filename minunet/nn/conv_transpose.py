@@ -15,7 +15,7 @@ The weight is (C_in, C_out, kh, kw), PyTorch's layout for this layer.
 In the U-Net, a 2x2 kernel with stride 2 doubles the resolution; the patches then do not
 overlap, and col2im's additions are plain copies. So when kernel == stride (no padding,
 no dilation) both directions skip im2col/col2im: the forward is the product followed by
-one transposing copy that interleaves the k*k outputs of each input pixel,
+k*k strided copies that interleave the k*k outputs of each input pixel,
 
     cols (N, K, k, k, H, W)  ->  y[n, o, h*k + a, w*k + b] = cols[n, o, a, b, h, w]
 
@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from minunet.core.backend import get_array_module
 from minunet.core.im2col import col2im, im2col
 from minunet.nn.base import Layer, check_conv_arguments, check_input, conv_parameters
 
@@ -123,9 +124,13 @@ class ConvTranspose2d(Layer):
         n, kout, ho, wo = out_shape
         k = self.kernel_size
         if self._patches_tile():
-            # Patches tile the output exactly: interleaving is a permutation (one copy).
-            out = cols.reshape(n, kout, k, k, h, w).transpose(0, 1, 4, 2, 5, 3)
-            out = out.reshape(out_shape)  # the copy happens here
+            # Patches tile the output exactly: offset (a, b) of every patch is one strided
+            # slice of the output, so interleaving is k*k plain copies.
+            out = get_array_module(cols).empty(out_shape, dtype=cols.dtype)
+            patches = cols.reshape(n, kout, k, k, h, w)
+            for a in range(k):
+                for b in range(k):
+                    out[:, :, a::k, b::k] = patches[:, :, a, b]
         else:
             out = self.col2im(cols, out_shape, k, k, self.stride, self.padding, self.dilation)
         if "bias" in self.params:

@@ -13,9 +13,11 @@ Backward routes each output gradient to the winning input pixel, and only there:
 Overlapping windows (stride < kernel) add, which the ``+=`` over offsets gives for free.
 On ties the first offset in row-major order wins.
 
-Fast path: ``KernelMaxPool2d``, one GPU kernel for each direction on CuPy arrays (listed in
-``minunet.accel.IMPLEMENTATIONS``; ``minunet.accel.accelerate`` gives it to a model).
-``MINUNET_ACCEL=0`` turns it off (``MINUNET_CUDA_KERNELS=0``: every GPU kernel).
+Fast path: ``FastMaxPool2d`` (``minunet.accel.pool``): the 2x2 tournament in channel
+groups over both CPU cores on NumPy, and one GPU kernel for each direction on CuPy
+(``KernelMaxPool2d``); listed in ``minunet.accel.IMPLEMENTATIONS``, and
+``minunet.accel.accelerate`` gives it to a model. ``MINUNET_ACCEL=0`` turns it off
+(``MINUNET_FAST_CPU=0``: the CPU part, ``MINUNET_CUDA_KERNELS=0``: every GPU kernel).
 """
 
 from __future__ import annotations
