@@ -143,8 +143,8 @@ MUTATIONS = [
     _row(
         "01",
         CPU,
-        "            cols[:, :, :, a, b] = padded[:, a : a + ho, b : b + wo]",
-        "            cols[:, :, :, a, b] = padded[:, a : a + ho, b : b + wo] * (a != 1)",
+        "cols[:, :, :, a] = horizontal_taps(padded[:, a : a + ho], wo, kw)",
+        "cols[:, :, :, a] = horizontal_taps(padded[:, a : a + ho], wo, kw) * (a != 1)",
         ("fast16.forward(x16)", "cpu.conv2d_forward(x16"),
         "accelerated path (minunet.accel.cpu): one kernel row dropped from the columns of"
         " small images. The accelerated layer (FastConv2d, 16 channels, a 6x5 image: the"
@@ -975,13 +975,13 @@ MUTATIONS = [
     _row(
         "09",
         CPU,
-        "            cols[:, :, :, a, b] = padded[:, a : a + ho, b : b + wo]",
-        "            cols[:, :, :, a, b] = padded[:, b : b + ho, a : a + wo][:, : ho, : wo]",
+        "cols[:, :, :, a] = horizontal_taps(padded[:, a : a + ho], wo, kw)",
+        "cols[:, :, :, a] = horizontal_taps(padded[:, a : a + ho], wo, kw)[:, :, :, ::-1]",
         (
             "np.testing.assert_allclose(mine, conv.forward(x[None])[0]",
             "np.testing.assert_array_equal(full, ref)",
         ),
-        "accelerated path, small images: the kernel's rows and columns swapped in the columns"
+        "accelerated path, small images: the kernel's columns mirrored in the columns"
         " (section 2's small image meets it first)",
     ),
     _row(

@@ -222,9 +222,26 @@ def _row_columns(
     rows_in[...] = x[i, :, lo:hi]
     slab[lo - top : hi - top, pad : pad + w] = rows_in.transpose(1, 2, 0)
     cols = scratch("cols", (rows_in_block, wo, kw, c), x.dtype)
-    for b in range(kw):
-        cols[:, :, b] = slab[:, b : b + wo]
+    cols[...] = horizontal_taps(slab, wo, kw)
     return cols.reshape(rows_in_block * wo, kw * c)
+
+
+def horizontal_taps(padded: np.ndarray, wo: int, kw: int) -> np.ndarray:
+    """A read-only view v (..., Wo, kw, C) of a channels-last padded (..., Wo+kw-1, C)
+    with v[..., w, b, c] = padded[..., w + b, c]: the kw horizontal taps of every output
+    column, without a copy.
+
+    For one pixel w the kw taps' kw*C values are one contiguous run of ``padded`` (the
+    pixels w .. w+kw-1 lie side by side), so copying v copies runs of kw*C values, where
+    one slice per tap (cols[..., b, :] = padded[..., b : b + Wo, :]) copied runs of C."""
+    *outer, _, c = padded.shape
+    step = padded.strides[-2]  # one pixel to the right, and one tap to the right: the same
+    return np.lib.stride_tricks.as_strided(
+        padded,
+        shape=(*outer, wo, kw, c),
+        strides=(*padded.strides[:-2], step, step, padded.strides[-1]),
+        writeable=False,
+    )
 
 
 def tap_major(weight: np.ndarray) -> np.ndarray:
@@ -287,8 +304,7 @@ def image_columns(x: np.ndarray, i0: int, i1: int, kh: int, kw: int, padding: in
     padded[:, padding : padding + h, padding : padding + w] = x[i0:i1].transpose(0, 2, 3, 1)
     cols = scratch("image_cols", (nb, ho, wo, kh, kw, c), x.dtype)
     for a in range(kh):
-        for b in range(kw):
-            cols[:, :, :, a, b] = padded[:, a : a + ho, b : b + wo]
+        cols[:, :, :, a] = horizontal_taps(padded[:, a : a + ho], wo, kw)
     return cols.reshape(nb * ho * wo, kh * kw * c)
 
 
