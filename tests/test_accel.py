@@ -26,7 +26,9 @@ from minunet.accel.cuda import KERNELS
 from minunet.accel.cuda import kernel as cuda
 from minunet.accel.cuda.batchnorm import KernelBatchNorm2d, KernelSyncBatchNorm2d
 from minunet.accel.cuda.emulator import CXX, emulate
+from minunet.accel.cuda.optim import KernelAdam, KernelAdamW, KernelSGD
 from minunet.accel.cuda.pool import KernelMaxPool2d
+from minunet.accel.optim import ThreadedOptimizer
 from minunet.accel.pool import ThreadedMaxPool2d
 from minunet.model import UNet
 from minunet.nn import BatchNorm2d, Conv2d, MaxPool2d, ReLU
@@ -40,6 +42,7 @@ FAST_MODULES = [
     "minunet.accel.conv",
     "minunet.accel.batchnorm",
     "minunet.accel.pool",
+    "minunet.accel.optim",
     "minunet.accel.cuda.pool",
     "minunet.accel.cuda.batchnorm",
     "minunet.accel.cuda.loss",
@@ -65,7 +68,10 @@ def test_every_fast_class_is_in_the_table_against_the_class_it_replaces():
     listed = set(IMPLEMENTATIONS.values())
     parts = {c for fast in listed for c in fast.__mro__[1:] if c in found} - listed
     assert len(listed) == 9 and listed <= found and found == listed | parts
-    assert parts == {KernelBatchNorm2d, ThreadedBatchNorm2d, KernelMaxPool2d, ThreadedMaxPool2d}
+    assert parts == {
+        KernelBatchNorm2d, ThreadedBatchNorm2d, KernelMaxPool2d, ThreadedMaxPool2d,
+        KernelSGD, KernelAdam, KernelAdamW, ThreadedOptimizer,
+    }  # fmt: skip
     for reference, fast in IMPLEMENTATIONS.items():
         assert reference.__module__.startswith("minunet.nn."), reference
         assert fast.__module__.startswith("minunet.accel."), fast

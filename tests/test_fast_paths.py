@@ -20,6 +20,7 @@ from minunet.accel import accelerate, cpu, fast_paths
 from minunet.accel.conv import BlockedConvCache, FastConv2d, FastConvTranspose2d
 from minunet.nn import Conv2d, ConvTranspose2d, MaxPool2d
 from minunet.nn.conv import Im2colCache
+from minunet.nn.optim import SGD, Adam, AdamW
 
 
 def run(layer, x, dout):
@@ -399,3 +400,64 @@ def test_threaded_maxpool_matches_the_reference_with_ties(n, c, h, w, group_byte
     want = run(layer, x, dout) + (layer._cache.argmax,)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: SGD(ps, 0.1, momentum=0.9, weight_decay=1e-2, nesterov=True),
+        lambda ps: Adam(ps, 1e-2, weight_decay=1e-3),
+        lambda ps: AdamW(ps, 1e-2),
+    ],
+)
+def test_threaded_optimizer_steps_are_the_reference_to_the_bit(make, threads, monkeypatch):
+    """FastSGD/FastAdam/FastAdamW on NumPy: the reference's updates dealt out to threads,
+    so parameters and state after several steps equal the reference's exactly."""
+    from minunet.accel.optim import ThreadedOptimizer, balanced_bins
+    from minunet.nn import Parameter
+
+    monkeypatch.setenv("MINUNET_THREADS", threads)
+    rng = np.random.default_rng(0)
+    shapes = [(64, 32, 3, 3), (5,), (32, 16, 3, 3), (7, 3), (1,), (300,)]
+    start = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
+    runs = []
+    for fast in (False, True):
+        params = [Parameter(a.copy()) for a in start]
+        opt = make(params)
+        if fast:
+            opt = accelerate(opt)
+            assert isinstance(opt, ThreadedOptimizer)
+        grads = np.random.default_rng(1)
+        for _ in range(4):
+            for p in params:
+                p.grad[...] = grads.standard_normal(p.data.shape, dtype=np.float32)
+            opt.step()
+        runs.append(([p.data for p in params], opt.state_dict()))
+    (ref_params, ref_state), (fast_params, fast_state) = runs
+    for a, b in zip(fast_params, ref_params, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert fast_state.keys() == ref_state.keys()
+    for key in ref_state:
+        np.testing.assert_array_equal(fast_state[key], ref_state[key], err_msg=key)
+    bins = balanced_bins([int(np.prod(s)) for s in shapes], 2)
+    assert sorted(i for b in bins for i in b) == list(range(len(shapes)))
+    assert bins[0][0] == 0 and bins[1][0] == 2  # the two largest go to different threads
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("k", [2, 3])
+def test_fast_conv_transpose2d_tiling_copies_match_the_reference(k, bias, threads, monkeypatch):
+    """kernel == stride (the U-Net's upsampling): the interleaving copies over threads,
+    the bias folded into them, against the reference, forward and backward."""
+    monkeypatch.setenv("MINUNET_THREADS", threads)
+    rng = np.random.default_rng(k)
+    layer = ConvTranspose2d(4, 3, k, k, bias=bias, dtype=np.float64, rng=rng)
+    if bias:
+        layer.params["bias"].data[...] = rng.standard_normal(3)
+    x = rng.standard_normal((3, 4, 5, 6))
+    dout = rng.standard_normal((3, 3, 5 * k, 6 * k))
+    fast, ref = fast_and_reference(layer, x, dout)
+    for a, b in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

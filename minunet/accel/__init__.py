@@ -9,6 +9,7 @@ test compares the two (tests/test_fast_paths.py, tests/test_cuda_*.py).
     cpu         the blocked channels-last convolution and threaded batched products (NumPy)
     batchnorm   FastBatchNorm2d: channel groups over the threads (NumPy), the kernels (CuPy)
     pool        FastMaxPool2d: the same for the 2x2 max-pool
+    optim       FastSGD, FastAdam, FastAdamW: parameters over the threads (NumPy), kernels (CuPy)
     conv        FastConv2d, FastConvTranspose2d: those, and the im2col kernels on CuPy
     cuda/       hand-written CUDA kernels, one module per family, with their layer classes
 
@@ -36,7 +37,7 @@ from minunet.accel.conv import FastConv2d, FastConvTranspose2d
 from minunet.accel.cuda import kernel as _kernel
 from minunet.accel.cuda.batchnorm import KernelSyncBatchNorm2d
 from minunet.accel.cuda.loss import KernelSoftmaxCrossEntropy
-from minunet.accel.cuda.optim import KernelAdam, KernelAdamW, KernelSGD
+from minunet.accel.optim import FastAdam, FastAdamW, FastSGD
 from minunet.accel.pool import FastMaxPool2d
 from minunet.nn import BatchNorm2d, Conv2d, ConvTranspose2d, Layer, MaxPool2d
 from minunet.nn.losses import SoftmaxCrossEntropy
@@ -51,9 +52,9 @@ IMPLEMENTATIONS: dict[type, type] = {
     BatchNorm2d: FastBatchNorm2d,  # channel groups over threads; the six BatchNorm(+ReLU) kernels
     SyncBatchNorm2d: KernelSyncBatchNorm2d,  # the same kernels' partial sums, allreduced
     SoftmaxCrossEntropy: KernelSoftmaxCrossEntropy,  # SOFTMAX_CROSS_ENTROPY
-    SGD: KernelSGD,  # SGD_UPDATE
-    Adam: KernelAdam,  # ADAM_UPDATE
-    AdamW: KernelAdamW,  # ADAM_UPDATE, decoupled weight decay
+    SGD: FastSGD,  # parameters over threads; SGD_UPDATE
+    Adam: FastAdam,  # parameters over threads; ADAM_UPDATE
+    AdamW: FastAdamW,  # parameters over threads; ADAM_UPDATE, decoupled weight decay
 }
 
 Accelerable = TypeVar("Accelerable")

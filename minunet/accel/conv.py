@@ -19,8 +19,11 @@ reference's own, and the result is the reference layer's to the bit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from minunet.accel import cpu, winograd
 from minunet.accel.cuda import im2col as cuda_im2col
@@ -84,7 +87,9 @@ class FastConv2d(Conv2d):
 
 
 class FastConvTranspose2d(ConvTranspose2d):
-    """ConvTranspose2d with the fast paths above (its products are batched ones).
+    """ConvTranspose2d with the fast paths above (its products are batched ones) and, on
+    NumPy with kernel == stride, the reference's interleaving copies split over images and
+    threads, the bias added in the same pass.
 
     x (N, C_in, H, W) -> (N, C_out, Ho, Wo)
     """
@@ -92,3 +97,42 @@ class FastConvTranspose2d(ConvTranspose2d):
     matmul = staticmethod(cpu.batched_matmul)
     im2col = staticmethod(cuda_im2col.im2col)
     col2im = staticmethod(cuda_im2col.col2im)
+
+    def _threaded_copies(self, a: Any) -> bool:
+        return cpu.ENABLED and type(a) is np.ndarray and self._patches_tile()
+
+    def columns_to_image(self, cols: Any, out_shape: tuple[int, ...], h: int, w: int) -> Any:
+        """cols (N, K*k*k, H*W) -> (N, K, Ho, Wo), bias added: the reference's copies."""
+        if not self._threaded_copies(cols):
+            return super().columns_to_image(cols, out_shape, h, w)
+        n, kout = out_shape[:2]
+        k = self.kernel_size
+        out = np.empty(out_shape, dtype=cols.dtype)
+        patches = cols.reshape(n, kout, k, k, h, w)
+        bias = self.params["bias"].data[:, None, None] if "bias" in self.params else None
+
+        def work(worker: int, images: Sequence[int]) -> None:
+            for i in images:
+                for a in range(k):
+                    for b in range(k):
+                        if bias is None:
+                            out[i, :, a::k, b::k] = patches[i, :, a, b]
+                        else:
+                            np.add(patches[i, :, a, b], bias, out=out[i, :, a::k, b::k])
+
+        cpu.parallel(work, range(n))
+        return out
+
+    def image_to_columns(self, dout: Any, h: int, w: int) -> Any:
+        """dout (N, K, Ho, Wo) -> dcols (N, K*k*k, H*W): the reference's copy, per image."""
+        if not self._threaded_copies(dout):
+            return super().image_to_columns(dout, h, w)
+        n, kout, k = dout.shape[0], self.out_channels, self.kernel_size
+        dcols = np.empty((n, kout, k, k, h, w), dtype=dout.dtype)
+
+        def work(worker: int, images: Sequence[int]) -> None:
+            for i in images:
+                dcols[i] = dout[i].reshape(kout, h, k, w, k).transpose(0, 2, 4, 1, 3)
+
+        cpu.parallel(work, range(n))
+        return dcols.reshape(n, kout * k * k, h * w)
