@@ -995,8 +995,8 @@ MUTATIONS = [
     _row(
         "09",
         CPU,
-        "+= d.reshape(k, -1) @ cols",
-        "+= d.reshape(k, -1)[:, ::-1] @ cols",
+        "dw[:, b0:b1] += d.reshape(k, -1) @ cols[:, b0:b1]",
+        "dw[:, b0:b1] += d.reshape(k, -1)[:, ::-1] @ cols[:, b0:b1]",
         'err_msg=f"whole images: {name}"',
         "accelerated path, small images: dW pairs each output gradient with another pixel",
     ),

@@ -392,33 +392,14 @@ def conv2d_backward(
     # The flipped kernel's tap a as a (kw*K, C) matrix, rows (b, k): tap (kh-1-a, kw-1-b)
     # of the forward, its C and K swapped. Tap-major, this is a copy of runs of C values.
     flipped = tap_major(weight)[:, ::-1].transpose(1, 0, 2) if need_input else None
-    # Per worker, dW in the tap-major layout (K, kh*kw, C) that the columns produce.
-    dw_parts = np.zeros((num_threads(), k, kh * kw, c), dtype=x.dtype)
     small = small_images(x, kh, kw, padding)
-
-    def rows_work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
-        for i, r0, r1 in chunk:
-            p = (r1 - r0) * wo
-            cols = _row_columns(x, i, r0, r1, kh, kw, padding, wo)
-            d = dout[i, :, r0:r1].reshape(k, p)  # (K, P), a view
-            for a in range(kh):
-                dw_parts[worker, :, a * kw : (a + 1) * kw].reshape(k, kw * c)[...] += (
-                    d @ cols[a * wo : a * wo + p]
-                )
-
-    def images_work(worker: int, chunk: Sequence[tuple[int, int]]) -> None:
-        for i0, i1 in chunk:
-            cols = image_columns(x, i0, i1, kh, kw, padding)  # (B*Ho*Wo, kh*kw*C)
-            d = scratch("dout_t", (k, i1 - i0, ho * wo), x.dtype)
-            d[...] = dout[i0:i1].reshape(i1 - i0, k, ho * wo).transpose(1, 0, 2)
-            dw_parts[worker].reshape(k, kh * kw * c)[...] += d.reshape(k, -1) @ cols
-
     if small:
-        parallel(images_work, _image_blocks(n, ho * wo * kh * kw * c * x.itemsize))
+        dw_taps = _image_weight_grad(x, dout, kh, kw, padding)  # (K, kh*kw*C)
     else:
-        parallel(rows_work, _row_blocks(n, ho, wo, wo * kw * c * x.itemsize))
+        dw_taps = _rows_weight_grad(x, dout, kh, kw, padding)
     # (K, kh*kw, C) -> (K, C, kh, kw): runs of C values again
-    dw = np.ascontiguousarray(dw_parts.sum(axis=0).transpose(0, 2, 1)).reshape(k, c, kh, kw)
+    dw_taps = dw_taps.reshape(k, kh * kw, c)
+    dw = np.ascontiguousarray(dw_taps.transpose(0, 2, 1)).reshape(k, c, kh, kw)
     if not need_input:
         return None, dw, db
     flipped = np.ascontiguousarray(flipped)  # (kh*kw, K, C)
@@ -429,6 +410,72 @@ def conv2d_backward(
         mats = flipped.reshape(kh, kw * k, c)
         dx = _blocked_products(dout, mats, kh, kw, None, kh - 1 - padding)
     return dx, dw, db
+
+
+def _rows_weight_grad(
+    x: np.ndarray, dout: np.ndarray, kh: int, kw: int, padding: int
+) -> np.ndarray:
+    """dW in the tap-major layout (K, kh*kw*C), from blocks of rows: each worker sums its
+    blocks' products into a partial sum of its own, and the partial sums are added."""
+    n, c = x.shape[:2]
+    k, ho, wo = dout.shape[1:]
+    parts = np.zeros((num_threads(), k, kh * kw, c), dtype=x.dtype)
+
+    def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
+        for i, r0, r1 in chunk:
+            p = (r1 - r0) * wo
+            cols = _row_columns(x, i, r0, r1, kh, kw, padding, wo)
+            d = dout[i, :, r0:r1].reshape(k, p)  # (K, P), a view
+            for a in range(kh):
+                parts[worker, :, a * kw : (a + 1) * kw].reshape(k, kw * c)[...] += (
+                    d @ cols[a * wo : a * wo + p]
+                )
+
+    parallel(work, _row_blocks(n, ho, wo, wo * kw * c * x.itemsize))
+    return parts.sum(axis=0).reshape(k, kh * kw * c)
+
+
+def _image_weight_grad(
+    x: np.ndarray, dout: np.ndarray, kh: int, kw: int, padding: int
+) -> np.ndarray:
+    """dW in the tap-major layout (K, kh*kw*C), for small images.
+
+    Per chunk of images (the whole batch, unless its columns pass IMAGE_BLOCK_BYTES per
+    thread), the chunk's columns (B*Ho*Wo, kh*kw*C) are built once, the images shared out
+    between the threads; then dW's columns are shared out instead, each thread multiplying
+    the whole chunk's output gradient (K, B*Ho*Wo) by its slice of the columns. Each
+    product then has all the chunk's pixels, and no two threads write the same entry of
+    dW: no partial sums of the whole (megabytes of) dW to add up.
+    """
+    n, c = x.shape[:2]
+    k, ho, wo = dout.shape[1:]
+    pixels, width, threads = ho * wo, kh * kw * c, num_threads()
+    dw = np.zeros((k, width), dtype=x.dtype)
+    per = max(1, IMAGE_BLOCK_BYTES * threads // (pixels * width * x.itemsize))
+    bounds = [width * t // threads for t in range(threads + 1)]
+    slices = [(b0, b1) for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True) if b1 > b0]
+
+    def add_chunk(i0: int, i1: int) -> None:  # images [i0, i1)
+        cols = scratch("weight_grad_cols", ((i1 - i0) * pixels, width), x.dtype)
+        d = scratch("weight_grad_dout", (k, i1 - i0, pixels), x.dtype)
+
+        def build(worker: int, images: Sequence[int]) -> None:
+            for i in images:
+                cols[(i - i0) * pixels : (i - i0 + 1) * pixels] = image_columns(
+                    x, i, i + 1, kh, kw, padding
+                )
+                d[:, i - i0] = dout[i].reshape(k, pixels)
+
+        def multiply(worker: int, chunk: Sequence[tuple[int, int]]) -> None:
+            for b0, b1 in chunk:
+                dw[:, b0:b1] += d.reshape(k, -1) @ cols[:, b0:b1]
+
+        parallel(build, range(i0, i1))
+        parallel(multiply, slices)
+
+    for i0 in range(0, n, per):
+        add_chunk(i0, min(i0 + per, n))
+    return dw
 
 
 # -- products with a batch axis -------------------------------------------------------------
