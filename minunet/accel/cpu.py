@@ -72,7 +72,10 @@ MIN_BLOCK_PIXELS = 128
 # layers' products had a few dozen rows each against megabytes of weights that every one
 # of them read again (benchmarks/RESULTS.md).
 SMALL_PIXELS = 256
-IMAGE_BLOCK_BYTES = 16 << 20  # columns per block of whole images, at most
+# Columns per block of whole images, at most: the weight gradient keeps one block per
+# thread at once. 16 MB was a little faster for the 8x8 layers' backward and took some
+# 60 MB more at the step's peak (benchmarks/step_memory.py, RESULTS.md).
+IMAGE_BLOCK_BYTES = 8 << 20
 
 
 def num_threads() -> int:
