@@ -564,7 +564,89 @@ if threads > 1:
 # to 1.31x), because there the products dominate and the copies matter less. Times on
 # your machine will differ; compare ratios measured on one machine, never absolute
 # times across machines.
+
+# %% [markdown]
+# ## 6. The other layers on both cores, and which kernels OpenBLAS runs
 #
+# Once the convolutions use both cores, the layers that NumPy runs on one core show up:
+# BatchNorm with its ReLU (about seven full-size passes each way), the max-pool and
+# the optimiser's update. Their work splits even more simply than a convolution's.
+# Every channel of a BatchNorm or a max-pool is independent (its mean, variance and
+# gradient sums run over (N, H, W) only), so `minunet.accel.batchnorm` and
+# `minunet.accel.pool` run *the reference's own passes* on groups of channels of about a
+# MB each, the groups shared out over the same pool of threads (`cpu.parallel`). Every
+# parameter's update is independent too, so `minunet.accel.optim` deals the parameters
+# out to the threads in bins of about equal size, and each thread runs the reference's
+# `_update` on its own: the same code, so the same numbers to the bit.
+#
+# The check below runs a BatchNorm2d with its ReLU both ways in float64, with groups of
+# one channel on two threads, and an Adam step both ways.
+
+# %%
+from minunet.accel import accelerate  # noqa: E402
+from minunet.accel import batchnorm as fast_bn  # noqa: E402
+from minunet.nn import BatchNorm2d, Parameter  # noqa: E402
+from minunet.nn.optim import Adam  # noqa: E402
+
+bn_ref = BatchNorm2d(6, relu=True, dtype=np.float64)
+bn_ref.params["weight"].data[...] = rng.standard_normal(6)
+bn_fast = accelerate(BatchNorm2d(6, relu=True, dtype=np.float64))
+bn_fast.params["weight"].data[...] = bn_ref.params["weight"].data
+xb = 2 + rng.standard_normal((3, 6, 7, 5))
+db_out = rng.standard_normal(xb.shape)
+saved_group = fast_bn.GROUP_BYTES
+fast_bn.GROUP_BYTES = 1  # one channel per group: 6 groups over the threads
+try:
+    with fast_path_settings(cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS, 2):
+        out_fast, dx_fast = bn_fast.forward(xb), bn_fast.backward(db_out)
+finally:
+    fast_bn.GROUP_BYTES = saved_group
+out_ref, dx_ref_bn = bn_ref.forward(xb), bn_ref.backward(db_out)
+np.testing.assert_allclose(out_fast, out_ref, rtol=1e-12, atol=1e-12)
+np.testing.assert_allclose(dx_fast, dx_ref_bn, rtol=1e-12, atol=1e-12)
+for name in ("weight", "bias"):
+    np.testing.assert_allclose(bn_fast.params[name].grad, bn_ref.params[name].grad, rtol=1e-12)
+print(f"{type(bn_fast).__name__} in 6 channel groups on 2 threads == BatchNorm2d (float64, 1e-12)")
+
+start = [rng.standard_normal((64, 9)), rng.standard_normal(5), rng.standard_normal((3, 3))]
+finals = []
+for fast in (False, True):
+    params = [Parameter(a.copy()) for a in start]
+    opt = accelerate(Adam(params, 1e-2)) if fast else Adam(params, 1e-2)
+    with fast_path_settings(cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS, 2):
+        for _ in range(3):  # the first step creates the moments; the next two are threaded
+            for p, a in zip(params, start, strict=True):
+                p.grad[...] = np.cos(a + p.data)
+            opt.step()
+    finals.append([p.data for p in params])
+for a, b in zip(*finals, strict=True):
+    np.testing.assert_array_equal(a, b)
+print(f"{type(opt).__name__}: 3 steps over the threads == Adam's, to the bit")
+
+# %% [markdown]
+# **Which kernels OpenBLAS runs.** Every product above ends in OpenBLAS, NumPy's BLAS,
+# which picks a set of hand-written kernels for the CPU when it loads, unless the
+# environment variable `OPENBLAS_CORETYPE` names one. A set written for an older CPU
+# still runs on a newer one, just slower: on the 2-core AMD EPYC where these lessons were
+# written, the machine's environment pins `OPENBLAS_CORETYPE=Haswell` (256-bit AVX2),
+# where OpenBLAS left to itself picks `SkylakeX` (AVX-512), and the products run about
+# twice as fast (`benchmarks/RESULTS.md`; the benchmarks print the kernels in their
+# header). threadpoolctl, which `cpu.parallel` uses to hold OpenBLAS to one thread per
+# worker, also says which kernels it loaded:
+
+# %%
+from threadpoolctl import threadpool_info  # noqa: E402
+
+blas = [lib for lib in threadpool_info() if lib.get("internal_api") == "openblas"]
+for lib in blas:
+    print(
+        f"OpenBLAS {lib.get('version')}: {lib.get('architecture')} kernels, "
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
+    )
+if not blas:
+    print("NumPy's BLAS here is not OpenBLAS")
+
+# %% [markdown]
 # ## What to remember
 #
 # - The fast path computes the same sums as im2col, in a different order; it is checked
@@ -580,6 +662,10 @@ if threads > 1:
 #   the GIL in copies and products); keep per-thread partial sums instead of shared writes.
 # - For stride 1, `dx` is the convolution of `dout` (padding `kh-1-p`) with the kernel
 #   flipped and its channel axes swapped: a gather, safe to split, and the same fast code.
+# - BatchNorm, the max-pool and the optimiser split even more simply: channel groups,
+#   or parameters, each running the reference's own code on the pool's threads.
+# - Check which kernels OpenBLAS runs: an older set than the CPU's costs up to half the
+#   products' speed.
 # - `MINUNET_FAST_CPU=0` switches the fast paths off; `MINUNET_THREADS` sets the threads.
 #   With `MINUNET_WINOGRAD=1` the deepest layers (128 channels and more) take Winograd
 #   F(2x2, 3x3) instead (`minunet/accel/winograd.py`: 16 multiplications per 2x2 output

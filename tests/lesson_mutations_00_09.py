@@ -1034,4 +1034,20 @@ MUTATIONS = [
         "assert ok == (expected and cpu.ENABLED), name",
         "accelerated path: fast_conv_ok accepts strides it cannot do",
     ),
+    _row(
+        "09",
+        "minunet/accel/batchnorm.py",
+        "                d -= (dbeta[c0:c1] / m)[:, None, None]",
+        "                d -= (dbeta[c0:c1] / m)[:, None, None] * (c0 > 0)",
+        "np.testing.assert_allclose(dx_fast, dx_ref_bn",
+        "threaded BatchNorm: the first channel group's dx misses its dbeta / m term",
+    ),
+    _row(
+        "09",
+        "minunet/accel/optim.py",
+        "                for i in indices:\n",
+        "                for i in indices[1:]:\n",
+        "np.testing.assert_array_equal(a, b)",
+        "threaded optimiser: each thread skips the first parameter of its bin",
+    ),
 ]
