@@ -253,8 +253,8 @@ def tap_major(weight: np.ndarray) -> np.ndarray:
     The products below want each vertical tap a as a (kw*C, K) matrix with rows ordered
     (b, c): that is taps[:, a*kw:(a+1)*kw].reshape(K, kw*C).T, a strided view that BLAS
     reads as a transposed matrix, no copy. Building taps moves runs of C values; putting
-    K last instead (weight.transpose(2, 3, 1, 0)) copies one value at a time and took 5x
-    as long for the deep layers' megabytes of weights (benchmarks/RESULTS.md).
+    K last instead (weight.transpose(2, 3, 1, 0)) copies one value at a time, which the
+    deep layers' megabytes of weights made a visible part of their time.
     """
     k, c, kh, kw = weight.shape
     return np.ascontiguousarray(weight.reshape(k, c, kh * kw).transpose(0, 2, 1))
@@ -384,7 +384,9 @@ def conv2d_backward(
     None without ``need_bias``, dx None without ``need_input``.
 
     dW_a = sum over blocks of dout_block (K, P) @ cols[a*Wo : a*Wo + P] (P, kw*C), each
-    worker summing its own blocks (no shared writes), the per-worker sums added at the end.
+    worker summing its own blocks (no shared writes), the per-worker sums added at the end
+    (``_rows_weight_grad``); for small images, dout (K, B*Ho*Wo) @ the images' full columns,
+    dW's columns shared out between the workers (``_image_weight_grad``).
     dx = the forward's blocks over dout, with W flipped in space and C and K swapped, and
     padding k-1-p.
     """

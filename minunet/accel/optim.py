@@ -6,9 +6,10 @@ passes on one core (Adam: about ten over its weights, gradient and two moments).
 parameters are independent, so ``ThreadedOptimizer`` deals them out to the threads of
 ``minunet.accel.cpu`` in bins of about equal size (largest first, each to the lightest
 bin) and each thread runs the reference ``_update`` on its own parameters: the same code,
-so the same numbers, to the bit. The first step runs as the reference does, in one thread:
-it creates the state buffers (``Optimizer._buffers``), which two threads must not race to
-do. CuPy parameters and ``MINUNET_FAST_CPU=0`` take the reference step.
+so the same numbers, to the bit. A step with no state yet runs as the reference does, in
+one thread: the first one creates the state buffers (``Optimizer._buffers``), which two
+threads must not race to do (plain SGD, which keeps no state, always runs so; its update
+is one pass). CuPy parameters and ``MINUNET_FAST_CPU=0`` take the reference step.
 
 ``FastSGD``, ``FastAdam`` and ``FastAdamW`` put it under the CUDA kernels' classes, whose
 per-parameter ``_update`` runs the kernel on CuPy and the reference on NumPy.
