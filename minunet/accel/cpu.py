@@ -73,8 +73,8 @@ MIN_BLOCK_PIXELS = 128
 # of them read again (benchmarks/RESULTS.md).
 SMALL_PIXELS = 256
 # Columns per block of whole images, at most: the weight gradient keeps one block per
-# thread at once. 16 MB was a little faster for the 8x8 layers' backward and took some
-# 60 MB more at the step's peak (benchmarks/step_memory.py, RESULTS.md).
+# thread at once, so this sets the step's extra memory (16 MB took some 60 MB more at the
+# step's peak than 8 MB: benchmarks/step_memory.py, RESULTS.md).
 IMAGE_BLOCK_BYTES = 8 << 20
 
 
