@@ -44,12 +44,7 @@ def channel_groups(x: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _runs_here(layer: BatchNorm2d, x: Any) -> bool:
-    return (
-        cpu.ENABLED
-        and layer.training
-        and type(x) is np.ndarray
-        and x.dtype in (np.float32, np.float64)
-    )
+    return cpu.applies(x) and layer.training and x.dtype in cpu.FLOATS
 
 
 class ThreadedBatchNorm2d(BatchNorm2d):

@@ -99,7 +99,7 @@ class FastConvTranspose2d(ConvTranspose2d):
     col2im = staticmethod(cuda_im2col.col2im)
 
     def _threaded_copies(self, a: Any) -> bool:
-        return cpu.ENABLED and type(a) is np.ndarray and self._patches_tile()
+        return cpu.applies(a) and self._patches_tile()
 
     def columns_to_image(self, cols: Any, out_shape: tuple[int, ...], h: int, w: int) -> Any:
         """cols (N, K*k*k, H*W) -> (N, K, Ho, Wo), bias added: the reference's copies."""

@@ -78,6 +78,16 @@ SMALL_PIXELS = 256
 IMAGE_BLOCK_BYTES = 8 << 20
 
 
+FLOATS = (np.float32, np.float64)  # the dtypes the fast paths compute in
+
+
+def applies(*arrays: Any) -> bool:
+    """True when the CPU fast paths are on and every array is a plain NumPy array: not a
+    CuPy array, nor a subclass of NumPy's (the tests' CuPy stand-in), which must take the
+    device's road. Every CPU fast path asks this first."""
+    return ENABLED and all(type(a) is np.ndarray for a in arrays)
+
+
 def num_threads() -> int:
     """Worker threads for the fast paths: ``MINUNET_THREADS`` or the usable cores."""
     env = os.environ.get("MINUNET_THREADS")
@@ -174,9 +184,8 @@ def scratch(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 def fast_conv_ok(x: Any, stride: int, dilation: int, padding: int, kernel: int) -> bool:
     """True when ``conv2d_forward`` / ``conv2d_backward`` below apply."""
     return (
-        ENABLED
-        and type(x) is np.ndarray
-        and x.dtype in (np.float32, np.float64)
+        applies(x)
+        and x.dtype in FLOATS
         and stride == 1
         and dilation == 1
         and x.shape[1] >= MIN_CHANNELS
@@ -394,9 +403,6 @@ def conv2d_backward(
     k, _, kh, kw = weight.shape
     ho, wo = dout.shape[2:]
     db = dout.sum(axis=(0, 2, 3)) if need_bias else None
-    # The flipped kernel's tap a as a (kw*K, C) matrix, rows (b, k): tap (kh-1-a, kw-1-b)
-    # of the forward, its C and K swapped. Tap-major, this is a copy of runs of C values.
-    flipped = tap_major(weight)[:, ::-1].transpose(1, 0, 2) if need_input else None
     small = small_images(x, kh, kw, padding)
     if small:
         dw_taps = _image_weight_grad(x, dout, kh, kw, padding)  # (K, kh*kw*C)
@@ -407,7 +413,9 @@ def conv2d_backward(
     dw = np.ascontiguousarray(dw_taps.transpose(0, 2, 1)).reshape(k, c, kh, kw)
     if not need_input:
         return None, dw, db
-    flipped = np.ascontiguousarray(flipped)  # (kh*kw, K, C)
+    # The flipped kernel's tap a as a (kw*K, C) matrix, rows (b, k): tap (kh-1-a, kw-1-b)
+    # of the forward, its C and K swapped. Tap-major, this is a copy of runs of C values.
+    flipped = np.ascontiguousarray(tap_major(weight)[:, ::-1].transpose(1, 0, 2))  # (kh*kw, K, C)
     dout = np.ascontiguousarray(dout)
     if small:
         dx = _image_products(dout, flipped.reshape(kh * kw * k, c), kh, kw, None, kh - 1 - padding)
@@ -494,7 +502,7 @@ def batched_matmul(a: Any, b: Any) -> Any:
     scheduler time slice, and layers made of such products (the U-Net's ConvTranspose2d)
     slow down many times over. Other arrays (CuPy) get a plain ``a @ b``.
     """
-    if not (ENABLED and type(a) is np.ndarray and type(b) is np.ndarray):
+    if not applies(a, b):
         return a @ b
     if max(a.ndim, b.ndim) != 3 or min(a.ndim, b.ndim) < 2:
         return a @ b

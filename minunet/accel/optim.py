@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from minunet.accel import cpu
 from minunet.accel.cuda.optim import KernelAdam, KernelAdamW, KernelSGD
 from minunet.nn.optimizer_base import Optimizer
@@ -42,8 +40,8 @@ class ThreadedOptimizer(Optimizer):
     """An optimiser whose step runs the per-parameter updates over the pool's threads."""
 
     def step(self) -> None:
-        on_cpu = all(type(p.data) is np.ndarray for p in self.params)
-        if not (cpu.ENABLED and on_cpu and self.state) or cpu.num_threads() == 1:
+        on_cpu = cpu.applies(*(p.data for p in self.params))
+        if not (on_cpu and self.state) or cpu.num_threads() == 1:
             return super().step()
         self.steps += 1
         bins = balanced_bins([p.data.size for p in self.params], cpu.num_threads())

@@ -113,9 +113,8 @@ def tile_for(
     """
     ok = (
         ENABLED
-        and cpu.ENABLED
-        and type(x) is np.ndarray
-        and x.dtype in (np.float32, np.float64)
+        and cpu.applies(x)
+        and x.dtype in cpu.FLOATS
         and (kernel, stride, dilation) == (KERNEL, 1, 1)
         and padding <= KERNEL - 1
         and min(x.shape[1], out_channels) >= MIN_CHANNELS
