@@ -524,7 +524,7 @@ def load_average():
     return "(1/5/15 min) " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-one_blas_thread = cpu._single_threaded_blas  # the (internal) helper cpu.parallel uses
+one_blas_thread = cpu.single_threaded_blas  # the helper cpu.parallel uses
 threads = cpu.num_threads()
 print(f"Conv2d 3x3 {tc}->{tc}, x ({tn}, {tc}, {tside}, {tside}) float32, median of {calls} calls")
 print(f"load average {load_average()}")

@@ -10,6 +10,7 @@ geometry it accepts.
 """
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -92,6 +93,28 @@ def test_conv2d_fast_path_float32_strided_gradient_and_threads(monkeypatch):
         fast, ref = fast_and_reference(layer, x, dout, blocked=True)
         for a, b in zip(fast, ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@given(n=st.integers(1, 40), threads=st.integers(1, 5), cap=st.integers(1, 12))
+def test_image_blocks_cover_the_batch_evenly_within_the_cap(n, threads, cap):
+    """The whole-image blocks: every image once, in order, at most ``cap`` images (of
+    IMAGE_BLOCK_BYTES) each, and ``parallel``'s contiguous chunks of them give the threads
+    shares of the batch that differ by at most one block's worth (8 images in blocks of
+    at most 3 were 3+3+2, one thread 5 images and the other 3)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINUNET_THREADS", str(threads))
+        mp.setattr(cpu, "IMAGE_BLOCK_BYTES", cap * 1000)
+        blocks = cpu._image_blocks(n, 1000)
+    assert [i for i0, i1 in blocks for i in range(i0, i1)] == list(range(n))
+    sizes = [i1 - i0 for i0, i1 in blocks]
+    assert max(sizes) <= cap and max(sizes) - min(sizes) <= 1
+    used = min(threads, len(blocks))
+    bounds = [len(blocks) * t // used for t in range(used + 1)]  # parallel's chunks
+    shares = [sum(sizes[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    assert max(shares) - min(shares) <= max(sizes)
+    # no more blocks than the cap needs, per thread: ceil(ceil(n / threads) / cap) each
+    per_thread = math.ceil(math.ceil(n / threads) / cap)
+    assert len(blocks) <= threads * per_thread
 
 
 def test_fast_path_is_skipped_where_it_does_not_apply():

@@ -115,8 +115,14 @@ def _get_pool(threads: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _single_threaded_blas() -> Any:
+def single_threaded_blas() -> Any:
     """A context that holds OpenBLAS (or MKL) to one thread, or does nothing.
+
+    Every product of a training step runs inside it (in ``parallel``'s workers, or on its
+    own): after a product that OpenBLAS splits over its own threads, those threads keep
+    spinning, waiting for more work, on the cores the pool's workers need. One such product
+    per layer (Winograd's filter transform, before it ran here) kept an OpenBLAS thread
+    busy for some 370 ms of a 900 ms step (benchmarks/RESULTS.md).
 
     Uses threadpoolctl (a dependency of minunet). Should it be missing, the workers still
     run and BLAS oversubscribes the cores: correct, but slower (``benchmarks/step.py
@@ -146,7 +152,7 @@ def parallel(fn: Callable[[int, Sequence[Any]], None], items: Sequence[Any]) -> 
         # One worker asked for (MINUNET_THREADS=1, or one core): the blocks' products are
         # small, and OpenBLAS splitting each over its own threads is what the pool avoids:
         # with another program busy on a core, its threads wait for each other.
-        with _single_threaded_blas():
+        with single_threaded_blas():
             fn(0, items)
         return
     threads = min(num_threads(), len(items))
@@ -156,7 +162,7 @@ def parallel(fn: Callable[[int, Sequence[Any]], None], items: Sequence[Any]) -> 
     bounds = [len(items) * t // threads for t in range(threads + 1)]
     chunks = [items[bounds[t] : bounds[t + 1]] for t in range(threads)]
     pool = _get_pool(threads)
-    with _single_threaded_blas():
+    with single_threaded_blas():
         futures = [pool.submit(fn, t, chunks[t]) for t in range(1, threads)]
         fn(0, chunks[0])
         for f in futures:
@@ -294,11 +300,22 @@ def small_images(x: np.ndarray, kh: int, kw: int, padding: int) -> bool:
     return ho * wo <= SMALL_PIXELS
 
 
+def even_split(n: int, parts: int) -> list[tuple[int, int]]:
+    """[0, n) as ``parts`` (at most n) contiguous ranges whose lengths differ by at most 1."""
+    parts = max(1, min(n, parts))
+    return [(n * j // parts, n * (j + 1) // parts) for j in range(parts)]
+
+
 def _image_blocks(n: int, image_bytes: int) -> list[tuple[int, int]]:
-    """(first image, end image) blocks: an equal share of the batch per thread, at most
-    IMAGE_BLOCK_BYTES of columns each."""
-    per = max(1, min(-(-n // num_threads()), IMAGE_BLOCK_BYTES // max(1, image_bytes)))
-    return [(i, min(i + per, n)) for i in range(0, n, per)]
+    """(first image, end image) blocks of at most IMAGE_BLOCK_BYTES of columns each, the
+    same number of them for every thread, so that ``parallel`` gives each thread an equal
+    share of the batch (8 images in blocks of at most 3 are 2+2+2+2, not 3+3+2, which
+    left one thread 5 images and the other 3)."""
+    threads = num_threads()
+    cap = max(1, IMAGE_BLOCK_BYTES // max(1, image_bytes))
+    images_per_thread = -(-n // threads)  # ceiling divisions
+    per_thread = -(-images_per_thread // cap)  # blocks per thread
+    return even_split(n, threads * per_thread)
 
 
 def image_columns(x: np.ndarray, i0: int, i1: int, kh: int, kw: int, padding: int) -> np.ndarray:
@@ -465,6 +482,7 @@ def _image_weight_grad(
     pixels, width, threads = ho * wo, kh * kw * c, num_threads()
     dw = np.zeros((k, width), dtype=x.dtype)
     per = max(1, IMAGE_BLOCK_BYTES * threads // (pixels * width * x.itemsize))
+    chunks = even_split(n, -(-n // per))  # equal chunks: 8 images as 4 + 4, not 6 + 2
     bounds = [width * t // threads for t in range(threads + 1)]
     slices = [(b0, b1) for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True) if b1 > b0]
 
@@ -486,8 +504,8 @@ def _image_weight_grad(
         parallel(build, range(i0, i1))
         parallel(multiply, slices)
 
-    for i0 in range(0, n, per):
-        add_chunk(i0, min(i0 + per, n))
+    for i0, i1 in chunks:
+        add_chunk(i0, i1)
     return dw
 
 

@@ -124,27 +124,35 @@ def tile_for(
 
 def _combine(coefficients: np.ndarray, terms: Sequence[Any], out: np.ndarray) -> None:
     """out = sum_j coefficients[j] * terms[j], skipping zeros and multiplying only where
-    the coefficient is not +-1 (the transforms are mostly additions)."""
-    first = True
-    for c, term in zip(coefficients, terms, strict=True):
-        if c == 0:
-            continue
-        if first:
-            if c == 1:
-                np.copyto(out, term)
-            elif c == -1:
-                np.negative(term, out=out)
-            else:
-                np.multiply(term, c, out=out)
-            first = False
-        elif c == 1:
+    the coefficient is not +-1 (the transforms are mostly additions).
+
+    The first two +-1 terms are combined in one pass (out = a + b, a - b or b - a), not a
+    copy and then an addition: F(2, 3)'s input transform is nothing but such pairs, and
+    these passes over megabytes of tiles are what the transforms' time is made of."""
+    nonzero = [(c, t) for c, t in zip(coefficients, terms, strict=True) if c != 0]
+    if not nonzero:
+        out[...] = 0
+        return
+    (c0, t0), rest = nonzero[0], nonzero[1:]
+    if rest and abs(c0) == 1 and abs(rest[0][0]) == 1 and (c0, rest[0][0]) != (-1, -1):
+        c1, t1 = rest.pop(0)
+        if c0 == 1:
+            (np.add if c1 == 1 else np.subtract)(t0, t1, out=out)
+        else:
+            np.subtract(t1, t0, out=out)  # -a + b
+    elif c0 == 1:
+        np.copyto(out, t0)
+    elif c0 == -1:
+        np.negative(t0, out=out)
+    else:
+        np.multiply(t0, c0, out=out)
+    for c, term in rest:
+        if c == 1:
             out += term
         elif c == -1:
             out -= term
         else:
             out += c * term
-    if first:
-        out[...] = 0
 
 
 def _tiles_shape(h: int, w: int, padding: int, m: int) -> tuple[int, int, int, int]:
@@ -168,11 +176,15 @@ def input_tiles(x: np.ndarray, padding: int, m: int) -> np.ndarray:
     v = np.empty((n, n, n_img, th, tw, c), dtype=x.dtype)
 
     def work(worker: int, images: Sequence[int]) -> None:
+        xp = cpu.scratch("winograd_padded", (hp, wp, c), x.dtype)  # channels-last
+        xp[:padding] = 0  # zero only the ring around the image (the padding, and the
+        xp[padding + h :] = 0  # rows and columns that complete the last tiles)
+        xp[:, :padding] = 0
+        xp[:, padding + w :] = 0
+        t = cpu.scratch("winograd_rows", (th, wp, c), x.dtype)
+        rows = [xp[r : r + m * th : m] for r in range(n)]  # each (th, Wp, C)
         for i in images:
-            xp = np.zeros((hp, wp, c), dtype=x.dtype)  # channels-last, zero-padded
             xp[padding : padding + h, padding : padding + w] = x[i].transpose(1, 2, 0)
-            rows = [xp[r : r + m * th : m] for r in range(n)]  # each (th, Wp, C)
-            t = np.empty((th, wp, c), dtype=x.dtype)
             for xi in range(n):
                 _combine(bt[xi], rows, t)  # (B^T d) along the tile's rows
                 cols = [t[:, s : s + m * tw : m] for s in range(n)]  # each (th, tw, C)
@@ -194,14 +206,19 @@ def filter_tiles(weight: np.ndarray, m: int) -> np.ndarray:
     """U = G g G^T for every filter: weight (K, C, 3, 3) -> U (n, n, K, C)."""
     k, c = weight.shape[:2]
     n = m + KERNEL - 1
-    # (n^2, 9) @ (9, K*C): the transposed operand is a view, BLAS reads it as it lies.
-    return (_kron(m, weight.dtype) @ weight.reshape(k * c, KERNEL * KERNEL).T).reshape(n, n, k, c)
+    # (n^2, 9) @ (9, K*C): the transposed operand is a view, BLAS reads it as it lies. One
+    # BLAS thread: see cpu.single_threaded_blas (a product this thin is memory-bound anyway).
+    with cpu.single_threaded_blas():
+        u = _kron(m, weight.dtype) @ weight.reshape(k * c, KERNEL * KERNEL).T
+    return u.reshape(n, n, k, c)
 
 
 def filter_gradient(du: np.ndarray, m: int) -> np.ndarray:
     """dW = G^T dU G, the transpose of ``filter_tiles``: dU (n, n, K, C) -> dW (K, C, 3, 3)."""
     n, _, k, c = du.shape
-    return (du.reshape(n * n, k * c).T @ _kron(m, du.dtype)).reshape(k, c, KERNEL, KERNEL)
+    with cpu.single_threaded_blas():  # as in filter_tiles
+        dw = du.reshape(n * n, k * c).T @ _kron(m, du.dtype)
+    return dw.reshape(k, c, KERNEL, KERNEL)
 
 
 def _products(a: np.ndarray, b: np.ndarray, transpose_a: bool, transpose_b: bool) -> np.ndarray:
@@ -237,21 +254,27 @@ def conv2d_forward(
     # M[xi, eta] = V[xi, eta] (T, C) @ U[xi, eta]^T (C, K), T = N*th*tw tiles
     prod = _products(input_tiles(x, padding, m), filter_tiles(weight, m), False, True)
     prod = prod.reshape(n, n, n_img, th, tw, k)
-    y = np.empty((n_img, th, m, tw, m, k), dtype=x.dtype)  # channels-last output tiles
+    out = np.empty((n_img, k, ho, wo), dtype=x.dtype)
+    bias_k = bias[:, None, None] if bias is not None else None
 
     def work(worker: int, images: Sequence[int]) -> None:
-        s = np.empty((n, th, tw, k), dtype=x.dtype)
+        s = cpu.scratch("winograd_out_rows", (n, th, tw, k), x.dtype)
+        y = cpu.scratch("winograd_out", (th, m, tw, m, k), x.dtype)  # one image, channels-last
         for i in images:
             for u in range(m):
                 _combine(at[u], [prod[xi, :, i] for xi in range(n)], s)  # A^T M, rows
                 for v in range(m):
-                    _combine(at[v], [s[eta] for eta in range(n)], y[i, :, u, :, v])  # columns
+                    _combine(at[v], [s[eta] for eta in range(n)], y[:, u, :, v])  # columns
+            # back to NCHW one image at a time (a cache-sized transpose), the bias added in
+            # the same pass
+            image = y.reshape(th * m, tw * m, k)[:ho, :wo].transpose(2, 0, 1)
+            if bias_k is None:
+                out[i] = image
+            else:
+                np.add(image, bias_k, out=out[i])
 
     parallel(work, range(n_img))
-    out = y.reshape(n_img, th * m, tw * m, k)[:, :ho, :wo]
-    if bias is not None:
-        out = out + bias
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))  # back to NCHW
+    return out
 
 
 def output_gradient_tiles(dout: np.ndarray, m: int) -> np.ndarray:
@@ -266,10 +289,13 @@ def output_gradient_tiles(dout: np.ndarray, m: int) -> np.ndarray:
     dm = np.empty((n, n, n_img, th, tw, k), dtype=dout.dtype)
 
     def work(worker: int, images: Sequence[int]) -> None:
-        tiles = np.zeros((th, m, tw, m, k), dtype=dout.dtype)
-        t = np.empty((th, tw, m, k), dtype=dout.dtype)
+        tiles = cpu.scratch("winograd_dout", (th, m, tw, m, k), dout.dtype)
+        whole = tiles.reshape(th * m, tw * m, k)
+        whole[ho:] = 0  # where the last tiles reach past the image
+        whole[:, wo:] = 0
+        t = cpu.scratch("winograd_dout_rows", (th, tw, m, k), dout.dtype)
         for i in images:
-            tiles.reshape(th * m, tw * m, k)[:ho, :wo] = dout[i].transpose(1, 2, 0)
+            whole[:ho, :wo] = dout[i].transpose(1, 2, 0)
             for xi in range(n):
                 _combine(at[:, xi], [tiles[:, u] for u in range(m)], t)  # A dY, rows
                 for eta in range(n):
