@@ -1,0 +1,89 @@
+"""Which threads a minunet training step keeps busy on the CPU, and for how long.
+
+    python benchmarks/step_threads.py                   # base 32, depth 4, BN, 8x128x128
+    python benchmarks/step_threads.py --winograd        # with the Winograd path on
+
+Runs ``benchmarks/step.py``'s step (minunet only) and reads each thread's CPU time from
+/proc (Linux) before and after, per step. minunet's own threads are the main thread and
+the pool's workers (``minunet.accel.cpu``); any other thread is a library's: OpenBLAS's
+workers, which spin on a core for a while after every product that OpenBLAS split over
+them. On a 2-core machine a spinning thread takes a core from the pool, so its CPU time
+here should be about zero; where it is not, some product ran outside
+``cpu.single_threaded_blas``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import load_line, setup, table  # noqa: E402
+
+
+def thread_cpu_seconds() -> dict[int, float]:
+    """CPU time (user + system) of each thread of this process, by native thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    times = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        times[int(tid)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--winograd", action="store_true", help="switch the Winograd path on")
+    args = parser.parse_args(argv)
+    if not Path("/proc/self/task").is_dir():
+        raise SystemExit("step_threads.py reads per-thread CPU times from /proc (Linux only)")
+    dev = setup("numpy", False)
+    from step import build
+
+    from minunet.accel import winograd
+
+    winograd.ENABLED = args.winograd
+    _, contenders = build(dev, args.base, 4, args.batch, args.size)
+    step = contenders["minunet"]
+    for _ in range(2):  # warm up: buffers, the pool's threads
+        step()
+    print(
+        f"# minunet training step: base {args.base}, depth 4, BN, batch {args.batch}, "
+        f"{args.size} px, float32, Adam; Winograd {'on' if args.winograd else 'off'}"
+    )
+    print(f"# {dev.describe()}")
+    print(load_line())
+    before = thread_cpu_seconds()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    wall = (time.perf_counter() - start) / args.steps
+    after = thread_cpu_seconds()
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    rows = []
+    for tid, seconds in sorted(after.items()):
+        used = (seconds - before.get(tid, 0.0)) / args.steps
+        name = names.get(tid, "not minunet's (a library's thread)")
+        if name == "MainThread" or name.startswith("minunet") or used > 0:
+            rows.append([name, str(tid), f"{used * 1e3:.0f}", f"{used / wall * 100:.0f}"])
+    print(f"# mean wall time per step: {wall * 1e3:.0f} ms over {args.steps} steps")
+    print(table(["thread", "id", "CPU ms per step", "% of the step's wall time"], rows))
+    print(load_line())
+
+
+if __name__ == "__main__":
+    main()
