@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="timed steps; the fastest is shown")
     parser.add_argument("--by-name", action="store_true", help="one row per layer, not class")
+    parser.add_argument(
+        "--torch", action="store_true", help="also PyTorch's step, per operator (torch.profiler)"
+    )
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(0)
@@ -118,6 +121,56 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     print(load_line())
+    if args.torch:
+        profile_torch(model, x, y, args.rounds)
+
+
+def profile_torch(model: UNet, x: np.ndarray, y: np.ndarray, rounds: int) -> None:
+    """PyTorch's step on the same network, weights and batch, timed per operator by
+    torch.profiler: each operator's self time on the calling thread, per step (the mean
+    of ``rounds`` steps), the largest first. Its rows are operators, not layers: a
+    convolution's forward is ``aten::mkldnn_convolution`` (the up-convolutions' too), its
+    backward ``aten::convolution_backward``, BatchNorm's ReLU is ``aten::clamp_min``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from minunet.io.interop.torch_unet import TorchUNet, to_torch_state_dict
+
+    torch.set_num_threads(cpu_threads())
+    net = TorchUNet(**model.config)
+    net.load_state_dict(to_torch_state_dict(model.state_dict()))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(xt), yt).backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(rounds):
+            step()
+    wall = (time.perf_counter() - start) / rounds
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = [
+        [e.key, f"{e.self_cpu_time_total / 1e3 / rounds:.1f}", f"{e.count // rounds}"]
+        for e in ops[:12]
+    ]
+    print(
+        f"# PyTorch's step, same network and batch, {torch.get_num_threads()} threads, "
+        f"profiled: {1e3 * wall:.1f} ms per step (mean of {rounds}, with the profiler)"
+    )
+    print(table(["operator", "self ms per step", "calls per step"], rows))
+
+
+def cpu_threads() -> int:
+    """The threads minunet's pool uses, for PyTorch too (the same cores each side)."""
+    from minunet.accel import cpu
+
+    return cpu.num_threads()
 
 
 if __name__ == "__main__":
