@@ -424,7 +424,11 @@ print(f"F(4, 3) / F(2, 3) float32 error: {errors[4] / errors[2]:.0f}x")
 # off unless switched on (`MINUNET_WINOGRAD=1`, or `winograd.ENABLED = True` as here):
 # on the 2-core machine minunet was measured on, a layer's forward and backward together
 # were slower with Winograd than on the blocked path at 128 and 256 channels and level at
-# 512 (`benchmarks/RESULTS.md`), so by default every layer keeps the blocked path.
+# 512, and a whole training step no faster (`benchmarks/RESULTS.md`), so by default every
+# layer keeps the blocked path. One lesson from that measurement: a product that
+# OpenBLAS splits over its own threads leaves them spinning afterwards, on the cores
+# minunet's workers need, so even the small filter transform runs under
+# `cpu.single_threaded_blas()` (`benchmarks/step_threads.py` shows each thread's time).
 
 # %%
 winograd.ENABLED = True  # opt-in: see the rule above and the timing below

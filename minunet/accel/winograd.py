@@ -50,11 +50,13 @@ from minunet.accel.cpu import parallel
 KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
 
 # Opt-in: MINUNET_WINOGRAD=1 turns it on. On the 2-core machine it was measured on
-# (benchmarks/RESULTS.md), NumPy's memory-bound transforms cost more than the products they
-# save at the U-Net's sizes: slower than the blocked path at 128 and 256 channels, level at
-# 512, and a whole training step slower with it. Turn it on where benchmarks/layers.py's
-# "winograd ratio" beats its "blocked ratio". (MINUNET_FAST_CPU=0 and MINUNET_ACCEL=0
-# switch it off with the other CPU fast paths.)
+# (benchmarks/RESULTS.md), NumPy's memory-bound transforms cost about what the products
+# save at the U-Net's sizes: per layer it was slower than the blocked path at 128 and 256
+# channels and level at 512, and a whole training step was no faster with it (once an
+# OpenBLAS thread that had spun on after its filter transform, taking a core, was fixed;
+# before, the step was 20-40% slower). Turn it on where benchmarks/layers.py's "winograd
+# ratio" beats its "blocked ratio". (MINUNET_FAST_CPU=0 and MINUNET_ACCEL=0 switch it
+# off with the other CPU fast paths.)
 ENABLED = os.environ.get("MINUNET_WINOGRAD", "0") == "1"
 
 # The selection rule (``tile_for``), when switched on: Winograd where both channel counts
