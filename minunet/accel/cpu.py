@@ -118,11 +118,12 @@ def _get_pool(threads: int) -> ThreadPoolExecutor:
 def single_threaded_blas() -> Any:
     """A context that holds OpenBLAS (or MKL) to one thread, or does nothing.
 
-    Every product of a training step runs inside it (in ``parallel``'s workers, or on its
-    own): after a product that OpenBLAS splits over its own threads, those threads keep
-    spinning, waiting for more work, on the cores the pool's workers need. One such product
-    per layer (Winograd's filter transform, before it ran here) kept an OpenBLAS thread
-    busy for some 370 ms of a 900 ms step (benchmarks/RESULTS.md).
+    The fast paths' products run inside it: in ``parallel``'s workers, and on their own
+    (Winograd's filter transforms). After a product that OpenBLAS splits over its own
+    threads, those threads keep spinning, waiting for more work, on the cores the pool's
+    workers need: with the filter transforms outside it, an OpenBLAS thread took 544 ms of
+    CPU in a 1005 ms training step (``benchmarks/step_threads.py``, benchmarks/RESULTS.md).
+    (``parallel`` with a single item still lets BLAS use every core for that product.)
 
     Uses threadpoolctl (a dependency of minunet). Should it be missing, the workers still
     run and BLAS oversubscribes the cores: correct, but slower (``benchmarks/step.py
