@@ -2,6 +2,7 @@
 
     python benchmarks/step_threads.py                   # base 32, depth 4, BN, 8x128x128
     python benchmarks/step_threads.py --winograd        # with the Winograd path on
+    python benchmarks/step_threads.py --predict --batch 1   # an inference forward instead
 
 Runs ``benchmarks/step.py``'s step (minunet only) and reads each thread's CPU time from
 /proc (Linux) before and after, per step. minunet's own threads are the main thread and
@@ -20,6 +21,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--winograd", action="store_true", help="switch the Winograd path on")
+    parser.add_argument(
+        "--predict", action="store_true", help="time an inference forward (eval mode), not a step"
+    )
     args = parser.parse_args(argv)
     if not Path("/proc/self/task").is_dir():
         raise SystemExit("step_threads.py reads per-thread CPU times from /proc (Linux only)")
@@ -57,13 +63,22 @@ def main(argv: list[str] | None = None) -> None:
     from minunet.accel import winograd
 
     winograd.ENABLED = args.winograd
-    _, contenders = build(dev, args.base, 4, args.batch, args.size)
+    model, contenders = build(dev, args.base, 4, args.batch, args.size)
     step = contenders["minunet"]
+    if args.predict:  # what prediction runs: the forward alone, BatchNorm's running stats
+        model.eval()
+        x = np.random.default_rng(0).standard_normal(
+            (args.batch, 3, args.size, args.size), dtype=np.float32
+        )
+
+        def step() -> None:
+            model.forward(x)
+
     for _ in range(2):  # warm up: buffers, the pool's threads
         step()
     print(
-        f"# minunet training step: base {args.base}, depth 4, BN, batch {args.batch}, "
-        f"{args.size} px, float32, Adam; Winograd {'on' if args.winograd else 'off'}"
+        f"# minunet {'inference forward' if args.predict else 'training step'}: base "
+        f"{args.base}, depth 4, BN, batch {args.batch}, {args.size} px, float32, Adam; Winograd {'on' if args.winograd else 'off'}"
     )
     print(f"# {dev.describe()}")
     print(load_line())
@@ -80,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         name = names.get(tid, "not minunet's (a library's thread)")
         if name == "MainThread" or name.startswith("minunet") or used > 0:
             rows.append([name, str(tid), f"{used * 1e3:.0f}", f"{used / wall * 100:.0f}"])
-    print(f"# mean wall time per step: {wall * 1e3:.0f} ms over {args.steps} steps")
-    print(table(["thread", "id", "CPU ms per step", "% of the step's wall time"], rows))
+    print(f"# mean wall time per call: {wall * 1e3:.0f} ms over {args.steps} calls")
+    print(table(["thread", "id", "CPU ms per call", "% of the call's wall time"], rows))
     print(load_line())
 
 

@@ -201,9 +201,11 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (2, 1), (1, 0)]:
 # block costs some twenty NumPy calls of fixed overhead (the module docstring reports
 # blocks of 128 KB running 4x slower than 2 MB ones on its 2-core test machine). But at
 # least `cpu.MIN_BLOCK_PIXELS` output pixels, because a matrix product with very few
-# rows does not reach OpenBLAS's full speed. Then the rows are shared out evenly, so
-# that 8 rows become two blocks of 4 rather than 7 and 1. Here is that rule worked out
-# for the layer of section 1 and compared with the library's own block list.
+# rows does not reach OpenBLAS's full speed. If that leaves fewer blocks than threads
+# (a batch of 1, as prediction runs), smaller blocks, so that no core sits idle. Then
+# the rows are shared out evenly, so that 8 rows become two blocks of 4 rather than 7
+# and 1. Here is that rule worked out for the layer of section 1, and for one image of
+# it, and compared with the library's own block lists.
 
 # %%
 print(
@@ -211,12 +213,36 @@ print(
 )
 ho = wo = side  # padding 1 keeps the size
 row_bytes = wo * kw * c * itemsize  # the columns of one output row: Wo pixels, kw*C values
-rows = max(1, cpu.BLOCK_BYTES // row_bytes, -(-cpu.MIN_BLOCK_PIXELS // wo))  # -(-a//b): ceil
-rows = min(ho, rows)
-blocks_per_image = -(-ho // rows)
-rows = -(-ho // blocks_per_image)  # the same number of blocks, of (nearly) equal size
-blocks = [(i, r, min(r + rows, ho)) for i in range(n) for r in range(0, ho, rows)]
+
+
+def row_blocks(images, ho, wo, row_bytes, threads):
+    """The blocks (image, first row, end row) for a batch of ``images``, by the rule above."""
+    rows = max(1, cpu.BLOCK_BYTES // row_bytes, -(-cpu.MIN_BLOCK_PIXELS // wo))  # -(-a//b): ceil
+    rows = min(ho, rows)
+    if images * -(-ho // rows) < threads:  # fewer blocks than threads: smaller ones
+        rows = max(1, -(-ho // -(-threads // images)))
+    blocks_per_image = -(-ho // rows)
+    rows = -(-ho // blocks_per_image)  # the same number of blocks, of (nearly) equal size
+    return [(i, r, min(r + rows, ho)) for i in range(images) for r in range(0, ho, rows)]
+
+
+blocks = row_blocks(n, ho, wo, row_bytes, cpu.num_threads())
 assert blocks == cpu._row_blocks(n, ho, wo, row_bytes)  # the library's (internal) rule
+rows, blocks_per_image = blocks[0][2] - blocks[0][1], len(blocks) // n
+# One image of the U-Net's 32-pixel, 128-channel layer, on 2 threads: its 32 rows fit in
+# one block, so they are cut in two, one block per thread.
+deep_row_bytes = 32 * kw * 128 * itemsize
+saved_threads = os.environ.get("MINUNET_THREADS")
+os.environ["MINUNET_THREADS"] = "2"
+try:
+    one = cpu._row_blocks(1, 32, 32, deep_row_bytes)
+finally:
+    if saved_threads is None:
+        del os.environ["MINUNET_THREADS"]
+    else:
+        os.environ["MINUNET_THREADS"] = saved_threads
+assert one == row_blocks(1, 32, 32, deep_row_bytes, 2) == [(0, 0, 16), (0, 16, 32)]
+print(f"{n} images of {side} px: {len(blocks)} blocks; one 32-px image on 2 threads: {one}")
 
 block_cols = (rows + kh - 1) * wo * kw * c * itemsize  # a block also sees kh-1 extra rows
 print(f"{rows} output rows per block, {blocks_per_image} blocks per image, {len(blocks)} in all")

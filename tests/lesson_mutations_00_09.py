@@ -143,8 +143,8 @@ MUTATIONS = [
     _row(
         "01",
         CPU,
-        "cols[:, :, :, a] = horizontal_taps(padded[:, a : a + ho], wo, kw)",
-        "cols[:, :, :, a] = horizontal_taps(padded[:, a : a + ho], wo, kw) * (a != 1)",
+        "cols[:, :, :, a] = horizontal_taps(padded[:, a + r0 : a + r1], wo, kw)",
+        "cols[:, :, :, a] = horizontal_taps(padded[:, a + r0 : a + r1], wo, kw) * (a != 1)",
         ("fast16.forward(x16)", "cpu.conv2d_forward(x16"),
         "accelerated path (minunet.accel.cpu): one kernel row dropped from the columns of"
         " small images. The accelerated layer (FastConv2d, 16 channels, a 6x5 image: the"
@@ -967,6 +967,14 @@ MUTATIONS = [
     _row(
         "09",
         CPU,
+        "    if n * -(-ho // rows) < num_threads():",
+        "    if False:",
+        "assert one == row_blocks(1, 32, 32, deep_row_bytes, 2)",
+        "accelerated path: one image's rows stay one block, one thread idle (a batch of 1)",
+    ),
+    _row(
+        "09",
+        CPU,
         "reshape(k, kw * c)[...] += (",
         "reshape(k, kw * c)[...] = (",
         "np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)",
@@ -975,8 +983,8 @@ MUTATIONS = [
     _row(
         "09",
         CPU,
-        "cols[:, :, :, a] = horizontal_taps(padded[:, a : a + ho], wo, kw)",
-        "cols[:, :, :, a] = horizontal_taps(padded[:, a : a + ho], wo, kw)[:, :, :, ::-1]",
+        "cols[:, :, :, a] = horizontal_taps(padded[:, a + r0 : a + r1], wo, kw)",
+        "cols[:, :, :, a] = horizontal_taps(padded[:, a + r0 : a + r1], wo, kw)[:, :, :, ::-1]",
         (
             "np.testing.assert_allclose(mine, conv.forward(x[None])[0]",
             "np.testing.assert_array_equal(full, ref)",
@@ -987,8 +995,8 @@ MUTATIONS = [
     _row(
         "09",
         CPU,
-        "            if bias is not None:\n                res += bias\n            out[i0:i1]",
-        "            if bias is not None:\n                res -= bias\n            out[i0:i1]",
+        "            if bias is not None:\n                res += bias\n            out[i0:i1, :, r0:r1]",
+        "            if bias is not None:\n                res -= bias\n            out[i0:i1, :, r0:r1]",
         ("np.testing.assert_allclose(mine, conv.forward(x[None])[0]", 'err_msg=f"whole images'),
         "accelerated path, small images: the bias subtracted (section 2's image meets it first)",
     ),

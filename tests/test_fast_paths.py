@@ -95,6 +95,31 @@ def test_conv2d_fast_path_float32_strided_gradient_and_threads(monkeypatch):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@given(
+    n=st.integers(1, 3),
+    threads=st.integers(2, 5),
+    h=st.integers(1, 9),
+    w=st.integers(1, 7),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=25, deadline=None)
+def test_small_images_fewer_than_threads_split_their_rows(n, threads, h, w, seed):
+    """With fewer images than threads (prediction's batch of 1) the whole-image path
+    shares each image's output rows out between the threads; float64 against im2col,
+    for image heights below, at and above the number of row ranges."""
+    rng = np.random.default_rng(seed)
+    layer = Conv2d(8, 5, 3, padding=1, bias=True, dtype=np.float64, rng=rng)
+    layer.params["bias"].data[...] = rng.standard_normal(5)
+    x = rng.standard_normal((n, 8, h, w))
+    dout = rng.standard_normal((n, 5, h, w))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINUNET_THREADS", str(threads))
+        mp.setattr(cpu, "SMALL_PIXELS", 10**6)
+        fast, ref = fast_and_reference(layer, x, dout, blocked=True)
+    for a, b in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 @given(n=st.integers(1, 40), threads=st.integers(1, 5), cap=st.integers(1, 12))
 def test_image_blocks_cover_the_batch_evenly_within_the_cap(n, threads, cap):
     """The whole-image blocks: every image once, in order, at most ``cap`` images (of
@@ -283,7 +308,14 @@ def test_fast_conv_transpose_with_the_cpu_paths_off_is_the_reference_to_the_bit(
 @pytest.mark.parametrize("threads", ["1", "3"])
 @pytest.mark.parametrize(
     "a_shape, b_shape",
-    [((4, 5), (3, 5, 6)), ((3, 4, 5), (3, 5, 6)), ((3, 4, 5), (5, 6)), ((1, 4, 5), (5, 2))],
+    [
+        ((4, 5), (3, 5, 6)),
+        ((3, 4, 5), (3, 5, 6)),
+        ((3, 4, 5), (5, 6)),
+        ((1, 4, 5), (5, 2)),  # fewer images than threads: split along the rows of a ...
+        ((2, 5), (1, 5, 9)),  # ... or along the columns of b, the larger side
+        ((1, 1, 3), (1, 3, 1)),  # a side shorter than the threads
+    ],
 )
 def test_batched_matmul_matches_matmul(a_shape, b_shape, threads, monkeypatch):
     monkeypatch.setenv("MINUNET_THREADS", threads)

@@ -201,9 +201,14 @@ def fast_conv_ok(x: Any, stride: int, dilation: int, padding: int, kernel: int) 
 
 
 def _row_blocks(n: int, ho: int, row_pixels: int, row_bytes: int) -> list[tuple[int, int, int]]:
-    """(image, first row, end row) blocks of about BLOCK_BYTES of columns each."""
+    """(image, first row, end row) blocks of about BLOCK_BYTES of columns each, and at
+    least one per thread where the images have the rows for it (a batch of 1: one block
+    would leave a core idle, or, with BLAS threading that one product, spinning BLAS
+    threads on the cores the next layer needs)."""
     rows = max(1, BLOCK_BYTES // max(1, row_bytes), -(-MIN_BLOCK_PIXELS // row_pixels))
     rows = min(ho, rows)
+    if n * -(-ho // rows) < num_threads():
+        rows = max(1, -(-ho // -(-num_threads() // n)))  # ceil(ho / blocks per image)
     rows = -(-ho // -(-ho // rows))  # equal blocks: 8 rows as 4 + 4, not 7 + 1
     return [(i, r, min(r + rows, ho)) for i in range(n) for r in range(0, ho, rows)]
 
@@ -319,23 +324,33 @@ def _image_blocks(n: int, image_bytes: int) -> list[tuple[int, int]]:
     return even_split(n, threads * per_thread)
 
 
-def image_columns(x: np.ndarray, i0: int, i1: int, kh: int, kw: int, padding: int) -> np.ndarray:
-    """Channels-last im2col of images [i0, i1): x (N, C, H, W) -> (B*Ho*Wo, kh*kw*C) with
+def image_columns(
+    x: np.ndarray,
+    i0: int,
+    i1: int,
+    kh: int,
+    kw: int,
+    padding: int,
+    r0: int = 0,
+    r1: int | None = None,
+) -> np.ndarray:
+    """Channels-last im2col of images [i0, i1): x (N, C, H, W) -> (B*R*Wo, kh*kw*C) with
     B = i1 - i0, each row one output pixel's patch ordered (a, b, c), as ``tap_major``
-    orders the weights."""
+    orders the weights; the output rows [r0, r1) only (R = r1 - r0; all rows by default)."""
     _, c, h, w = x.shape
     nb = i1 - i0
     ho, wo = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    r1 = ho if r1 is None else r1
     padded = scratch("padded", (nb, h + 2 * padding, w + 2 * padding, c), x.dtype)
     padded[:, :padding] = 0
     padded[:, padding + h :] = 0
     padded[:, :, :padding] = 0
     padded[:, :, padding + w :] = 0
     padded[:, padding : padding + h, padding : padding + w] = x[i0:i1].transpose(0, 2, 3, 1)
-    cols = scratch("image_cols", (nb, ho, wo, kh, kw, c), x.dtype)
+    cols = scratch("image_cols", (nb, r1 - r0, wo, kh, kw, c), x.dtype)
     for a in range(kh):
-        cols[:, :, :, a] = horizontal_taps(padded[:, a : a + ho], wo, kw)
-    return cols.reshape(nb * ho * wo, kh * kw * c)
+        cols[:, :, :, a] = horizontal_taps(padded[:, a + r0 : a + r1], wo, kw)
+    return cols.reshape(nb * (r1 - r0) * wo, kh * kw * c)
 
 
 def _image_products(
@@ -343,22 +358,31 @@ def _image_products(
 ) -> np.ndarray:
     """x (N, C, H, W) and mat (kh*kw*C, K), rows ordered (a, b, c) -> out (N, K, Ho, Wo).
 
-    Per block of B whole images, one (B*Ho*Wo, kh*kw*C) @ (kh*kw*C, K) product."""
+    Per block of B whole images, one (B*Ho*Wo, kh*kw*C) @ (kh*kw*C, K) product. With
+    fewer images than threads (a batch of 1, as prediction runs), each image's output
+    rows are shared out instead: one product per thread, each with single-threaded BLAS.
+    (Left to OpenBLAS, one product would use every core, and its threads would then spin
+    on them while the next layer's workers wait: ``benchmarks/step_threads.py``.)"""
     n, c, h, w = x.shape
     k = mat.shape[1]
     ho, wo = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
     out = np.empty((n, k, ho, wo), dtype=x.dtype)
+    if n >= num_threads():
+        items = [(i0, i1, 0, ho) for i0, i1 in _image_blocks(n, ho * wo * kh * kw * c * x.itemsize)]
+    else:
+        parts = -(-num_threads() // n)  # row ranges per image
+        items = [(i, i + 1, r0, r1) for i in range(n) for r0, r1 in even_split(ho, parts)]
 
-    def work(worker: int, chunk: Sequence[tuple[int, int]]) -> None:
-        for i0, i1 in chunk:
-            cols = image_columns(x, i0, i1, kh, kw, padding)
+    def work(worker: int, chunk: Sequence[tuple[int, int, int, int]]) -> None:
+        for i0, i1, r0, r1 in chunk:
+            cols = image_columns(x, i0, i1, kh, kw, padding, r0, r1)
             res = scratch("res", (cols.shape[0], k), x.dtype)
             np.matmul(cols, mat, out=res)
             if bias is not None:
                 res += bias
-            out[i0:i1] = res.reshape(i1 - i0, ho, wo, k).transpose(0, 3, 1, 2)
+            out[i0:i1, :, r0:r1] = res.reshape(i1 - i0, r1 - r0, wo, k).transpose(0, 3, 1, 2)
 
-    parallel(work, _image_blocks(n, ho * wo * kh * kw * c * x.itemsize))
+    parallel(work, items)
     return out
 
 
@@ -526,11 +550,26 @@ def batched_matmul(a: Any, b: Any) -> Any:
     if max(a.ndim, b.ndim) != 3 or min(a.ndim, b.ndim) < 2:
         return a @ b
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    out = np.empty((*batch, a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
+    m, p = a.shape[-2], b.shape[-1]
+    out = np.empty((*batch, m, p), dtype=np.result_type(a, b))
+    # Fewer images than threads (a batch of 1): each image's product is split along its
+    # larger side, rows of a or columns of b, so that every thread has a part and BLAS
+    # stays single-threaded (see single_threaded_blas: OpenBLAS's own threads would spin
+    # on after the product, on the cores the next layer's workers need).
+    parts = -(-num_threads() // batch[0]) if batch[0] < num_threads() else 1
+    along_rows = m >= p
+    items = [
+        (i, lo, hi) for i in range(batch[0]) for lo, hi in even_split(m if along_rows else p, parts)
+    ]
 
-    def work(worker: int, images: Sequence[int]) -> None:
-        for i in images:
-            np.matmul(a[i] if a.ndim == 3 else a, b[i] if b.ndim == 3 else b, out=out[i])
+    def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
+        for i, lo, hi in chunk:
+            ai = a[i] if a.ndim == 3 else a
+            bi = b[i] if b.ndim == 3 else b
+            if along_rows:
+                np.matmul(ai[lo:hi], bi, out=out[i, lo:hi])
+            else:
+                np.matmul(ai, bi[:, lo:hi], out=out[i, :, lo:hi])
 
-    parallel(work, range(batch[0]))
+    parallel(work, items)
     return out
