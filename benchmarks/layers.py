@@ -30,32 +30,30 @@ from minunet.nn import BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, ReLU  # 
 from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 
 
-def cases(batch: int) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(name, kind, input shape) of every benchmarked layer."""
-    n = batch
+def cases(batch: int, base: int = 32) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, kind, input shape) of every benchmarked layer: the shapes a U-Net of ``base``
+    channels and depth 4 meets at 128 px (base 32 by default; the Pets protocol's is 16)."""
+    n, b = batch, base
+    convs = [(b << level, 128 >> level) for level in range(5)]  # (channels, side) per level
     return [
-        ("Conv2d 3x3 32->32", "conv", (n, 32, 128, 128)),
-        ("Conv2d 3x3 64->64", "conv", (n, 64, 64, 64)),
-        ("Conv2d 3x3 128->128", "conv", (n, 128, 32, 32)),
-        ("Conv2d 3x3 256->256", "conv", (n, 256, 16, 16)),
-        ("Conv2d 3x3 512->512", "conv", (n, 512, 8, 8)),
-        ("Conv2d 3x3 3->32", "conv_in", (n, 3, 128, 128)),
-        ("MaxPool2d 2x2", "pool", (n, 32, 128, 128)),
-        ("ConvTranspose2d 2x2 s2 64->32", "upconv", (n, 64, 64, 64)),
-        ("BatchNorm2d", "bn", (n, 32, 128, 128)),
-        ("ReLU", "relu", (n, 32, 128, 128)),
+        *[(f"Conv2d 3x3 {c}->{c}", "conv", (n, c, s, s)) for c, s in convs],
+        (f"Conv2d 3x3 3->{b}", "conv_in", (n, 3, 128, 128)),
+        ("MaxPool2d 2x2", "pool", (n, b, 128, 128)),
+        (f"ConvTranspose2d 2x2 s2 {2 * b}->{b}", "upconv", (n, 2 * b, 64, 64)),
+        ("BatchNorm2d", "bn", (n, b, 128, 128)),
+        ("ReLU", "relu", (n, b, 128, 128)),
         ("SoftmaxCE (3 classes)", "ce", (n, 3, 128, 128)),
     ]
 
 
-def build(kind: str, shape: tuple[int, ...], dev: Device) -> dict[str, Callable]:
+def build(kind: str, shape: tuple[int, ...], dev: Device, base: int = 32) -> dict[str, Callable]:
     """The contenders, each running one forward and one backward of the layer: minunet,
     torch, and for layers with a CPU fast path, minunet's plain reference path."""
     xp, torch = dev.xp, dev.torch
     rng = np.random.default_rng(0)
     c = shape[1]
     if kind in ("conv", "conv_in"):
-        out_c = 32 if kind == "conv_in" else c
+        out_c = base if kind == "conv_in" else c
         # bias=False as in the U-Net, where BatchNorm follows every 3x3 convolution
         layer: Any = Conv2d(c, out_c, 3, padding=1, bias=False, rng=rng)
         ref: Any = torch.nn.Conv2d(c, out_c, 3, padding=1, bias=False)
@@ -155,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     parser.add_argument("--tf32", action="store_true", help="TF32 on both sides (GPU only)")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--base", type=int, default=32, help="the U-Net's first-level channels")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timings per side")
     parser.add_argument("--only", default="", help="run the layers whose name contains this")
     args = parser.parse_args(argv)
@@ -165,10 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     print(load_line())
     print(f"# {args.rounds} interleaved rounds, median; ratio = minunet / torch (lower is better)")
     rows = []
-    for name, kind, shape in cases(args.batch):
+    for name, kind, shape in cases(args.batch, args.base):
         if args.only.lower() not in name.lower():
             continue
-        contenders = build(kind, shape, dev)
+        contenders = build(kind, shape, dev, args.base)
         t = compare(contenders, dev, args.rounds, calls)
         has_ref = "reference" in contenders
         paths = [
