@@ -610,7 +610,6 @@ if threads > 1:
 
 # %%
 from minunet.accel import accelerate  # noqa: E402
-from minunet.accel import batchnorm as fast_bn  # noqa: E402
 from minunet.nn import BatchNorm2d, Parameter  # noqa: E402
 from minunet.nn.optim import Adam  # noqa: E402
 
@@ -620,13 +619,13 @@ bn_fast = accelerate(BatchNorm2d(6, relu=True, dtype=np.float64))
 bn_fast.params["weight"].data[...] = bn_ref.params["weight"].data
 xb = 2 + rng.standard_normal((3, 6, 7, 5))
 db_out = rng.standard_normal(xb.shape)
-saved_group = fast_bn.GROUP_BYTES
-fast_bn.GROUP_BYTES = 1  # one channel per group: 6 groups over the threads
+saved_group = cpu.GROUP_BYTES
+cpu.GROUP_BYTES = 1  # one channel per group: 6 groups over the threads
 try:
     with fast_path_settings(cpu.BLOCK_BYTES, cpu.MIN_BLOCK_PIXELS, 2):
         out_fast, dx_fast = bn_fast.forward(xb), bn_fast.backward(db_out)
 finally:
-    fast_bn.GROUP_BYTES = saved_group
+    cpu.GROUP_BYTES = saved_group
 out_ref, dx_ref_bn = bn_ref.forward(xb), bn_ref.backward(db_out)
 np.testing.assert_allclose(out_fast, out_ref, rtol=1e-12, atol=1e-12)
 np.testing.assert_allclose(dx_fast, dx_ref_bn, rtol=1e-12, atol=1e-12)

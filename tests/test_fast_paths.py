@@ -396,7 +396,7 @@ def test_threaded_batchnorm_matches_the_reference(
     dout = rng.standard_normal((n, c + 4, h, w))[:, 2 : 2 + c] if sliced else None
     dout = rng.standard_normal((n, c, h, w)) if dout is None else dout
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fast_bn, "GROUP_BYTES", group_bytes)
+        mp.setattr(cpu, "GROUP_BYTES", group_bytes)
         mp.setenv("MINUNET_THREADS", threads)
         fast = accelerate(copy.deepcopy(layer))
         assert isinstance(fast, fast_bn.ThreadedBatchNorm2d)
@@ -439,7 +439,6 @@ def test_threaded_batchnorm_leaves_eval_mode_and_switched_off_to_the_reference()
 def test_threaded_maxpool_matches_the_reference_with_ties(n, c, h, w, group_bytes, threads, seed):
     """ThreadedMaxPool2d (FastMaxPool2d on NumPy) against MaxPool2d: output, argmax and dx
     equal to the bit, on integer-valued inputs full of ties."""
-    from minunet.accel import batchnorm as fast_bn
     from minunet.accel.pool import ThreadedMaxPool2d
 
     rng = np.random.default_rng(seed)
@@ -447,7 +446,7 @@ def test_threaded_maxpool_matches_the_reference_with_ties(n, c, h, w, group_byte
     dout = rng.standard_normal((n, c, h // 2, w // 2), dtype=np.float32)
     layer = MaxPool2d(2)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fast_bn, "GROUP_BYTES", group_bytes)
+        mp.setattr(cpu, "GROUP_BYTES", group_bytes)
         mp.setenv("MINUNET_THREADS", threads)
         fast = accelerate(copy.deepcopy(layer))
         assert isinstance(fast, ThreadedMaxPool2d)

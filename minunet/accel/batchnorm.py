@@ -4,7 +4,7 @@ The reference (``minunet.nn.batchnorm``) makes about seven full-size passes each
 (the mean, x - mean, the variance, xhat, gamma * xhat + beta, the ReLU; and back), each
 a NumPy call on one core over megabytes that do not fit in the caches. Every channel
 is independent in those passes: its mean, variance and gradient sums run over (N, H, W)
-only. So ``ThreadedBatchNorm2d`` cuts the channels into groups of about ``GROUP_BYTES``
+only. So ``ThreadedBatchNorm2d`` cuts the channels into groups of about ``cpu.GROUP_BYTES``
 (about a MB, one core's L2 cache on the test machine, which keeps a group there from one
 pass to the next; smaller groups cost more calls than they save), hands the
 groups to the pool of ``minunet.accel.cpu`` (NumPy releases the GIL in those calls) and
@@ -32,15 +32,6 @@ from minunet.accel import cpu
 from minunet.accel.cuda.batchnorm import KernelBatchNorm2d
 from minunet.nn.base import check_input
 from minunet.nn.batchnorm import BatchNorm2d, BatchNormCache
-
-GROUP_BYTES = 1 << 20  # bytes of one channel group's input (N * group * H * W values)
-
-
-def channel_groups(x: np.ndarray) -> list[tuple[int, int]]:
-    """(first, end) channel ranges of about GROUP_BYTES of x (N, C, H, W) each."""
-    n, c, h, w = x.shape
-    per = max(1, GROUP_BYTES // max(1, n * h * w * x.itemsize))
-    return [(c0, min(c0 + per, c)) for c0 in range(0, c, per)]
 
 
 def _runs_here(layer: BatchNorm2d, x: Any) -> bool:
@@ -79,7 +70,7 @@ class ThreadedBatchNorm2d(BatchNorm2d):
                 if self.relu:
                     np.maximum(o, 0, out=o)
 
-        cpu.parallel(work, channel_groups(x))
+        cpu.parallel(work, cpu.channel_groups(x))
         self._update_running(mean, var, m)
         self._cache = BatchNormCache(xhat, rstd, m, out if self.relu else None)
         return out
@@ -106,7 +97,7 @@ class ThreadedBatchNorm2d(BatchNorm2d):
                 d -= xh * (dgamma[c0:c1] / m)[:, None, None]
                 d *= (gamma.data[c0:c1] * cache.rstd[c0:c1])[:, None, None]
 
-        cpu.parallel(work, channel_groups(dout))
+        cpu.parallel(work, cpu.channel_groups(dout))
         self.params["bias"].grad += dbeta
         gamma.grad += dgamma
         return dx

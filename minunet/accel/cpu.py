@@ -78,6 +78,12 @@ SMALL_PIXELS = 256
 IMAGE_BLOCK_BYTES = 8 << 20
 
 
+# Bytes of one channel group's input (N * group * H * W values) for the layers that split
+# by channel (BatchNorm, the max-pool): about one core's L2 cache on the test machine,
+# so a group stays there from one pass to the next (minunet.accel.batchnorm).
+GROUP_BYTES = 1 << 20
+
+
 FLOATS = (np.float32, np.float64)  # the dtypes the fast paths compute in
 
 
@@ -142,6 +148,19 @@ def single_threaded_blas() -> Any:
     return _blas.limit(limits=1, user_api="blas")
 
 
+def even_split(n: int, parts: int) -> list[tuple[int, int]]:
+    """[0, n) as ``parts`` (at most n) contiguous ranges whose lengths differ by at most 1."""
+    parts = max(1, min(n, parts))
+    return [(n * j // parts, n * (j + 1) // parts) for j in range(parts)]
+
+
+def channel_groups(x: np.ndarray) -> list[tuple[int, int]]:
+    """(first, end) channel ranges of about GROUP_BYTES of x (N, C, H, W) each."""
+    n, c, h, w = x.shape
+    per = max(1, GROUP_BYTES // max(1, n * h * w * x.itemsize))
+    return [(c0, min(c0 + per, c)) for c0 in range(0, c, per)]
+
+
 def parallel(fn: Callable[[int, Sequence[Any]], None], items: Sequence[Any]) -> None:
     """Split ``items`` into one contiguous chunk per thread and run ``fn(worker, chunk)``.
 
@@ -160,8 +179,7 @@ def parallel(fn: Callable[[int, Sequence[Any]], None], items: Sequence[Any]) -> 
     if threads <= 1:  # a single item: BLAS may use the cores for it
         fn(0, items)
         return
-    bounds = [len(items) * t // threads for t in range(threads + 1)]
-    chunks = [items[bounds[t] : bounds[t + 1]] for t in range(threads)]
+    chunks = [items[lo:hi] for lo, hi in even_split(len(items), threads)]
     pool = _get_pool(threads)
     with single_threaded_blas():
         futures = [pool.submit(fn, t, chunks[t]) for t in range(1, threads)]
@@ -304,12 +322,6 @@ def small_images(x: np.ndarray, kh: int, kw: int, padding: int) -> bool:
     their blocks are whole images, with full columns (``_image_products``)."""
     ho, wo = x.shape[2] + 2 * padding - kh + 1, x.shape[3] + 2 * padding - kw + 1
     return ho * wo <= SMALL_PIXELS
-
-
-def even_split(n: int, parts: int) -> list[tuple[int, int]]:
-    """[0, n) as ``parts`` (at most n) contiguous ranges whose lengths differ by at most 1."""
-    parts = max(1, min(n, parts))
-    return [(n * j // parts, n * (j + 1) // parts) for j in range(parts)]
 
 
 def _image_blocks(n: int, image_bytes: int) -> list[tuple[int, int]]:
@@ -508,8 +520,7 @@ def _image_weight_grad(
     dw = np.zeros((k, width), dtype=x.dtype)
     per = max(1, IMAGE_BLOCK_BYTES * threads // (pixels * width * x.itemsize))
     chunks = even_split(n, -(-n // per))  # equal chunks: 8 images as 4 + 4, not 6 + 2
-    bounds = [width * t // threads for t in range(threads + 1)]
-    slices = [(b0, b1) for b0, b1 in zip(bounds[:-1], bounds[1:], strict=True) if b1 > b0]
+    slices = even_split(width, threads)  # dW's columns, one range per thread
 
     def add_chunk(i0: int, i1: int) -> None:  # images [i0, i1)
         cols = scratch("weight_grad_cols", ((i1 - i0) * pixels, width), x.dtype)

@@ -4,7 +4,7 @@ at a time.
 The reference's 2x2 pool (``MaxPool2d._forward_2x2``) and its backward for windows that
 tile the input are a handful of whole-array NumPy calls, each on one core. Every
 channel's windows are independent, so ``ThreadedMaxPool2d`` runs those same calls on
-channel groups (``minunet.accel.batchnorm.channel_groups``) over the pool of
+channel groups (``minunet.accel.cpu.channel_groups``) over the pool of
 ``minunet.accel.cpu``, each group writing its own slice of the output, argmax and dx.
 Other windows, CuPy arrays and ``MINUNET_FAST_CPU=0`` take the reference.
 ``FastMaxPool2d`` puts it in front of the CUDA kernels' class. tests/test_fast_paths.py
@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from minunet.accel import cpu
-from minunet.accel.batchnorm import channel_groups
 from minunet.accel.cuda.pool import KernelMaxPool2d
 from minunet.nn.pool import MaxPool2d, PoolCache
 
@@ -44,7 +43,7 @@ class ThreadedMaxPool2d(MaxPool2d):
             for c0, c1 in groups:
                 out[:, c0:c1], argmax[:, c0:c1] = self._forward_2x2(x[:, c0:c1], ho, wo)
 
-        cpu.parallel(work, channel_groups(x))
+        cpu.parallel(work, cpu.channel_groups(x))
         self._cache = PoolCache(x.shape, x.dtype, argmax)
         return out
 
@@ -63,7 +62,7 @@ class ThreadedMaxPool2d(MaxPool2d):
                     i, j = divmod(offset, 2)
                     np.multiply(d, a == offset, out=self._window(g, i, j, ho, wo))
 
-        cpu.parallel(work, channel_groups(dx))
+        cpu.parallel(work, cpu.channel_groups(dx))
         return dx
 
 
