@@ -56,11 +56,8 @@ class ThreadedMaxPool2d(MaxPool2d):
         dx = np.empty(x_shape, dtype=dtype)
 
         def work(worker: int, groups: Sequence[tuple[int, int]]) -> None:
-            for c0, c1 in groups:
-                d, a, g = dout[:, c0:c1], argmax[:, c0:c1], dx[:, c0:c1]
-                for offset in range(4):  # the reference's tiled backward, on the group
-                    i, j = divmod(offset, 2)
-                    np.multiply(d, a == offset, out=self._window(g, i, j, ho, wo))
+            for c0, c1 in groups:  # the reference's tiled backward, on the group
+                self._backward_tiled(dout[:, c0:c1], argmax[:, c0:c1], dx[:, c0:c1])
 
         cpu.parallel(work, cpu.channel_groups(dx))
         return dx

@@ -118,12 +118,8 @@ class MaxPool2d(Layer):
         k = self.kernel_size
         ho, wo = dout.shape[2:]
         if self.stride == k and x_shape[2] == ho * k and x_shape[3] == wo * k:
-            # The windows tile the input: every input pixel is in exactly one window, so
-            # each offset's slice is written once, and dx needs no zero-fill and no +=.
             dx = xp.empty(x_shape, dtype=dtype)
-            for i in range(k):
-                for j in range(k):
-                    xp.multiply(dout, argmax == i * k + j, out=self._window(dx, i, j, ho, wo))
+            self._backward_tiled(dout, argmax, dx)
             return dx
         dx = xp.zeros(x_shape, dtype=dtype)
         for i in range(k):
@@ -131,3 +127,14 @@ class MaxPool2d(Layer):
                 routed = xp.where(argmax == i * k + j, dout, 0)
                 self._window(dx, i, j, ho, wo)[...] += routed
         return dx
+
+    def _backward_tiled(self, dout: Any, argmax: Any, dx: Any) -> None:
+        """dx (N, C, H, W) from dout and argmax (N, C, Ho, Wo), written in place, when the
+        windows tile the input: every input pixel is in exactly one window, so each
+        offset's slice is written once, and dx needs no zero-fill and no +=."""
+        xp = get_array_module(dout)
+        k = self.kernel_size
+        ho, wo = dout.shape[2:]
+        for i in range(k):
+            for j in range(k):
+                xp.multiply(dout, argmax == i * k + j, out=self._window(dx, i, j, ho, wo))
