@@ -113,12 +113,7 @@ class FastConvTranspose2d(ConvTranspose2d):
 
         def work(worker: int, images: Sequence[int]) -> None:
             for i in images:
-                for a in range(k):
-                    for b in range(k):
-                        if bias is None:
-                            out[i, :, a::k, b::k] = patches[i, :, a, b]
-                        else:
-                            np.add(patches[i, :, a, b], bias, out=out[i, :, a::k, b::k])
+                self._interleave(patches[i : i + 1], out[i : i + 1], bias)
 
         cpu.parallel(work, range(n))
         return out
@@ -129,10 +124,11 @@ class FastConvTranspose2d(ConvTranspose2d):
             return super().image_to_columns(dout, h, w)
         n, kout, k = dout.shape[0], self.out_channels, self.kernel_size
         dcols = np.empty((n, kout, k, k, h, w), dtype=dout.dtype)
+        patches = self._patches(dout, h, w)  # a view: the copy is the workers'
 
         def work(worker: int, images: Sequence[int]) -> None:
             for i in images:
-                dcols[i] = dout[i].reshape(kout, h, k, w, k).transpose(0, 2, 4, 1, 3)
+                dcols[i] = patches[i]
 
         cpu.parallel(work, range(n))
         return dcols.reshape(n, kout * k * k, h * w)

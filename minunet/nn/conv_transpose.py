@@ -124,13 +124,8 @@ class ConvTranspose2d(Layer):
         n, kout, ho, wo = out_shape
         k = self.kernel_size
         if self._patches_tile():
-            # Patches tile the output exactly: offset (a, b) of every patch is one strided
-            # slice of the output, so interleaving is k*k plain copies.
             out = get_array_module(cols).empty(out_shape, dtype=cols.dtype)
-            patches = cols.reshape(n, kout, k, k, h, w)
-            for a in range(k):
-                for b in range(k):
-                    out[:, :, a::k, b::k] = patches[:, :, a, b]
+            self._interleave(cols.reshape(n, kout, k, k, h, w), out)
         else:
             out = self.col2im(cols, out_shape, k, k, self.stride, self.padding, self.dilation)
         if "bias" in self.params:
@@ -141,9 +136,28 @@ class ConvTranspose2d(Layer):
         """dout (N, K, Ho, Wo) -> dcols (N, K*k*k, H*W): the adjoint of the scatter above."""
         n, k = dout.shape[0], self.kernel_size
         if self._patches_tile():  # the forward's permutation, inverted: one copy
-            dcols = dout.reshape(n, self.out_channels, h, k, w, k).transpose(0, 1, 3, 5, 2, 4)
-            return dcols.reshape(n, self.out_channels * k * k, h * w)
+            return self._patches(dout, h, w).reshape(n, self.out_channels * k * k, h * w)
         return self.im2col(dout, k, k, self.stride, self.padding, self.dilation)
+
+    def _interleave(self, patches: Any, out: Any, bias: Any = None) -> None:
+        """patches (N, K, k, k, H, W) -> out (N, K, H*k, W*k), written in place, when the
+        patches tile the output exactly: offset (a, b) of every patch is one strided slice
+        of the output, so interleaving is k*k plain copies. ``bias`` (K, 1, 1), if given,
+        is added in the same pass."""
+        k = self.kernel_size
+        xp = get_array_module(out)
+        for a in range(k):
+            for b in range(k):
+                if bias is None:
+                    out[:, :, a::k, b::k] = patches[:, :, a, b]
+                else:
+                    xp.add(patches[:, :, a, b], bias, out=out[:, :, a::k, b::k])
+
+    def _patches(self, dout: Any, h: int, w: int) -> Any:
+        """The view (N, K, k, k, H, W) of dout (N, K, H*k, W*k) that ``_interleave`` wrote:
+        [n, o, a, b, i, j] = dout[n, o, i*k + a, j*k + b]."""
+        n, k = dout.shape[0], self.kernel_size
+        return dout.reshape(n, self.out_channels, h, k, w, k).transpose(0, 1, 3, 5, 2, 4)
 
     def _patches_tile(self) -> bool:
         """True when each input pixel owns its own k x k output patch (kernel == stride)."""
