@@ -215,7 +215,7 @@ print("loop im2col == offset im2col == minunet.core.im2col.im2col, for 4 (stride
 # the 1e-12 level can differ.
 #
 # On NumPy the same sums also have a faster road, the accelerated path of
-# `minunet.accel.cpu` (lesson 09): channels-last columns built block by block, keeping
+# `minunet.accel.cpu` (lesson 09): horizontal-tap columns built block by block, keeping
 # only `x` for the backward instead of `cols`. The reference `Conv2d` never takes it;
 # its fast subclass `FastConv2d` (`minunet.accel.conv`) does, for stride-1 convolutions
 # with at least `cpu.MIN_CHANNELS` input channels, and `minunet.accel.accelerate(layer)`

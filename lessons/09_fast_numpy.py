@@ -20,8 +20,8 @@
 # The plan:
 #
 # 1. why the textbook im2col convolution is slow on a small CPU;
-# 2. **channels-last** columns that copy only the horizontal kernel taps, derived in a
-#    dozen lines of NumPy and checked against `im2col` and `Conv2d`;
+# 2. columns of **flattened padded rows** that copy only the horizontal kernel taps,
+#    derived in a dozen lines of NumPy and checked against `im2col` and `Conv2d`;
 # 3. **blocks of image rows** spread over **two threads**, and minunet's
 #    `cpu.conv2d_forward` / `cpu.conv2d_backward` checked against the im2col path;
 # 4. the input gradient as a convolution with the **flipped kernel**;
@@ -111,49 +111,57 @@ if not caches:
 # On a GPU, memory is fast and thousands of threads do the copying, so none of this
 # hurts much. On a small CPU it does, and `minunet/accel/cpu.py` attacks each point in turn.
 #
-# ## 2. Channels-last columns: copy only the horizontal taps
+# ## 2. Flattened rows: copy only the horizontal taps
 #
-# Store one image as `(H, W, C)` ("channels last", NHWC in lesson 00) instead of
-# `(C, H, W)`. Two things then happen.
+# Pad one image `(C, H, W)` with `p` zeros on every side, to `(C, Hp, Wp)`, and look at
+# each channel's padded rows laid end to end, one long line of `Hp * Wp` numbers (which
+# is how they already lie in memory). Pixel `(r, w)` sits at position `r * Wp + w` of
+# its line. Two things then happen.
 #
-# **A kernel row is one contiguous run.** For output pixel `(oh, ow)`, kernel row `a`
-# reads the `kw` neighbouring pixels `x_pad[oh + a, ow : ow + kw, :]`, all channels of
-# each. In channels-last layout those `kw * C` numbers lie next to each other in memory,
-# so copying them is copying one run, not `kw * C` scattered values.
+# **Every kernel tap is a shift.** Moving the kernel one pixel right is moving one
+# position along the line; moving it one row down is moving `Wp` positions. So tap
+# `(a, b)` of output position `j` reads position `j + a * Wp + b`: the whole image's
+# values for one tap are one contiguous stretch of the line, a slice, not a gather.
 #
-# **The vertical taps are free.** Build the columns for the horizontal taps only, for
-# *every* padded input row `r` (not just the output rows):
+# **The vertical taps are free.** Copy the line once per *horizontal* tap `b`, shifted by
+# `b`, and stack the copies (all channels of each):
 #
-# $$\text{hcols}[r \cdot W_o + w] = x_{\text{pad}}[r,\; w : w + k_w,\; :]
-#   \quad\text{(flattened to } k_w C \text{ values)},$$
+# $$	ext{hcols}[(b, c),\; j] = 	ext{line}_c[j + b], \qquad j = 0 \ldots H_p W_p - 1,$$
 #
-# a matrix of shape `(Hp * Wo, kw*C)`. Kernel row `a` at output `(oh, ow)` needs row
-# `(oh + a) * Wo + ow` of it. As `(oh, ow)` runs through the output in order, that is
-# rows `a*Wo` to `a*Wo + P - 1`: one contiguous slice of `hcols`, a *view*, no copy at
-# all. With `w_a` the weights of kernel row `a` laid out as a `(kw*C, K)` matrix (rows
-# in the same `(b, c)` order as the columns), the convolution is `kh` products summed:
+# a matrix of shape `(kw*C, Hp * Wp)`. Kernel row `a` needs the same values `a * Wp`
+# positions further on: columns `a*Wp` to `a*Wp + Ho*Wp - 1` of `hcols`, one contiguous
+# slice, a *view*, no copy at all. With `w_a` the weights of kernel row `a` laid out as
+# a `(K, kw*C)` matrix (columns in the same `(b, c)` order as hcols' rows), the
+# convolution is `kh` products summed:
 #
-# $$\text{out}_{(P, K)} = \sum_{a=0}^{k_h - 1} \text{hcols}[a W_o : a W_o + P]\; w_a
-#   + b, \qquad w_a[(b, c), k] = w[k, c, a, b].$$
+# $$	ext{out}_{(K,\; H_o W_p)} = \sum_{a=0}^{k_h - 1} w_a\;
+#   	ext{hcols}[:,\; a W_p : a W_p + H_o W_p] + b, \qquad w_a[k, (b, c)] = w[k, c, a, b].$$
 #
-# The columns now hold each input value about `kw` times instead of `kh * kw` times:
-# 3x less copying for a 3x3 kernel. Here it is for one image.
+# Output position `j = oh * Wp + ow` is output pixel `(oh, ow)` for `ow < Wo`. The last
+# `kw - 1` positions of each row are not pixels: their taps run off the end of one padded
+# row into the start of the next. They are computed, a few percent of the work, and
+# dropped. In exchange the columns hold each input value `kw` times instead of `kh * kw`
+# times (3x less copying for a 3x3 kernel), every copy moves whole lines, and the result
+# is already channels first, `(K, pixels)`, as the output wants it. Here it is for one
+# image.
 
 
 # %%
-def conv_channels_last(x, weight, bias, padding):
-    """Stride-1 convolution of one image, channels last. x (C, H, W) -> (K, Ho, Wo)."""
+def conv_flat_rows(x, weight, bias, padding):
+    """Stride-1 convolution of one image by shifted rows. x (C, H, W) -> (K, Ho, Wo)."""
     k, c, kh, kw = weight.shape
-    xl = np.pad(x.transpose(1, 2, 0), ((padding, padding), (padding, padding), (0, 0)))
-    hp, wp = xl.shape[:2]  # xl: the padded image, (Hp, Wp, C)
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))  # (C, Hp, Wp)
+    _, hp, wp = xp.shape
     ho, wo = hp - kh + 1, wp - kw + 1
-    # Horizontal taps only: hcols[r*Wo + w] = xl[r, w : w + kw, :], kw*C values per row.
-    hcols = np.stack([xl[:, b : b + wo] for b in range(kw)], axis=2).reshape(hp * wo, kw * c)
-    # w_a for each kernel row a: (kw*C, K), rows ordered (b, c) like the columns.
-    wmats = weight.transpose(2, 3, 1, 0).reshape(kh, kw * c, k)
-    p = ho * wo
-    out = sum(hcols[a * wo : a * wo + p] @ wmats[a] for a in range(kh)) + bias  # (P, K)
-    return out.T.reshape(k, ho, wo)  # back to channels first
+    # Each channel's padded rows as one line, with kw-1 zeros after it for the last taps.
+    line = np.pad(xp.reshape(c, hp * wp), ((0, 0), (0, kw - 1)))
+    # Horizontal taps only: hcols[(b, c), j] = line[c, j + b], kw shifted copies.
+    hcols = np.concatenate([line[:, b : b + hp * wp] for b in range(kw)])  # (kw*C, Hp*Wp)
+    # w_a for each kernel row a: (K, kw*C), columns ordered (b, c) like hcols' rows.
+    wmats = weight.transpose(2, 0, 3, 1).reshape(kh, k, kw * c)
+    p = ho * wp  # output positions, the kw-1 dropped ones of every row included
+    out = sum(wmats[a] @ hcols[:, a * wp : a * wp + p] for a in range(kh)) + bias[:, None]
+    return out.reshape(k, ho, wp)[:, :, :wo]  # drop the positions that straddle two rows
 
 
 # %% [markdown]
@@ -168,7 +176,7 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (2, 1), (1, 0)]:
     x = rng.standard_normal((c_in, h, w))
     weight = rng.standard_normal((c_out, c_in, ksize, ksize))
     bias = rng.standard_normal(c_out)
-    mine = conv_channels_last(x, weight, bias, padding)
+    mine = conv_flat_rows(x, weight, bias, padding)
 
     cols = im2col(x[None], ksize, ksize, 1, padding)[0]  # (C*kh*kw, P), lesson 01
     reference = (weight.reshape(c_out, -1) @ cols + bias[:, None]).reshape(mine.shape)
@@ -179,23 +187,23 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (2, 1), (1, 0)]:
     conv.params["bias"].data[...] = bias
     np.testing.assert_allclose(mine, conv.forward(x[None])[0], rtol=1e-10, atol=1e-10)
 
-    hp, wo = h + 2 * padding, w + 2 * padding - ksize + 1
+    hp, wp = h + 2 * padding, w + 2 * padding
     print(
         f"{ksize}x{ksize} kernel, p={padding}: out {mine.shape}, == im2col and Conv2d"
         f" ({type(conv._cache).__name__}); columns: im2col {cols.size},"
-        f" horizontal taps only {hp * wo * ksize * c_in}"
+        f" horizontal taps only {ksize * c_in * hp * wp}"
     )
 
 # %% [markdown]
 # ## 3. Blocks of image rows, and two threads
 #
-# Channels-last columns for the whole batch would still be far larger than the caches
+# Horizontal-tap columns for the whole batch would still be far larger than the caches
 # (a third of the im2col figure above). So `cpu.py` never builds them for the whole
 # batch. It cuts each image's output into **blocks of whole output rows**; for one block
-# it copies the few input rows that block sees into a small channels-last slab, builds
-# the slab's horizontal-tap columns, runs the `kh` products, writes the result into the
-# NCHW output, and moves on to the next block *reusing the same buffers*, which stay
-# warm in the cache.
+# it copies the few input rows that block sees into a small zero-padded slab, builds the
+# slab's horizontal-tap columns (`kw` shifted copies of its lines), runs the `kh`
+# products, writes the result into the NCHW output without the dropped positions, and
+# moves on to the next block *reusing the same buffers*, which stay warm in the cache.
 #
 # How many rows per block? Enough for about `cpu.BLOCK_BYTES` of columns, since every
 # block costs some twenty NumPy calls of fixed overhead (the module docstring reports
@@ -212,7 +220,8 @@ print(
     f"cpu.BLOCK_BYTES = {cpu.BLOCK_BYTES / MiB:g} MiB, cpu.MIN_BLOCK_PIXELS = {cpu.MIN_BLOCK_PIXELS}"
 )
 ho = wo = side  # padding 1 keeps the size
-row_bytes = wo * kw * c * itemsize  # the columns of one output row: Wo pixels, kw*C values
+wp = side + 2  # padding 1: each padded row is 2 positions longer than the image's
+row_bytes = wp * kw * c * itemsize  # the columns of one output row: Wp positions, kw*C values
 
 
 def row_blocks(images, ho, wo, row_bytes, threads):
@@ -244,7 +253,7 @@ finally:
 assert one == row_blocks(1, 32, 32, deep_row_bytes, 2) == [(0, 0, 16), (0, 16, 32)]
 print(f"{n} images of {side} px: {len(blocks)} blocks; one 32-px image on 2 threads: {one}")
 
-block_cols = (rows + kh - 1) * wo * kw * c * itemsize  # a block also sees kh-1 extra rows
+block_cols = (rows + kh - 1) * wp * kw * c * itemsize  # a block also sees kh-1 extra rows
 print(f"{rows} output rows per block, {blocks_per_image} blocks per image, {len(blocks)} in all")
 print(f"columns of one block: {block_cols / MiB:.2f} MiB (im2col: {cols_bytes / MiB:.0f} MiB)")
 
@@ -252,12 +261,15 @@ print(f"columns of one block: {block_cols / MiB:.2f} MiB (im2col: {cols_bytes / 
 # A block's columns are a MiB or two: small enough to stay in the caches while they
 # are used, where the whole batch's im2col columns went out to main memory and back.
 #
-# **Small images are the exception.** In the U-Net's deep layers the images are 16x16
-# or 8x8 and the channels number in the hundreds. A block of rows there has a few dozen
-# output pixels, so each product has a few dozen rows, while the weights it multiplies
-# are megabytes (512 -> 512 channels: 9.4 MB) that every such product reads again. At
+# **Small images are the exception.** In the U-Net's deepest layers the images are 8x8
+# and the channels number in the hundreds. A block of rows there has a few dozen output
+# pixels, so each product is a few dozen columns wide, while the weights it multiplies
+# are megabytes (512 -> 512 channels: 9.4 MB) that every such product reads again; and
+# with rows of 8 pixels, 2 of every 10 positions would be dropped ones. At
 # `cpu.SMALL_PIXELS` output pixels or fewer, a block is therefore a few *whole images*
-# with *full* channels-last columns, kh*kw*C values per pixel in the order (a, b, c):
+# with *full* columns, channels last this time (one row per output pixel, the pixels of
+# all the block's images one after another, so no position is dropped): kh*kw*C values
+# per pixel in the order (a, b, c):
 # one product of (images*Ho*Wo, kh*kw*C) @ (kh*kw*C, K) per block. The weights are laid
 # out to match, `cpu.tap_major(weight)` (K, kh*kw, C). Below, those columns for two
 # small images are checked against lesson 01's im2col, reordered.
@@ -276,7 +288,8 @@ np.testing.assert_array_equal(
     cpu.tap_major(wt).reshape(4, 72), wt.transpose(0, 2, 3, 1).reshape(4, 72)
 )
 print(f"image columns {full.shape} == im2col reordered; tap_major(weight) orders (a, b, c) too")
-#
+
+# %% [markdown]
 # **Two threads.** Python threads normally take turns (the GIL), but NumPy lets go of
 # the GIL while it copies arrays and while OpenBLAS multiplies matrices, so two threads
 # that spend their time in those calls really do run on two cores at once.
@@ -302,7 +315,9 @@ for worker, (first, last, count) in sorted(chunks.items()):
 
 # %% [markdown]
 # The backward pass is cut the same way. The weight gradient of kernel row `a` is a sum
-# over blocks of `dout_block (K, P) @ hcols_block[a*Wo : a*Wo + P]`; each worker adds
+# over blocks of `hcols_block[:, a*Wp : a*Wp + P] @ dout_block^T (P, K)`, where
+# `dout_block` is widened to `Wp` positions a row with zeros at the dropped ones (they
+# must add nothing to the gradient); each worker adds
 # its blocks into a partial sum of its own, so no two threads ever write to the same
 # array, and the partial sums are added at the end. The columns are rebuilt block by
 # block instead of being kept from the forward pass: the fast `Conv2d` keeps only its
@@ -428,7 +443,7 @@ print("blocks of whole images, 2 threads: out, dx, dw, db == the im2col path (fl
 # The check, with the library's own pieces: a `Conv2d` from `K` to `C` channels with
 # padding `kh-1-p`, loaded with the flipped kernel, must turn `dout` into exactly the
 # input gradient that `Conv2d.backward` of the original layer returns, and into lesson
-# 02's col2im formula. Our channels-last function from section 2 must agree as well.
+# 02's col2im formula. Our flattened-rows function from section 2 must agree as well.
 
 # %%
 for ksize, padding in [(3, 1), (3, 0), (5, 2), (5, 0), (2, 1), (1, 0)]:
@@ -450,11 +465,11 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (5, 0), (2, 1), (1, 0)]:
 
     no_bias = np.zeros(cb)
     for i in range(nb):
-        mine = conv_channels_last(dout[i], flipped, no_bias, ksize - 1 - padding)
+        mine = conv_flat_rows(dout[i], flipped, no_bias, ksize - 1 - padding)
         np.testing.assert_allclose(mine, dx[i], rtol=1e-10, atol=1e-10)
     print(
         f"{ksize}x{ksize} kernel, p={padding}: conv(dout, flipped kernel, padding {ksize - 1 - padding})"
-        " == Conv2d.backward == col2im == channels-last by hand"
+        " == Conv2d.backward == col2im == flattened rows by hand"
     )
 
 # %% [markdown]
@@ -462,11 +477,11 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (5, 0), (2, 1), (1, 0)]:
 #
 # `cpu.fast_conv_ok` decides, from the input and the layer's geometry: NumPy float32 or
 # float64, stride 1, dilation 1, padding at most `kh - 1` (section 4), and at least
-# `cpu.MIN_CHANNELS` input channels. The last one is about memory again: with the 3
-# channels of an RGB image, the channels-last runs are 3 numbers long, too short to
-# pay off: the comment beside `MIN_CHANNELS` in `cpu.py` reports the NCHW im2col path
-# 2.4-2.9x faster there. So the U-Net's very first convolution keeps the im2col path; every other one
-# takes the fast path. Anything else (CuPy arrays, strides, float16) goes through im2col.
+# `cpu.MIN_CHANNELS` input channels. With the 3 channels of an RGB image, each of the
+# blocked products has an inner dimension of `kw * C = 9` numbers, too short for BLAS to
+# reach its speed, and the comment beside `MIN_CHANNELS` in `cpu.py` says neither road
+# won clearly there. So the U-Net's very first convolution keeps the im2col path; every
+# other one takes the fast path. Anything else (CuPy arrays, strides, float16) goes through im2col.
 
 # %%
 print(f"cpu.MIN_CHANNELS = {cpu.MIN_CHANNELS}")
@@ -679,9 +694,10 @@ if not blas:
 #   count.
 # - On a small CPU a convolution's cost is moving memory, not arithmetic: im2col's
 #   columns are 9x the input, far beyond the caches, and NumPy copies them on one core.
-# - Channels last, the `kw*C` values of one kernel row are one contiguous run, and each
-#   kernel row `a` is a free slice `hcols[a*Wo : a*Wo + P]`: copy each value `kw` times
-#   instead of `kh*kw`, then sum `kh` products.
+# - In a padded image flattened row after row, every kernel tap is a shift: copy the
+#   `kw` horizontal shifts, and each kernel row `a` is a free slice
+#   `hcols[:, a*Wp : a*Wp + P]`: each value copied `kw` times instead of `kh*kw`, `kh`
+#   products summed, the `kw-1` positions a row that straddle two rows dropped.
 # - Work in blocks of output rows with a couple of MiB of columns each, reusing the
 #   buffers; split the blocks over threads, each with single-threaded BLAS (NumPy releases
 #   the GIL in copies and products); keep per-thread partial sums instead of shared writes.

@@ -937,16 +937,16 @@ MUTATIONS = [
     _row(
         "09",
         L09,
-        "wmats = weight.transpose(2, 3, 1, 0).reshape(kh, kw * c, k)",
-        "wmats = weight.transpose(3, 2, 1, 0).reshape(kh, kw * c, k)",
+        "wmats = weight.transpose(2, 0, 3, 1).reshape(kh, k, kw * c)",
+        "wmats = weight.transpose(3, 0, 2, 1).reshape(kh, k, kw * c)",
         "np.testing.assert_allclose(mine, reference, rtol=1e-10",
-        "the lesson's channels-last weights with kernel rows and columns swapped",
+        "the lesson's weight matrices with kernel rows and columns swapped",
     ),
     _row(
         "09",
         CPU,
-        "            for a in range(1, kh):\n                np.matmul(cols[a * wo",
-        "            for a in range(2, kh):\n                np.matmul(cols[a * wo",
+        "            for a in range(1, kh):\n                np.matmul(mats[a], cols[:, a * wp",
+        "            for a in range(2, kh):\n                np.matmul(mats[a], cols[:, a * wp",
         (
             "np.testing.assert_allclose(mine, conv.forward(x[None])[0]",
             "np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)",
@@ -975,8 +975,8 @@ MUTATIONS = [
     _row(
         "09",
         CPU,
-        "reshape(k, kw * c)[...] += (",
-        "reshape(k, kw * c)[...] = (",
+        "                parts[worker, a] += cols[:, a * wp : a * wp + p] @ d",
+        "                parts[worker, a] = cols[:, a * wp : a * wp + p] @ d",
         "np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)",
         "accelerated path: each block's dW overwrites the previous block's (+= to =)",
     ),
@@ -1029,8 +1029,8 @@ MUTATIONS = [
     _row(
         "09",
         L09,
-        "mine = conv_channels_last(dout[i], flipped, no_bias, ksize - 1 - padding)",
-        "mine = conv_channels_last(dout[i], flipped, no_bias, padding)",
+        "mine = conv_flat_rows(dout[i], flipped, no_bias, ksize - 1 - padding)",
+        "mine = conv_flat_rows(dout[i], flipped, no_bias, padding)",
         "np.testing.assert_allclose(mine, dx[i]",
         "the input gradient's convolution with the forward's padding p instead of k - 1 - p",
     ),

@@ -1,7 +1,8 @@
 """The CPU fast paths against the reference layers they replace, on the same inputs.
 
-``FastConv2d`` (``minunet.accel.conv``) computes stride-1 convolutions channels-last, in row
-blocks, over threads (``minunet.accel.cpu``), and other geometries through im2col with
+``FastConv2d`` (``minunet.accel.conv``) computes stride-1 convolutions in row blocks (each
+tap a shift of the flattened padded rows) or blocks of whole images, over threads
+(``minunet.accel.cpu``), and other geometries through im2col with
 products split over threads; ``FastConvTranspose2d`` splits its products the same way.
 Within the reference layers, ConvTranspose2d with kernel == stride skips col2im and
 MaxPool2d 2x2 is a tournament. Each must agree with the reference (which
@@ -31,6 +32,15 @@ def run(layer, x, dout):
     out = layer.forward(x)
     dx = layer.backward(dout)
     return (out, dx, *(p.grad.copy() for p in layer.params.values()))
+
+
+def nan_scratch(name, shape, dtype, _scratch=cpu.scratch):
+    """``cpu.scratch`` handing out buffers full of NaN: a value that the fast paths read
+    before writing it (a padding ring not zeroed, a column left over from the last block)
+    then spreads NaN into the result, where a leftover finite value might hide."""
+    buf = _scratch(name, shape, dtype)
+    buf.fill(np.nan)
+    return buf
 
 
 def fast_and_reference(layer, x, dout, blocked=None):
@@ -74,6 +84,7 @@ def test_conv2d_fast_path_matches_im2col(
         mp.setattr(cpu, "IMAGE_BLOCK_BYTES", block_bytes)
         mp.setattr(cpu, "MIN_BLOCK_PIXELS", 1)  # let tiny images split into row blocks
         mp.setattr(cpu, "SMALL_PIXELS", 10**6 if small else 0)
+        mp.setattr(cpu, "scratch", nan_scratch)
         assert cpu.small_images(x, k, k, pad) == small
         fast, ref = fast_and_reference(layer, x, dout, blocked=True)
     for a, b in zip(fast, ref, strict=True):

@@ -6,7 +6,7 @@ reference's arithmetic with faster pieces where they apply (checked per call, fr
 arrays it meets: NumPy or CuPy, dtype, geometry) and calls the reference otherwise, and a
 test compares the two (tests/test_fast_paths.py, tests/test_cuda_*.py).
 
-    cpu         the blocked channels-last convolution and threaded batched products (NumPy)
+    cpu         the blocked convolution (shifted rows) and threaded batched products (NumPy)
     batchnorm   FastBatchNorm2d: channel groups over the threads (NumPy), the kernels (CuPy)
     pool        FastMaxPool2d: the same for the 2x2 max-pool
     optim       FastSGD, FastAdam, FastAdamW: parameters over the threads (NumPy), kernels (CuPy)

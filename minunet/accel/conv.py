@@ -7,7 +7,7 @@ with faster pieces, chosen per call from the arrays they meet:
   U-Net's deep layers), when switched on with ``MINUNET_WINOGRAD=1``: Winograd F(2x2, 3x3)
   (``minunet.accel.winograd``), 16 multiplications per output tile instead of 36.
 * NumPy, stride 1, dilation 1, at least ``cpu.MIN_CHANNELS`` input channels (every other 3x3
-  convolution of the U-Net after the first): the blocked channels-last convolution of
+  convolution of the U-Net after the first): the blocked convolution (shifted rows) of
   ``minunet.accel.cpu``, which keeps only the input for the backward.
 * Otherwise the im2col formulation, with its products split over images and threads on
   NumPy (``cpu.batched_matmul``; a plain ``@`` on CuPy) and, on CuPy, im2col and col2im as

@@ -7,29 +7,35 @@ correct and simple, but on a small CPU it loses twice: the column matrix (9x the
 does not fit in any cache, so building it runs at memory speed, and the copies that build
 it use a single core. This module does the same arithmetic in a different order:
 
-* **Channels last.** A patch's values for one kernel offset are the C channels of one
-  pixel, which sit next to each other in an (H, W, C) image, so columns are copied as
-  runs of C floats instead of scattered ones, and the products are (pixels, .) @ (., K).
-* **Only the horizontal taps are copied.** In a channels-last block of image rows, moving
-  the kernel down one row is moving a whole image row further in memory. So the columns
-  hold the kw horizontal taps of every row the block sees (kw*C values per pixel), and
-  each vertical tap a is a contiguous slice of them: kh products of (P, kw*C) @ (kw*C, K)
-  summed, instead of one (P, kh*kw*C) product: 3x less copying for a 3x3 kernel.
+* **Only the horizontal taps are copied.** Zero-pad a block of image rows and flatten each
+  channel's rows into one line of Wp = W + 2p values a row: pixel (r, w) is then position
+  r*Wp + w, moving the kernel right by b is a shift by b, and moving it down by a is a
+  shift by a*Wp. So the columns hold the kw horizontal shifts of every channel (kw*C rows,
+  each a contiguous copy of a whole line), and each vertical tap a is a contiguous slice
+  of them: kh products (K, kw*C) @ (kw*C, P) summed, instead of one (K, kh*kw*C)
+  product: 3x less copying for a 3x3 kernel. The kw-1 positions at the end of each row
+  straddle two input rows; their outputs are computed and dropped.
+* **Channels first, nothing transposed.** Both the copies above and the products' results
+  are in NCHW order (each channel's rows in runs), so a block's result goes into the
+  output as runs of Wo values; the weight gradient transposes only the output gradient's
+  block, once. (An earlier version built channels-last columns; its transposing copies
+  made it slower: benchmarks/RESULTS.md, 2026-12-01, 23:00 UTC.)
 * **Blocks of image rows.** Each block's columns (a few MB) are built, multiplied and
   dropped; the next block reuses the buffers. Blocks are large (megabytes, not a cache's
   kilobytes) because each one costs some twenty NumPy calls, and the threads wait on each
   other's GIL between calls.
-* **Small images in blocks of whole images.** At 16x16 pixels and below (the deep
+* **Small images in blocks of whole images.** At 8x8 pixels and below (the deepest
   layers: hundreds of channels, megabytes of weights) a block of rows is a product of a
-  few dozen rows that reads all the weights again. There a block is several whole images
-  with full columns (kh*kw*C values per pixel), one product each.
+  few dozen pixels that reads all the weights again, and a quarter of its columns would
+  be dropped ones. There a block is several whole images with full channels-last columns
+  (kh*kw*C values per pixel), one (pixels, kh*kw*C) @ (kh*kw*C, K) product each.
 * **One block per thread, single-threaded BLAS.** Two Python threads each build and
   multiply their own blocks (NumPy releases the GIL inside copies and matrix products);
   OpenBLAS is held to one thread meanwhile so that the two workers do not fight over the
   cores. The products scale with the threads; the copies (memory-bound) hardly do.
 * **Weights tap-major.** (K, C, kh, kw) becomes (K, kh*kw, C), a copy of runs of C
-  values, and each product reads it as a transposed matrix; the input gradient's flipped
-  kernel and the weight gradient go through the same layout.
+  values, which each product reads in place as a strided matrix; the input gradient's
+  flipped kernel and the weight gradient go through the same layout.
 * **The backward reuses the forward.** For stride 1, the input gradient of a convolution
   is a convolution of the (padded) output gradient with the kernel flipped and its two
   channel axes swapped: a gather, so blocks never write to the same pixel. The weight
@@ -58,8 +64,9 @@ import numpy as np
 # tests use ``minunet.accel.fast_paths(cpu=False)``.
 ENABLED = os.environ.get("MINUNET_FAST_CPU", "1") != "0"
 
-# Channels-last copies move runs of C values: with the 3 channels of an RGB input those
-# runs are too short, and the NCHW im2col (runs of a whole image row) is faster.
+# Below this many input channels (an RGB input), the im2col path: the blocked products'
+# inner dimension kw*C is then a handful of values, and neither path won clearly (the
+# blocked one was ahead at 3 -> 16 channels, behind at 3 -> 32).
 MIN_CHANNELS = 8
 
 # Bytes of columns built per block (see the module docstring: fewer, larger blocks won).
@@ -67,11 +74,12 @@ BLOCK_BYTES = 2 << 20
 # ... but at least this many output pixels per block: a product with only a few dozen rows
 # runs well below OpenBLAS's single-core speed (the U-Net's 8x8, 512-channel layers).
 MIN_BLOCK_PIXELS = 128
-# Images of at most this many output pixels (16x16) are blocked by whole images, with
-# full columns: one product per block of several images. Blocked by rows, the deep
-# layers' products had a few dozen rows each against megabytes of weights that every one
-# of them read again (benchmarks/RESULTS.md).
-SMALL_PIXELS = 256
+# Images of at most this many output pixels (8x8) are blocked by whole images, with
+# full columns: one product per block of several images. Blocked by rows, the deepest
+# layers' products had a few dozen pixels each against megabytes of weights that every
+# one of them read again; at 16x16 the rows won once they were channels first
+# (benchmarks/RESULTS.md).
+SMALL_PIXELS = 64
 # Columns per block of whole images, at most: the weight gradient keeps one block per
 # thread at once, so this sets the step's extra memory (16 MB took some 60 MB more at the
 # step's peak than 8 MB: benchmarks/step_memory.py, RESULTS.md).
@@ -231,41 +239,41 @@ def _row_blocks(n: int, ho: int, row_pixels: int, row_bytes: int) -> list[tuple[
     return [(i, r, min(r + rows, ho)) for i in range(n) for r in range(0, ho, rows)]
 
 
-def _row_columns(
-    x: np.ndarray, i: int, r0: int, r1: int, kh: int, kw: int, pad: int, wo: int
-) -> np.ndarray:
-    """Channels-last columns of the horizontal taps for output rows [r0, r1) of image i.
+def _row_columns(x: np.ndarray, i: int, r0: int, r1: int, kh: int, kw: int, pad: int) -> np.ndarray:
+    """Columns of the horizontal taps for output rows [r0, r1) of image i, channels first.
 
-    Returns cols of shape ((rows+kh-1)*Wo, kw*C) with cols[r*Wo + w] = the kw*C values
-    that the kernel's row sees at (input row r0 - pad + r, output column w). For vertical
-    offset a, the columns of the whole block are then the contiguous slice
-    cols[a*Wo : (a+rows)*Wo]: the vertical taps cost nothing to build, so this matrix is
-    kh times smaller than full im2col (3x for a 3x3 kernel, less copying per product).
+    Returns cols (kw*C, L), rows ordered (b, c), L = (rows+kh-1)*Wp, Wp = W + 2*pad: the
+    input rows these outputs see, zero-padded and flattened, so that pixel (r, w) of the
+    block's padded input is column r*Wp + w, and cols[b*C + c, j] = that flattening's
+    value at column j + b (horizontal tap b is a shift by b).
 
-    x is (N, C, H, W). First the input rows these outputs see, with their zero padding,
-    are copied into a small (rows+kh-1, Wo+kw-1, C) slab (the transpose to channels-last
-    happens here, on a block that fits in cache); then each horizontal offset b is a
-    slice of the slab, copied as runs of C contiguous values.
+    The vertical taps cost nothing to build: moving the kernel down one row is moving Wp
+    columns further, so for kernel row a the (kw*C, rows*Wp) matrix is the contiguous
+    slice cols[:, a*Wp : a*Wp + rows*Wp]. That is kh times less copying than full
+    im2col. Output column j = r*Wp + w is output pixel (r0 + r, w) for w < Wo; the kw-1
+    columns at w >= Wo of every row straddle two input rows and are dropped. Every copy
+    here moves runs of W or more values, each channel's rows as they lie in x: nothing
+    is transposed.
     """
     _, c, h, w = x.shape
-    rows_in_block = r1 - r0 + kh - 1
-    slab = scratch("slab", (rows_in_block, wo + kw - 1, c), x.dtype)
+    wp = w + 2 * pad
+    rows_in = r1 - r0 + kh - 1
+    length = rows_in * wp
+    flat = scratch("slab", (c, length + kw - 1), x.dtype)  # kw-1 more: the last row's taps
+    slab = flat[:, :length].reshape(c, rows_in, wp)
     top = r0 - pad  # input row that slab row 0 holds (may be negative: padding)
-    lo, hi = max(top, 0), min(top + rows_in_block, h)
-    # Zero only the padding ring: rows above/below the image and columns left/right.
-    slab[: lo - top] = 0
-    slab[hi - top :] = 0
-    slab[:, :pad] = 0
-    slab[:, pad + w :] = 0
-    # Two copies beat one here: reading x[i, :, lo:hi] channel by channel (a stride of a
-    # whole image plane per value) thrashes the TLB; copying the rows as they lie first,
-    # then transposing the small contiguous block, does not.
-    rows_in = scratch("rows_in", (c, hi - lo, w), x.dtype)
-    rows_in[...] = x[i, :, lo:hi]
-    slab[lo - top : hi - top, pad : pad + w] = rows_in.transpose(1, 2, 0)
-    cols = scratch("cols", (rows_in_block, wo, kw, c), x.dtype)
-    cols[...] = horizontal_taps(slab, wo, kw)
-    return cols.reshape(rows_in_block * wo, kw * c)
+    lo, hi = max(top, 0), min(top + rows_in, h)
+    # Zero only the padding: rows above/below the image, columns left/right, the tail.
+    slab[:, : lo - top] = 0
+    slab[:, hi - top :] = 0
+    slab[:, :, :pad] = 0
+    slab[:, :, pad + w :] = 0
+    flat[:, length:] = 0
+    slab[:, lo - top : hi - top, pad : pad + w] = x[i, :, lo:hi]
+    cols = scratch("cols", (kw, c, length), x.dtype)
+    for b in range(kw):
+        cols[b] = flat[:, b : b + length]
+    return cols.reshape(kw * c, length)
 
 
 def horizontal_taps(padded: np.ndarray, wo: int, kw: int) -> np.ndarray:
@@ -289,9 +297,10 @@ def horizontal_taps(padded: np.ndarray, wo: int, kw: int) -> np.ndarray:
 def tap_major(weight: np.ndarray) -> np.ndarray:
     """weight (K, C, kh, kw) -> taps (K, kh*kw, C): channels last for each kernel tap.
 
-    The products below want each vertical tap a as a (kw*C, K) matrix with rows ordered
-    (b, c): that is taps[:, a*kw:(a+1)*kw].reshape(K, kw*C).T, a strided view that BLAS
-    reads as a transposed matrix, no copy. Building taps moves runs of C values; putting
+    The blocked products want each vertical tap a as a (K, kw*C) matrix with columns
+    ordered (b, c): that is taps[:, a*kw:(a+1)*kw].reshape(K, kw*C), a strided view that
+    BLAS reads in place, no copy; the small images' products read all of it,
+    taps.reshape(K, kh*kw*C).T, as a transposed matrix. Building taps moves runs of C values; putting
     K last instead (weight.transpose(2, 3, 1, 0)) copies one value at a time, which the
     deep layers' megabytes of weights made a visible part of their time.
     """
@@ -306,14 +315,15 @@ def conv2d_forward(
 
     x (N, C, H, W), weight (K, C, kh, kw), bias (K,) or None -> out (N, K, Ho, Wo)
 
-    Per block of P = rows*Wo output pixels: out_block = sum over vertical offsets a of
-    cols[a*Wo : a*Wo + P] (P, kw*C) @ W_a (kw*C, K), all channels-last.
+    Per block of output rows: out_block (K, P) = sum over vertical offsets a of
+    W_a (K, kw*C) @ cols[:, a*Wp : a*Wp + P] (kw*C, P), P = rows*Wp (``_row_columns``);
+    for small images, whole images with channels-last columns (``_image_products``).
     """
     k, c, kh, kw = weight.shape
     taps = tap_major(weight)  # (K, kh*kw, C)
     if small_images(x, kh, kw, padding):
         return _image_products(x, taps.reshape(k, kh * kw * c).T, kh, kw, bias, padding)
-    mats = [taps[:, a * kw : (a + 1) * kw].reshape(k, kw * c).T for a in range(kh)]
+    mats = [taps[:, a * kw : (a + 1) * kw].reshape(k, kw * c) for a in range(kh)]
     return _blocked_products(x, mats, kh, kw, bias, padding)
 
 
@@ -406,30 +416,32 @@ def _blocked_products(
     bias: np.ndarray | None,
     padding: int,
 ) -> np.ndarray:
-    """The forward's blocks: x (N, C, H, W) and one (kw*C, K) matrix per vertical tap a,
-    rows ordered (b, c) -> out (N, K, Ho, Wo)."""
+    """The forward's blocks: x (N, C, H, W) and one (K, kw*C) matrix per vertical tap a,
+    columns ordered (b, c) -> out (N, K, Ho, Wo)."""
     n, c, h, w = x.shape
-    k = mats[0].shape[1]
+    k = mats[0].shape[0]
     ho, wo = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    wp = w + 2 * padding
     out = np.empty((n, k, ho, wo), dtype=x.dtype)
-    blocks = _row_blocks(n, ho, wo, wo * kw * c * x.itemsize)
+    blocks = _row_blocks(n, ho, wo, wp * kw * c * x.itemsize)
 
     def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
         for i, r0, r1 in chunk:
-            p = (r1 - r0) * wo
-            cols = _row_columns(x, i, r0, r1, kh, kw, padding, wo)
-            # Channels-last products (P, kw*C) @ (kw*C, K): with one BLAS thread they beat
-            # the same product computed as (K, .) @ (., P) straight into NCHW, even paying
-            # for the transposing copy at the end.
-            res = scratch("res", (p, k), x.dtype)
-            part = scratch("part", (p, k), x.dtype)
-            np.matmul(cols[:p], mats[0], out=res)
+            p = (r1 - r0) * wp  # the block's output columns, the dropped ones included
+            cols = _row_columns(x, i, r0, r1, kh, kw, padding)
+            # (K, kw*C) @ (kw*C, P) per kernel row: the result is channels first, each
+            # channel's rows in a run, so it goes into the NCHW output without a transpose.
+            res = scratch("res", (k, p), x.dtype)
+            part = scratch("part", (k, p), x.dtype)
+            np.matmul(mats[0], cols[:, :p], out=res)
             for a in range(1, kh):
-                np.matmul(cols[a * wo : a * wo + p], mats[a], out=part)
+                np.matmul(mats[a], cols[:, a * wp : a * wp + p], out=part)
                 res += part
-            if bias is not None:
-                res += bias
-            out[i, :, r0:r1] = res.T.reshape(k, r1 - r0, wo)  # back to NCHW, block by block
+            valid = res.reshape(k, r1 - r0, wp)[:, :, :wo]  # drop the straddling columns
+            if bias is None:
+                out[i, :, r0:r1] = valid
+            else:
+                np.add(valid, bias[:, None, None], out=out[i, :, r0:r1])
 
     parallel(work, blocks)
     return out
@@ -446,7 +458,7 @@ def conv2d_backward(
     """Gradients of ``conv2d_forward``: (dx (N, C, H, W), dW (K, C, kh, kw), db (K,)); db is
     None without ``need_bias``, dx None without ``need_input``.
 
-    dW_a = sum over blocks of dout_block (K, P) @ cols[a*Wo : a*Wo + P] (P, kw*C), each
+    dW_a^T = sum over blocks of cols[:, a*Wp : a*Wp + P] (kw*C, P) @ dout_block (P, K), each
     worker summing its own blocks (no shared writes), the per-worker sums added at the end
     (``_rows_weight_grad``); for small images, dout (K, B*Ho*Wo) @ the images' full columns,
     dW's columns shared out between the workers (``_image_weight_grad``).
@@ -474,7 +486,7 @@ def conv2d_backward(
     if small:
         dx = _image_products(dout, flipped.reshape(kh * kw * k, c), kh, kw, None, kh - 1 - padding)
     else:
-        mats = flipped.reshape(kh, kw * k, c)
+        mats = [m.T for m in flipped.reshape(kh, kw * k, c)]  # (C, kw*K) each, a view
         dx = _blocked_products(dout, mats, kh, kw, None, kh - 1 - padding)
     return dx, dw, db
 
@@ -483,23 +495,32 @@ def _rows_weight_grad(
     x: np.ndarray, dout: np.ndarray, kh: int, kw: int, padding: int
 ) -> np.ndarray:
     """dW in the tap-major layout (K, kh*kw*C), from blocks of rows: each worker sums its
-    blocks' products into a partial sum of its own, and the partial sums are added."""
-    n, c = x.shape[:2]
+    blocks' products into a partial sum of its own, and the partial sums are added.
+
+    Per block, dW_a^T (kw*C, K) += cols[:, a*Wp : a*Wp + P] (kw*C, P) @ d (P, K), P =
+    rows*Wp, with d the block's output gradient channels last (one transposing copy per
+    block, which lets both operands be read in order) and widened to the columns' row
+    width Wp by zeros where the forward dropped the straddling columns: they add nothing.
+    """
+    n, c, _, w = x.shape
     k, ho, wo = dout.shape[1:]
-    parts = np.zeros((num_threads(), k, kh * kw, c), dtype=x.dtype)
+    wp = w + 2 * padding
+    parts = np.zeros((num_threads(), kh, kw * c, k), dtype=x.dtype)
 
     def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
         for i, r0, r1 in chunk:
-            p = (r1 - r0) * wo
-            cols = _row_columns(x, i, r0, r1, kh, kw, padding, wo)
-            d = dout[i, :, r0:r1].reshape(k, p)  # (K, P), a view
+            p = (r1 - r0) * wp
+            cols = _row_columns(x, i, r0, r1, kh, kw, padding)
+            d = scratch("dout_rows", (r1 - r0, wp, k), x.dtype)
+            d[:, :wo] = dout[i, :, r0:r1].transpose(1, 2, 0)
+            d[:, wo:] = 0
+            d = d.reshape(p, k)
             for a in range(kh):
-                parts[worker, :, a * kw : (a + 1) * kw].reshape(k, kw * c)[...] += (
-                    d @ cols[a * wo : a * wo + p]
-                )
+                parts[worker, a] += cols[:, a * wp : a * wp + p] @ d
 
-    parallel(work, _row_blocks(n, ho, wo, wo * kw * c * x.itemsize))
-    return parts.sum(axis=0).reshape(k, kh * kw * c)
+    parallel(work, _row_blocks(n, ho, wo, wp * kw * c * x.itemsize))
+    # (kh, kw*C, K) -> (K, kh*kw*C), columns ordered (a, b, c)
+    return np.ascontiguousarray(parts.sum(axis=0).reshape(kh * kw * c, k).T)
 
 
 def _image_weight_grad(

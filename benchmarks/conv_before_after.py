@@ -1,0 +1,153 @@
+"""The blocked convolution of an earlier commit against this checkout's, in one process.
+
+    python benchmarks/conv_before_after.py BASE_COMMIT                # the 3x3 layers
+    python benchmarks/conv_before_after.py BASE_COMMIT --step --base 16  # whole steps
+
+``benchmarks/step_before_after.sh`` runs the two trees in turns, each in its own process;
+on a noisy machine the turns disagree by more than a change of 10%. Here the base
+commit's ``minunet/accel/cpu.py`` (read with ``git show``) is loaded beside this
+checkout's as a second module, and the two take turns call by call in one process
+(``common.compare``: interleaved, a pause and a warm-up before each timed call), so a
+noisy neighbour slows both alike. Only the convolution module is swapped: everything else
+(BatchNorm, the pool, the loss) is this checkout's on both sides.
+
+Layers: ``conv2d_forward`` and ``conv2d_backward`` (with the input gradient, as every
+3x3 layer of the U-Net but the first needs) of the U-Net's 3x3 shapes at ``--base``,
+batch 8, 128 px input, float32. ``--step``: the training step of ``benchmarks/step.py``
+with ``FastConv2d`` calling one module or the other. Ratio = head / base, the median of
+the per-round ratios (below 1: this checkout is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import compare, load_line, setup, table  # noqa: E402
+
+import minunet.accel.conv as fast_conv  # noqa: E402
+from minunet.accel import accelerate, cpu  # noqa: E402
+from minunet.model import UNet  # noqa: E402
+from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
+from minunet.nn.optim import Adam  # noqa: E402
+
+
+def module_at(commit: str) -> ModuleType:
+    """``minunet/accel/cpu.py`` as it was at ``commit``, imported as a module of its own."""
+    try:
+        source = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{commit}:minunet/accel/cpu.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    except subprocess.CalledProcessError as exc:
+        message = f"cannot read minunet/accel/cpu.py at {commit!r}: {exc.stderr.strip()}"
+        raise SystemExit(message) from None
+    path = Path(tempfile.mkdtemp()) / "cpu_base.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("cpu_base", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def layer_shapes(base: int, depth: int, size: int) -> list[tuple[int, int, int]]:
+    """(C_in, C_out, side) of the U-Net's 3x3 convolutions after the first, one each."""
+    shapes = []
+    for level in range(depth + 1):
+        c, side = base << level, size >> level
+        shapes.append((c, c, side))  # conv2 of an encoder block or the bottleneck
+        if level < depth:
+            shapes.append((2 * c, c, side))  # conv1 of a decoder block (after the concat)
+    return shapes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("commit", help="the earlier commit (any git revision)")
+    parser.add_argument("--base", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--step", action="store_true", help="whole training steps")
+    args = parser.parse_args(argv)
+
+    dev = setup("numpy", tf32=False)
+    before = module_at(args.commit)
+    print(f"# {args.commit} against this checkout: minunet/accel/cpu.py swapped in one process")
+    print(f"# {dev.describe()}")
+    print(load_line())
+    print(f"# {args.rounds} interleaved rounds, median; ratio = head / base (per round, median)")
+    rng = np.random.default_rng(0)
+    rows = []
+    if args.step:
+        x = rng.standard_normal((args.batch, 3, args.size, args.size), dtype=np.float32)
+        y = rng.integers(0, 3, (args.batch, args.size, args.size))
+        model = UNet(3, 3, args.base, args.depth, batchnorm=True)
+        opt = accelerate(Adam(model.parameters(), lr=1e-3))
+        loss = accelerate(SoftmaxCrossEntropy(check_targets=False))
+
+        def step_with(module: ModuleType):
+            def step() -> None:
+                fast_conv.cpu = module
+                opt.zero_grad()
+                loss.forward(model.forward(x), y)
+                model.backward(loss.backward(), input_grad=False)
+                opt.step()
+
+            return step
+
+        try:
+            t = compare({"base": step_with(before), "head": step_with(cpu)}, dev, args.rounds)
+        finally:
+            fast_conv.cpu = cpu
+        rows.append(
+            [
+                f"step b{args.base} n{args.batch} {args.size}px",
+                f"{t.median_ms('base'):.1f}",
+                f"{t.median_ms('head'):.1f}",
+                f"{t.ratio('head', 'base'):.3f}",
+                f"{t.best_ratio('head', 'base'):.3f}",
+            ]
+        )
+    else:
+        for c_in, c_out, side in layer_shapes(args.base, args.depth, args.size):
+            x = rng.standard_normal((args.batch, c_in, side, side), dtype=np.float32)
+            w = (rng.standard_normal((c_out, c_in, 3, 3)) * 0.1).astype(np.float32)
+            d = rng.standard_normal((args.batch, c_out, side, side), dtype=np.float32)
+            for name, call in [
+                ("forward", lambda m, x=x, w=w: m.conv2d_forward(x, w, None, 1)),
+                ("backward", lambda m, x=x, w=w, d=d: m.conv2d_backward(x, w, d, 1, False, True)),
+            ]:
+                sides = {"base": before, "head": cpu}
+                contenders = {side: lambda m=m, f=call: f(m) for side, m in sides.items()}
+                t = compare(contenders, dev, args.rounds)
+                rows.append(
+                    [
+                        f"{c_in}->{c_out} {side}px {name}",
+                        f"{t.median_ms('base'):.2f}",
+                        f"{t.median_ms('head'):.2f}",
+                        f"{t.ratio('head', 'base'):.3f}",
+                        f"{t.best_ratio('head', 'base'):.3f}",
+                    ]
+                )
+                print(f"  {rows[-1][0]}: {rows[-1][3]}", flush=True)
+    print(table(["what", "base ms", "head ms", "ratio", "best ratio"], rows))
+    print(load_line())
+
+
+if __name__ == "__main__":
+    main()
