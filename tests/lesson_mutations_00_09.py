@@ -944,6 +944,25 @@ MUTATIONS = [
     ),
     _row(
         "09",
+        L09,
+        "    return out.reshape(k, ho, wp)[:, :, :wo]  # drop the positions",
+        "    return out.reshape(k, ho, wp)[:, :, wp - wo :]  # drop the positions",
+        "np.testing.assert_allclose(mine, reference, rtol=1e-10",
+        "the lesson's shifted-rows convolution keeps the straddling positions, drops real ones",
+    ),
+    _row(
+        "09",
+        CPU,
+        "            valid = res.reshape(k, r1 - r0, wp)[:, :, :wo]",
+        "            valid = res.reshape(k, r1 - r0, wp)[:, :, wp - wo :]",
+        (
+            "np.testing.assert_allclose(mine, conv.forward(x[None])[0]",
+            "np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)",
+        ),
+        "accelerated path, blocks of rows: the straddling positions kept, real ones dropped",
+    ),
+    _row(
+        "09",
         CPU,
         "            for a in range(1, kh):\n                np.matmul(mats[a], cols[:, a * wp",
         "            for a in range(2, kh):\n                np.matmul(mats[a], cols[:, a * wp",
