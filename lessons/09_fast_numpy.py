@@ -126,7 +126,7 @@ if not caches:
 # **The vertical taps are free.** Copy the line once per *horizontal* tap `b`, shifted by
 # `b`, and stack the copies (all channels of each):
 #
-# $$	ext{hcols}[(b, c),\; j] = 	ext{line}_c[j + b], \qquad j = 0 \ldots H_p W_p - 1,$$
+# $$\text{hcols}[(b, c),\; j] = \text{line}_c[j + b], \qquad j = 0 \ldots H_p W_p - 1,$$
 #
 # a matrix of shape `(kw*C, Hp * Wp)`. Kernel row `a` needs the same values `a * Wp`
 # positions further on: columns `a*Wp` to `a*Wp + Ho*Wp - 1` of `hcols`, one contiguous
@@ -134,8 +134,9 @@ if not caches:
 # a `(K, kw*C)` matrix (columns in the same `(b, c)` order as hcols' rows), the
 # convolution is `kh` products summed:
 #
-# $$	ext{out}_{(K,\; H_o W_p)} = \sum_{a=0}^{k_h - 1} w_a\;
-#   	ext{hcols}[:,\; a W_p : a W_p + H_o W_p] + b, \qquad w_a[k, (b, c)] = w[k, c, a, b].$$
+# $$\text{out}_{(K,\; H_o W_p)} = \sum_{a=0}^{k_h - 1} w_a\;
+#   \text{hcols}[:,\; a W_p : a W_p + H_o W_p] + b,
+#   \qquad w_a[k, (b, c)] = w[k, c, a, b].$$
 #
 # Output position `j = oh * Wp + ow` is output pixel `(oh, ow)` for `ow < Wo`. The last
 # `kw - 1` positions of each row are not pixels: their taps run off the end of one padded
@@ -269,8 +270,8 @@ print(f"columns of one block: {block_cols / MiB:.2f} MiB (im2col: {cols_bytes / 
 # `cpu.SMALL_PIXELS` output pixels or fewer, a block is therefore a few *whole images*
 # with *full* columns, channels last this time (one row per output pixel, the pixels of
 # all the block's images one after another, so no position is dropped): kh*kw*C values
-# per pixel in the order (a, b, c):
-# one product of (images*Ho*Wo, kh*kw*C) @ (kh*kw*C, K) per block. The weights are laid
+# per pixel in the order (a, b, c), and one product of (images*Ho*Wo, kh*kw*C) @
+# (kh*kw*C, K) per block. The weights are laid
 # out to match, `cpu.tap_major(weight)` (K, kh*kw, C). Below, those columns for two
 # small images are checked against lesson 01's im2col, reordered.
 
@@ -481,7 +482,8 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (5, 0), (2, 1), (1, 0)]:
 # blocked products has an inner dimension of `kw * C = 9` numbers, too short for BLAS to
 # reach its speed, and the comment beside `MIN_CHANNELS` in `cpu.py` says neither road
 # won clearly there. So the U-Net's very first convolution keeps the im2col path; every
-# other one takes the fast path. Anything else (CuPy arrays, strides, float16) goes through im2col.
+# other one takes the fast path. Anything else (CuPy arrays, strides, float16) goes
+# through im2col.
 
 # %%
 print(f"cpu.MIN_CHANNELS = {cpu.MIN_CHANNELS}")

@@ -19,14 +19,14 @@ it use a single core. This module does the same arithmetic in a different order:
   are in NCHW order (each channel's rows in runs), so a block's result goes into the
   output as runs of Wo values; the weight gradient transposes only the output gradient's
   block, once. (An earlier version built channels-last columns; its transposing copies
-  made it slower: benchmarks/RESULTS.md, 2026-12-01, 23:00 UTC.)
+  made it slower: benchmarks/RESULTS.md, 2026-12-01, 22:30-23:50 UTC.)
 * **Blocks of image rows.** Each block's columns (a few MB) are built, multiplied and
   dropped; the next block reuses the buffers. Blocks are large (megabytes, not a cache's
   kilobytes) because each one costs some twenty NumPy calls, and the threads wait on each
   other's GIL between calls.
 * **Small images in blocks of whole images.** At 8x8 pixels and below (the deepest
   layers: hundreds of channels, megabytes of weights) a block of rows is a product of a
-  few dozen pixels that reads all the weights again, and a quarter of its columns would
+  few dozen pixels that reads all the weights again, and a fifth of its columns would
   be dropped ones. There a block is several whole images with full channels-last columns
   (kh*kw*C values per pixel), one (pixels, kh*kw*C) @ (kh*kw*C, K) product each.
 * **One block per thread, single-threaded BLAS.** Two Python threads each build and
@@ -300,9 +300,9 @@ def tap_major(weight: np.ndarray) -> np.ndarray:
     The blocked products want each vertical tap a as a (K, kw*C) matrix with columns
     ordered (b, c): that is taps[:, a*kw:(a+1)*kw].reshape(K, kw*C), a strided view that
     BLAS reads in place, no copy; the small images' products read all of it,
-    taps.reshape(K, kh*kw*C).T, as a transposed matrix. Building taps moves runs of C values; putting
-    K last instead (weight.transpose(2, 3, 1, 0)) copies one value at a time, which the
-    deep layers' megabytes of weights made a visible part of their time.
+    taps.reshape(K, kh*kw*C).T, as a transposed matrix. Building taps moves runs of C
+    values; putting K last instead (weight.transpose(2, 3, 1, 0)) copies one value at a
+    time, which the deep layers' megabytes of weights made a visible part of their time.
     """
     k, c, kh, kw = weight.shape
     return np.ascontiguousarray(weight.reshape(k, c, kh * kw).transpose(0, 2, 1))
