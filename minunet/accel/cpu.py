@@ -65,8 +65,8 @@ import numpy as np
 ENABLED = os.environ.get("MINUNET_FAST_CPU", "1") != "0"
 
 # Below this many input channels (an RGB input), the im2col path: the blocked products'
-# inner dimension kw*C is then a handful of values, and neither path won clearly (the
-# blocked one was ahead at 3 -> 16 channels, behind at 3 -> 32).
+# inner dimension kw*C is then a handful of values, and in an exploratory comparison
+# neither path won clearly (not settled by a benchmark; the first layer is ~2% of a step).
 MIN_CHANNELS = 8
 
 # Bytes of columns built per block (see the module docstring: fewer, larger blocks won).
