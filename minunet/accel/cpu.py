@@ -519,8 +519,9 @@ def _rows_weight_grad(
                 parts[worker, a] += cols[:, a * wp : a * wp + p] @ d
 
     parallel(work, _row_blocks(n, ho, wo, wp * kw * c * x.itemsize))
-    # (kh, kw*C, K) -> (K, kh*kw*C), columns ordered (a, b, c)
-    return np.ascontiguousarray(parts.sum(axis=0).reshape(kh * kw * c, k).T)
+    # (kh, kw*C, K) -> (K, kh*kw*C), columns ordered (a, b, c): a transposed view, which
+    # conv2d_backward's one copy to (K, C, kh, kw) reads as it is
+    return parts.sum(axis=0).reshape(kh * kw * c, k).T
 
 
 def _image_weight_grad(
