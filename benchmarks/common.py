@@ -13,6 +13,7 @@ while and steal the other library's cores. So every measurement here
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -167,6 +168,16 @@ class Timing:
         """Median over rounds of time(name) / time(reference) measured in the same round."""
         pairs = zip(self.times[name], self.times[reference], strict=True)
         return statistics.median(a / b for a, b in pairs)
+
+
+def add_unet_arguments(parser: argparse.ArgumentParser, base: int = 32) -> None:
+    """The flags that size a step-level benchmark's U-Net and batch: --base (channels of
+    the first level), --depth, --batch and --size (pixels a side); the defaults are the
+    step that benchmarks/RESULTS.md's tables time."""
+    parser.add_argument("--base", type=int, default=base)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
 
 
 def compare(

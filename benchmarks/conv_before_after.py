@@ -14,7 +14,7 @@ noisy neighbour slows both alike. Only the convolution module is swapped: everyt
 Layers: ``conv2d_forward`` and ``conv2d_backward`` (with the input gradient, as every
 3x3 layer of the U-Net but the first needs) of the U-Net's 3x3 shapes at ``--base``,
 batch 8, 128 px input, float32. ``--step``: the training step of ``benchmarks/step.py``
-with ``FastConv2d`` calling one module or the other. Ratio = head / base, the median of
+with ``FastConv2d`` calling one module or the other (``step.build``'s minunet contender). Ratio = head / base, the median of
 the per-round ratios (below 1: this checkout is faster).
 """
 
@@ -25,6 +25,7 @@ import importlib.util
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -34,13 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import compare, load_line, setup, table  # noqa: E402
+from common import Timing, add_unet_arguments, compare, load_line, setup, table  # noqa: E402
+from step import build  # noqa: E402
 
 import minunet.accel.conv as fast_conv  # noqa: E402
-from minunet.accel import accelerate, cpu  # noqa: E402
-from minunet.model import UNet  # noqa: E402
-from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
-from minunet.nn.optim import Adam  # noqa: E402
+from minunet.accel import cpu  # noqa: E402
 
 
 def module_at(commit: str) -> ModuleType:
@@ -63,6 +62,17 @@ def module_at(commit: str) -> ModuleType:
     return module
 
 
+def ratio_row(what: str, t: Timing, ms: str) -> list[str]:
+    """A table row: what, base and head milliseconds (format ``ms``), ratio, best ratio."""
+    return [
+        what,
+        ms.format(t.median_ms("base")),
+        ms.format(t.median_ms("head")),
+        f"{t.ratio('head', 'base'):.3f}",
+        f"{t.best_ratio('head', 'base'):.3f}",
+    ]
+
+
 def layer_shapes(base: int, depth: int, size: int) -> list[tuple[int, int, int]]:
     """(C_in, C_out, side) of the U-Net's 3x3 convolutions after the first, one each."""
     shapes = []
@@ -77,10 +87,7 @@ def layer_shapes(base: int, depth: int, size: int) -> list[tuple[int, int, int]]
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("commit", help="the earlier commit (any git revision)")
-    parser.add_argument("--base", type=int, default=16)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128)
+    add_unet_arguments(parser, base=16)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--step", action="store_true", help="whole training steps")
     args = parser.parse_args(argv)
@@ -94,19 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     rows = []
     if args.step:
-        x = rng.standard_normal((args.batch, 3, args.size, args.size), dtype=np.float32)
-        y = rng.integers(0, 3, (args.batch, args.size, args.size))
-        model = UNet(3, 3, args.base, args.depth, batchnorm=True)
-        opt = accelerate(Adam(model.parameters(), lr=1e-3))
-        loss = accelerate(SoftmaxCrossEntropy(check_targets=False))
+        _, contenders = build(dev, args.base, args.depth, args.batch, args.size)
+        ours = contenders["minunet"]  # benchmarks/step.py's minunet step
 
-        def step_with(module: ModuleType):
+        def step_with(module: ModuleType) -> Callable[[], None]:
             def step() -> None:
                 fast_conv.cpu = module
-                opt.zero_grad()
-                loss.forward(model.forward(x), y)
-                model.backward(loss.backward(), input_grad=False)
-                opt.step()
+                ours()
 
             return step
 
@@ -114,15 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             t = compare({"base": step_with(before), "head": step_with(cpu)}, dev, args.rounds)
         finally:
             fast_conv.cpu = cpu
-        rows.append(
-            [
-                f"step b{args.base} n{args.batch} {args.size}px",
-                f"{t.median_ms('base'):.1f}",
-                f"{t.median_ms('head'):.1f}",
-                f"{t.ratio('head', 'base'):.3f}",
-                f"{t.best_ratio('head', 'base'):.3f}",
-            ]
-        )
+        rows.append(ratio_row(f"step b{args.base} n{args.batch} {args.size}px", t, "{:.1f}"))
     else:
         for c_in, c_out, side in layer_shapes(args.base, args.depth, args.size):
             x = rng.standard_normal((args.batch, c_in, side, side), dtype=np.float32)
@@ -135,15 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                 sides = {"base": before, "head": cpu}
                 contenders = {side: lambda m=m, f=call: f(m) for side, m in sides.items()}
                 t = compare(contenders, dev, args.rounds)
-                rows.append(
-                    [
-                        f"{c_in}->{c_out} {side}px {name}",
-                        f"{t.median_ms('base'):.2f}",
-                        f"{t.median_ms('head'):.2f}",
-                        f"{t.ratio('head', 'base'):.3f}",
-                        f"{t.best_ratio('head', 'base'):.3f}",
-                    ]
-                )
+                rows.append(ratio_row(f"{c_in}->{c_out} {side}px {name}", t, "{:.2f}"))
                 print(f"  {rows[-1][0]}: {rows[-1][3]}", flush=True)
     print(table(["what", "base ms", "head ms", "ratio", "best ratio"], rows))
     print(load_line())

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_line, table  # noqa: E402
+from common import add_unet_arguments, load_line, table  # noqa: E402
 
 from minunet.accel import accelerate, reference_class  # noqa: E402
 from minunet.model import UNet  # noqa: E402
@@ -62,10 +62,7 @@ def instrument(model: UNet, totals: dict[tuple[str, str], float], by_name: bool)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=int, default=32)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128)
+    add_unet_arguments(parser)
     parser.add_argument("--rounds", type=int, default=3, help="timed steps; the fastest is shown")
     parser.add_argument("--by-name", action="store_true", help="one row per layer, not class")
     parser.add_argument(

@@ -35,6 +35,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import add_unet_arguments  # noqa: E402
 
 
 def load_cupy(tf32: bool) -> Any:
@@ -144,10 +147,7 @@ def leaf_layers(layer: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=int, default=32)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128)
+    add_unet_arguments(parser)
     parser.add_argument("--steps", type=int, default=10, help="profiled steps (median)")
     parser.add_argument("--tf32", action="store_true", help="CUPY_TF32=1 for the products")
     args = parser.parse_args(argv)

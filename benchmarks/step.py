@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Device, compare, load_line, setup, table  # noqa: E402
+from common import Device, add_unet_arguments, compare, load_line, setup, table  # noqa: E402
 
 from minunet.accel import accelerate, cpu, fast_paths  # noqa: E402
 from minunet.model import UNet  # noqa: E402
@@ -152,10 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     parser.add_argument("--tf32", action="store_true", help="TF32 on both sides (GPU only)")
-    parser.add_argument("--base", type=int, default=32)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128)
+    add_unet_arguments(parser)
     parser.add_argument("--grid", action="store_true", help="base 32/64 x batch 8/32 x 128/256")
     parser.add_argument(
         "--rounds", type=int, default=None, help="interleaved timings per side (CPU 5, GPU 3)"

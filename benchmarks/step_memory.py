@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import add_unet_arguments  # noqa: E402
+
 CONTENDERS = ("minunet", "torch", "torch channels-last")
 
 
@@ -53,10 +55,7 @@ def one(name: str, base: int, depth: int, batch: int, size: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=int, default=32)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128)
+    add_unet_arguments(parser)
     parser.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = (args.base, args.depth, args.batch, args.size)

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_line, setup, table  # noqa: E402
+from common import add_unet_arguments, load_line, setup, table  # noqa: E402
 
 
 def thread_cpu_seconds() -> dict[int, float]:
@@ -46,9 +46,7 @@ def thread_cpu_seconds() -> dict[int, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128)
+    add_unet_arguments(parser)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--winograd", action="store_true", help="switch the Winograd path on")
     parser.add_argument(
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     from minunet.accel import winograd
 
     winograd.ENABLED = args.winograd
-    model, contenders = build(dev, args.base, 4, args.batch, args.size)
+    model, contenders = build(dev, args.base, args.depth, args.batch, args.size)
     step = contenders["minunet"]
     if args.predict:  # what prediction runs: the forward alone, BatchNorm's running stats
         model.eval()
@@ -78,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         step()
     print(
         f"# minunet {'inference forward' if args.predict else 'training step'}: base "
-        f"{args.base}, depth 4, BN, batch {args.batch}, {args.size} px, float32, Adam; Winograd {'on' if args.winograd else 'off'}"
+        f"{args.base}, depth {args.depth}, BN, batch {args.batch}, {args.size} px, float32, Adam; Winograd {'on' if args.winograd else 'off'}"
     )
     print(f"# {dev.describe()}")
     print(load_line())
