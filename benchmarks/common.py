@@ -5,7 +5,8 @@ machine, see FACTS): after a call, each library's idle worker threads keep spinn
 while and steal the other library's cores. So every measurement here
 
 * interleaves the contenders (A, B, A, B, ...) so that a noisy neighbour slows both alike,
-* pauses ``PAUSE_S`` and makes one untimed warm-up call before each timed call,
+* pauses ``PAUSE_S`` and then makes untimed warm-up calls, for at least ``WARMUP_S`` on
+  the CPU (one call on the GPU), before each timed call,
 * synchronises the device before starting and before stopping the clock (GPU), and
 * reports the median time, the median of the per-round ratios, and the ratio of the
   fastest rounds (the least disturbed on a shared machine).
@@ -24,6 +25,13 @@ from types import ModuleType
 from typing import Any
 
 PAUSE_S = 0.3  # lets the other library's spinning threads go to sleep (CPU only)
+# After that pause the machine needs time, not one call, to run at full speed again: on the
+# 2-core test machine a 3x3 convolution of some 10 ms took 1.8x its steady time for the
+# first ~50 ms of calls after any pause of 50 ms or more (minunet's two threads ran at one
+# thread's speed), and PyTorch's 1.3-1.5x, so one warm-up call left most of a short
+# layer's timing in that state, unlike a training step, where the cores never idle
+# (benchmarks/RESULTS.md, 2026-12-02). So the warm-up runs for at least this long.
+WARMUP_S = 0.2
 
 
 @dataclass
@@ -180,17 +188,28 @@ def add_unet_arguments(parser: argparse.ArgumentParser, base: int = 32) -> None:
     parser.add_argument("--size", type=int, default=128)
 
 
+def warm_up(fn: Callable[[], Any], device: Device, seconds: float) -> None:
+    """Untimed calls of ``fn``, at least one and for at least ``seconds``: caches, buffers,
+    lazy initialisation, spinning threads, and the cores back at full speed (WARMUP_S)."""
+    start = time.perf_counter()
+    while True:
+        fn()
+        device.sync()
+        if time.perf_counter() - start >= seconds:
+            return
+
+
 def compare(
     contenders: dict[str, Callable[[], Any]], device: Device, rounds: int = 5, calls: int = 1
 ) -> Timing:
     """Time each contender ``rounds`` times, interleaved; each timing averages ``calls`` calls."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    pause = PAUSE_S if device.backend == "numpy" else 0.0
+    cpu = device.backend == "numpy"
+    pause, warmup = (PAUSE_S, WARMUP_S) if cpu else (0.0, 0.0)
     for _ in range(rounds):
         for name, fn in contenders.items():
             time.sleep(pause)
-            fn()  # warm-up: caches, buffers, lazy initialisation, spinning threads
-            device.sync()
+            warm_up(fn, device, warmup)
             start = time.perf_counter()
             for _ in range(calls):
                 fn()

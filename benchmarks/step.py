@@ -5,6 +5,7 @@
     python benchmarks/step.py --backend cupy --grid      # base 32/64 x batch 8/32 x 128/256
     python benchmarks/step.py --backend cupy --tf32
     python benchmarks/step.py --backend cupy --reference   # + minunet without its CUDA kernels
+    python benchmarks/step.py --winograd                 # + minunet with Winograd off / on
 
 One step = forward, softmax cross-entropy, backward, Adam update, on both sides, from
 the same weights (``minunet.io.interop.torch_unet`` builds the identical graph). On the CPU
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Device, add_unet_arguments, compare, load_line, setup, table  # noqa: E402
 
-from minunet.accel import accelerate, cpu, fast_paths  # noqa: E402
+from minunet.accel import accelerate, cpu, fast_paths, winograd  # noqa: E402
 from minunet.model import UNet  # noqa: E402
 from minunet.model.summary import trace  # noqa: E402
 from minunet.nn import ConvTranspose2d  # noqa: E402
@@ -51,12 +52,14 @@ def build(
     size: int,
     classes: int = 3,
     reference: bool = False,
+    winograd_rows: bool = False,
 ) -> tuple[UNet, dict[str, Callable[[], None]]]:
     """The contenders: minunet, torch (NCHW), on the CPU torch channels-last, and with
     ``reference`` minunet with its fast paths switched off: on the CPU the plain im2col
     path (and the fast path with OpenBLAS left to thread itself inside minunet's worker
     threads, as without threadpoolctl), on the GPU the generic CuPy code instead of the
-    hand-written CUDA kernels."""
+    hand-written CUDA kernels. With ``winograd_rows`` (NumPy), minunet with its Winograd
+    path switched off, and on from 128 and from 256 channels (``winograd.MIN_CHANNELS``)."""
     from minunet.io.interop.torch_unet import TorchUNet, to_torch_state_dict
 
     xp, torch = dev.xp, dev.torch
@@ -99,6 +102,11 @@ def build(
         contenders["minunet reference"] = with_settings(plain, cpu=False)
         # as if threadpoolctl were not installed
         contenders["minunet, BLAS unmanaged"] = with_settings([(cpu, "_blas", False)])
+    if winograd_rows and dev.backend == "numpy":
+        contenders["minunet, Winograd off"] = with_settings([(winograd, "ENABLED", False)])
+        for channels in (128, 256):
+            on = [(winograd, "ENABLED", True), (winograd, "MIN_CHANNELS", channels)]
+            contenders[f"minunet, Winograd >= {channels} ch"] = with_settings(on)
     if reference and dev.backend == "cupy":
         contenders["minunet no kernels"] = with_settings([], cuda=False)
     layouts = ["nchw"] if dev.backend == "cupy" else ["nchw", "channels_last"]
@@ -162,6 +170,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also time minunet without its fast paths (CPU) or CUDA kernels (GPU)",
     )
+    parser.add_argument(
+        "--winograd",
+        action="store_true",
+        help="also time minunet with its Winograd path off, and on from 128 and 256 channels (CPU)",
+    )
     args = parser.parse_args(argv)
     dev = setup(args.backend, args.tf32)
     configs = GRID if args.grid else [(args.base, args.batch, args.size)]
@@ -177,7 +190,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for base, batch, size in configs:
         try:
-            model, contenders = build(dev, base, args.depth, batch, size, reference=args.reference)
+            model, contenders = build(
+                dev,
+                base,
+                args.depth,
+                batch,
+                size,
+                reference=args.reference,
+                winograd_rows=args.winograd,
+            )
             flops = training_flops(model, size, batch)
             t = compare(contenders, dev, args.rounds, calls)
         except Exception as exc:  # a config too large for the GPU is a row, not the end

@@ -276,11 +276,42 @@ for mm, matrices in [(2, (AT, G, BT)), (4, winograd.toom_cook(4))]:
     print(f"by hand, F({mm}x{mm}, 3x3): == the reference Conv2d (float64, atol {tol:.1e})")
 
 # %% [markdown]
+# **Each 2-D transform as one matrix.** The einsums above apply the 1-D matrices along
+# the rows and then along the columns of every tile. Flatten a tile row by row instead,
+# and the pair becomes one matrix, a Kronecker product: for any matrices $P$, $X$, $Q$,
+# $\mathrm{flat}(P X Q) = (P \otimes Q^T)\, \mathrm{flat}(X)$, so
+#
+# $$\mathrm{flat}(B^T d\, B) = (B^T \otimes B^T)\, \mathrm{flat}(d), \qquad
+#   \mathrm{flat}(G\, g\, G^T) = (G \otimes G)\, \mathrm{flat}(g), \qquad
+#   \mathrm{flat}(A^T M A) = (A^T \otimes A^T)\, \mathrm{flat}(M).$$
+#
+# With every tile of a layer flattened into a column, each transform is a single matrix
+# product, `(n^2, n^2) @ (n^2, tiles * C)` for the input: one pass over the tiles, which
+# is how the library computes it (`winograd.nested(m, dtype)` builds the three matrices).
+# The check: the Kronecker form gives the nested one, for our matrices, and the library's
+# matrices are the Kronecker products of its `toom_cook`'s.
+
+# %%
+flat_v = np.kron(BT, BT) @ d.ravel()  # d: the 4 x 4 tile above
+np.testing.assert_allclose(flat_v, (BT @ d @ BT.T).ravel(), rtol=0, atol=1e-13)
+flat_u = np.kron(G, G) @ g.ravel()
+np.testing.assert_allclose(flat_u, (G @ g @ G.T).ravel(), rtol=0, atol=1e-13)
+flat_y = np.kron(AT, AT) @ (flat_u * flat_v)  # the tile again, with no nesting at all
+np.testing.assert_allclose(flat_y, direct.ravel(), rtol=1e-13, atol=1e-13)
+aa_lib, gg_lib, bb_lib = winograd.nested(2, np.float64)
+np.testing.assert_array_equal(aa_lib, np.kron(at_lib, at_lib))
+np.testing.assert_array_equal(gg_lib, np.kron(g_lib, g_lib))
+np.testing.assert_array_equal(bb_lib, np.kron(bt_lib, bt_lib))
+print(
+    f"Kronecker forms: B^T (x) B^T {bb_lib.shape}, G (x) G {gg_lib.shape}, A^T (x) A^T {aa_lib.shape}"
+)
+
+# %% [markdown]
 # **The library.** `winograd.conv2d_forward(x, weight, bias, padding, m)` is that
 # computation organised for speed: channels last inside (each product reads rows of `C`
-# contiguous numbers), the transforms written as additions and multiplications by the
-# non-unit constants only (`_combine`), the images and the `n^2` products shared out over
-# threads as in lesson 09, and any size handled by padding the last tiles with zeros.
+# contiguous numbers), each transform one product with its Kronecker matrix per image (so
+# a single pass over the tiles), the images and the `n^2` products shared out over threads
+# as in lesson 09, and any size handled by padding the last tiles with zeros.
 #
 # Its backward, `winograd.conv2d_backward`:
 #

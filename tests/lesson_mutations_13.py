@@ -98,15 +98,24 @@ MUTATIONS = [
     ),
     _row(
         WINOGRAD,
-        "_combine(at[v], [s[eta] for eta in range(n)], y[:, u, :, v])",
-        "_combine(at[u], [s[eta] for eta in range(n)], y[:, u, :, v])",
-        "out, out_ref, rtol=0",
-        "the forward's output transform uses the row's coefficients for the columns too",
+        "np.kron(at, at).astype(dtype)",
+        "np.kron(at, at[::-1]).astype(dtype)",
+        "np.testing.assert_array_equal(aa_lib, np.kron(at_lib, at_lib))",
+        "the output transform's column factor with its rows swapped (each tile's two output"
+        " columns would change places): no longer the Kronecker product of A^T with itself",
     ),
     _row(
         WINOGRAD,
-        "np.add(image, bias_k, out=out[i])",
-        "np.copyto(out[i], image)",
+        "d[u, s] = xp[u : u + m * th : m, s : s + m * tw : m]",
+        "d[s, u] = xp[u : u + m * th : m, s : s + m * tw : m]",
+        "out, out_ref, rtol=0",
+        "the library gathers each tile transposed before B^T (x) B^T: the layer's forward is"
+        " wrong though the matrices are right",
+    ),
+    _row(
+        WINOGRAD,
+        "out[i] += bias_k",
+        "out[i] += 0 * bias_k",
         "out, out_ref, rtol=0",
         "the Winograd forward forgets the bias",
     ),
@@ -127,10 +136,10 @@ MUTATIONS = [
     ),
     _row(
         WINOGRAD,
-        "_combine(at[:, eta], [t[:, :, v] for v in range(m)], dm[xi, eta, i])",
-        "_combine(at[:, xi], [t[:, :, v] for v in range(m)], dm[xi, eta, i])",
+        "image.reshape(k, th, m, tw, m).transpose(2, 4, 1, 3, 0)",
+        "image.reshape(k, th, m, tw, m).transpose(4, 2, 1, 3, 0)",
         'dw, ref.params["weight"].grad',
-        "the output gradient's transform (A dY A^T) uses the row index for the columns",
+        "the output-gradient tiles cut with rows and columns exchanged, before A dY A^T",
     ),
     _row(
         WINOGRAD,

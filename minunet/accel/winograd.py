@@ -124,37 +124,23 @@ def tile_for(
     return TILE if ok else 0
 
 
-def _combine(coefficients: np.ndarray, terms: Sequence[Any], out: np.ndarray) -> None:
-    """out = sum_j coefficients[j] * terms[j], skipping zeros and multiplying only where
-    the coefficient is not +-1 (the transforms are mostly additions).
+def nested(m: int, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 2-D transforms as matrices on flattened tiles: (A^T (x) A^T (m^2, n^2),
+    G (x) G (n^2, 9), B^T (x) B^T (n^2, n^2)), Kronecker products of ``toom_cook(m)``'s.
 
-    The first two +-1 terms are combined in one pass (out = a + b, a - b or b - a), not a
-    copy and then an addition: F(2, 3)'s input transform is nothing but such pairs, and
-    these passes over megabytes of tiles are what the transforms' time is made of."""
-    nonzero = [(c, t) for c, t in zip(coefficients, terms, strict=True) if c != 0]
-    if not nonzero:
-        out[...] = 0
-        return
-    (c0, t0), rest = nonzero[0], nonzero[1:]
-    if rest and abs(c0) == 1 and abs(rest[0][0]) == 1 and (c0, rest[0][0]) != (-1, -1):
-        c1, t1 = rest.pop(0)
-        if c0 == 1:
-            (np.add if c1 == 1 else np.subtract)(t0, t1, out=out)
-        else:
-            np.subtract(t1, t0, out=out)  # -a + b
-    elif c0 == 1:
-        np.copyto(out, t0)
-    elif c0 == -1:
-        np.negative(t0, out=out)
-    else:
-        np.multiply(t0, c0, out=out)
-    for c, term in rest:
-        if c == 1:
-            out += term
-        elif c == -1:
-            out -= term
-        else:
-            out += c * term
+    Flatten a tile row by row and the nested transform becomes one matrix: for any P, X, Q,
+    flat(P X Q) = (P (x) Q^T) flat(X), so flat(B^T d B) = (B^T (x) B^T) flat(d), and the
+    same for G g G^T and A^T M A. Applied to a whole layer's tiles at once, each transform
+    is then one matrix product, (n^2, n^2) @ (n^2, tiles * C): a single pass over the
+    tiles, where the 1-D matrices applied row by row and column by column took one pass
+    per row of them, and NumPy's passes over megabytes of tiles were what the transforms'
+    time was made of (benchmarks/RESULTS.md)."""
+    at, g, bt = toom_cook(m)
+    return (
+        np.kron(at, at).astype(dtype),
+        np.kron(g, g).astype(dtype),
+        np.kron(bt, bt).astype(dtype),
+    )
 
 
 def _tiles_shape(h: int, w: int, padding: int, m: int) -> tuple[int, int, int, int]:
@@ -168,14 +154,16 @@ def input_tiles(x: np.ndarray, padding: int, m: int) -> np.ndarray:
 
     Tile (ty, tx) starts at padded input pixel (m*ty, m*tx); neighbouring tiles overlap by
     2 pixels. The padded input is zero beyond the image (the convolution's zero padding,
-    and the right/bottom rows that complete the last tile).
+    and the right/bottom rows that complete the last tiles). Per image: the padded image
+    channels last, its tiles' n^2 entries gathered (d[u, s] = the pixel at (u, s) of every
+    tile, each tile's C values a run), and flat(V) = (B^T (x) B^T) @ flat(d).
     """
-    _, _, bt = toom_cook(m)
+    bb = nested(m, x.dtype)[2]
     n_img, c, h, w = x.shape
     n = m + KERNEL - 1
     ho, wo, th, tw = _tiles_shape(h, w, padding, m)
     hp, wp = th * m + KERNEL - 1, tw * m + KERNEL - 1
-    v = np.empty((n, n, n_img, th, tw, c), dtype=x.dtype)
+    v = np.empty((n * n, n_img, th * tw * c), dtype=x.dtype)
 
     def work(worker: int, images: Sequence[int]) -> None:
         xp = cpu.scratch("winograd_padded", (hp, wp, c), x.dtype)  # channels-last
@@ -183,43 +171,49 @@ def input_tiles(x: np.ndarray, padding: int, m: int) -> np.ndarray:
         xp[padding + h :] = 0  # rows and columns that complete the last tiles)
         xp[:, :padding] = 0
         xp[:, padding + w :] = 0
-        t = cpu.scratch("winograd_rows", (th, wp, c), x.dtype)
-        rows = [xp[r : r + m * th : m] for r in range(n)]  # each (th, Wp, C)
+        d = cpu.scratch("winograd_tiles", (n, n, th, tw, c), x.dtype)
         for i in images:
             xp[padding : padding + h, padding : padding + w] = x[i].transpose(1, 2, 0)
-            for xi in range(n):
-                _combine(bt[xi], rows, t)  # (B^T d) along the tile's rows
-                cols = [t[:, s : s + m * tw : m] for s in range(n)]  # each (th, tw, C)
-                for eta in range(n):
-                    _combine(bt[eta], cols, v[xi, eta, i])  # ... then along its columns
+            for u in range(n):
+                for s in range(n):
+                    d[u, s] = xp[u : u + m * th : m, s : s + m * tw : m]  # (th, tw, C)
+            np.matmul(bb, d.reshape(n * n, th * tw * c), out=v[:, i])
 
     parallel(work, range(n_img))
     return v.reshape(n, n, n_img * th * tw, c)
 
 
-def _kron(m: int, dtype: Any) -> np.ndarray:
-    """G (x) G, (n^2, 9): row xi*n + eta, column a*3 + b holds G[xi, a] * G[eta, b], so that
-    U = G g G^T for every filter at once is one product with the flattened filters."""
-    _, g, _ = toom_cook(m)
-    return np.kron(g, g).astype(dtype)
-
-
 def filter_tiles(weight: np.ndarray, m: int) -> np.ndarray:
-    """U = G g G^T for every filter: weight (K, C, 3, 3) -> U (n, n, K, C)."""
+    """U = G g G^T for every filter: weight (K, C, 3, 3) -> U (n, n, K, C).
+
+    flat(U) = (G (x) G) (n^2, 9) @ the flattened filters (9, K*C), a transposed view that
+    BLAS reads as it lies; its columns are shared out over the pool's threads."""
     k, c = weight.shape[:2]
     n = m + KERNEL - 1
-    # (n^2, 9) @ (9, K*C): the transposed operand is a view, BLAS reads it as it lies. One
-    # BLAS thread: see cpu.single_threaded_blas (a product this thin is memory-bound anyway).
-    with cpu.single_threaded_blas():
-        u = _kron(m, weight.dtype) @ weight.reshape(k * c, KERNEL * KERNEL).T
+    gg = nested(m, weight.dtype)[1]
+    flat = weight.reshape(k * c, KERNEL * KERNEL).T
+    u = np.empty((n * n, k * c), dtype=weight.dtype)
+
+    def work(worker: int, parts: Sequence[tuple[int, int]]) -> None:
+        for lo, hi in parts:
+            np.matmul(gg, flat[:, lo:hi], out=u[:, lo:hi])
+
+    parallel(work, cpu.even_split(k * c, cpu.num_threads()))
     return u.reshape(n, n, k, c)
 
 
 def filter_gradient(du: np.ndarray, m: int) -> np.ndarray:
     """dW = G^T dU G, the transpose of ``filter_tiles``: dU (n, n, K, C) -> dW (K, C, 3, 3)."""
     n, _, k, c = du.shape
-    with cpu.single_threaded_blas():  # as in filter_tiles
-        dw = du.reshape(n * n, k * c).T @ _kron(m, du.dtype)
+    gg = nested(m, du.dtype)[1]
+    flat = du.reshape(n * n, k * c).T  # (K*C, n^2), a view
+    dw = np.empty((k * c, KERNEL * KERNEL), dtype=du.dtype)
+
+    def work(worker: int, parts: Sequence[tuple[int, int]]) -> None:
+        for lo, hi in parts:
+            np.matmul(flat[lo:hi], gg, out=dw[lo:hi])
+
+    parallel(work, cpu.even_split(k * c, cpu.num_threads()))
     return dw.reshape(k, c, KERNEL, KERNEL)
 
 
@@ -251,29 +245,30 @@ def conv2d_forward(
     n_img, _, h, w = x.shape
     k = weight.shape[0]
     n = m + KERNEL - 1
-    at, _, _ = toom_cook(m)
+    aa = nested(m, x.dtype)[0]
     ho, wo, th, tw = _tiles_shape(h, w, padding, m)
     # M[xi, eta] = V[xi, eta] (T, C) @ U[xi, eta]^T (C, K), T = N*th*tw tiles
     prod = _products(input_tiles(x, padding, m), filter_tiles(weight, m), False, True)
-    prod = prod.reshape(n, n, n_img, th, tw, k)
+    prod = prod.reshape(n * n, n_img, th * tw * k)
     out = np.empty((n_img, k, ho, wo), dtype=x.dtype)
-    bias_k = bias[:, None, None] if bias is not None else None
+    whole = (ho, wo) == (th * m, tw * m)  # no tile reaches past the image
+    bias_k = None if bias is None else bias.reshape(k, 1, 1)
 
     def work(worker: int, images: Sequence[int]) -> None:
-        s = cpu.scratch("winograd_out_rows", (n, th, tw, k), x.dtype)
-        y = cpu.scratch("winograd_out", (th, m, tw, m, k), x.dtype)  # one image, channels-last
+        y = cpu.scratch("winograd_out", (m * m, th * tw * k), x.dtype)
+        full = cpu.scratch("winograd_image", (k, th, m, tw, m), x.dtype)
         for i in images:
-            for u in range(m):
-                _combine(at[u], [prod[xi, :, i] for xi in range(n)], s)  # A^T M, rows
-                for v in range(m):
-                    _combine(at[v], [s[eta] for eta in range(n)], y[:, u, :, v])  # columns
-            # back to NCHW one image at a time (a cache-sized transpose), the bias added in
-            # the same pass
-            image = y.reshape(th * m, tw * m, k)[:ho, :wo].transpose(2, 0, 1)
-            if bias_k is None:
-                out[i] = image
-            else:
-                np.add(image, bias_k, out=out[i])
+            np.matmul(aa, prod[:, i], out=y)  # flat(Y) = (A^T (x) A^T) @ flat(M), per tile
+            # y[u*m + v, (ty, tx, k)] is output pixel (m*ty + u, m*tx + v) of channel k:
+            # back to NCHW one image at a time (a cache-sized transpose)
+            tiles = y.reshape(m, m, th, tw, k).transpose(4, 2, 0, 3, 1)  # (K, th, m, tw, m)
+            if whole:
+                out[i].reshape(k, th, m, tw, m)[...] = tiles
+            else:  # the last tiles cropped to the image
+                full[...] = tiles
+                out[i] = full.reshape(k, th * m, tw * m)[:, :ho, :wo]
+            if bias_k is not None:
+                out[i] += bias_k
 
     parallel(work, range(n_img))
     return out
@@ -282,26 +277,30 @@ def conv2d_forward(
 def output_gradient_tiles(dout: np.ndarray, m: int) -> np.ndarray:
     """dM = A dY A^T for every m x m output tile: dout (N, K, Ho, Wo) -> (n, n, N*th*tw, K).
 
-    The transpose of the forward's output transform (Y = A^T M A), applied to dout cut into
-    the forward's tiles (zero where the last tiles reach past the image)."""
-    at, _, _ = toom_cook(m)
+    The transpose of the forward's output transform (flat(Y) = (A^T (x) A^T) flat(M)), so
+    flat(dM) = (A^T (x) A^T)^T @ flat(dY), applied to dout cut into the forward's tiles
+    (zero where the last tiles reach past the image)."""
+    aa = nested(m, dout.dtype)[0]
     n_img, k, ho, wo = dout.shape
     th, tw = -(-ho // m), -(-wo // m)
     n = m + KERNEL - 1
-    dm = np.empty((n, n, n_img, th, tw, k), dtype=dout.dtype)
+    dm = np.empty((n * n, n_img, th * tw * k), dtype=dout.dtype)
+    whole = (ho, wo) == (th * m, tw * m)
 
     def work(worker: int, images: Sequence[int]) -> None:
-        tiles = cpu.scratch("winograd_dout", (th, m, tw, m, k), dout.dtype)
-        whole = tiles.reshape(th * m, tw * m, k)
-        whole[ho:] = 0  # where the last tiles reach past the image
-        whole[:, wo:] = 0
-        t = cpu.scratch("winograd_dout_rows", (th, tw, m, k), dout.dtype)
+        padded = cpu.scratch("winograd_dout", (k, th * m, tw * m), dout.dtype)
+        padded[:, ho:] = 0  # where the last tiles reach past the image
+        padded[:, :, wo:] = 0
+        tiles = cpu.scratch("winograd_dout_tiles", (m, m, th, tw, k), dout.dtype)
         for i in images:
-            whole[:ho, :wo] = dout[i].transpose(1, 2, 0)
-            for xi in range(n):
-                _combine(at[:, xi], [tiles[:, u] for u in range(m)], t)  # A dY, rows
-                for eta in range(n):
-                    _combine(at[:, eta], [t[:, :, v] for v in range(m)], dm[xi, eta, i])
+            if whole:
+                image = dout[i]
+            else:
+                padded[:, :ho, :wo] = dout[i]
+                image = padded
+            # tiles[u, v, ty, tx, k] = dY of pixel (m*ty + u, m*tx + v), channel k
+            tiles[...] = image.reshape(k, th, m, tw, m).transpose(2, 4, 1, 3, 0)
+            np.matmul(aa.T, tiles.reshape(m * m, th * tw * k), out=dm[:, i])
 
     parallel(work, range(n_img))
     return dm.reshape(n, n, n_img * th * tw, k)
