@@ -2,6 +2,7 @@
 
     python benchmarks/conv_before_after.py BASE_COMMIT                # the 3x3 layers
     python benchmarks/conv_before_after.py BASE_COMMIT --step --base 16  # whole steps
+    python benchmarks/conv_before_after.py BASE_COMMIT --module winograd --base 32
 
 ``benchmarks/step_before_after.sh`` runs the two trees in turns, each in its own process;
 on a noisy machine the turns disagree by more than a change of 10%. Here the base
@@ -16,6 +17,10 @@ Layers: ``conv2d_forward`` and ``conv2d_backward`` (with the input gradient, as 
 batch 8, 128 px input, float32. ``--step``: the training step of ``benchmarks/step.py``
 with ``FastConv2d`` calling one module or the other (``step.build``'s minunet contender). Ratio = head / base, the median of
 the per-round ratios (below 1: this checkout is faster).
+
+``--module winograd`` swaps ``minunet/accel/winograd.py`` instead: the layers are then the
+Winograd functions on the shapes with at least ``winograd.MIN_CHANNELS`` channels, and
+``--step`` runs the step with Winograd switched on in both modules.
 """
 
 from __future__ import annotations
@@ -39,24 +44,26 @@ from common import Timing, add_unet_arguments, compare, load_line, setup, table 
 from step import build  # noqa: E402
 
 import minunet.accel.conv as fast_conv  # noqa: E402
-from minunet.accel import cpu  # noqa: E402
+from minunet.accel import cpu, winograd  # noqa: E402
+
+MODULES = {"cpu": cpu, "winograd": winograd}  # the swappable modules of minunet.accel
 
 
-def module_at(commit: str) -> ModuleType:
-    """``minunet/accel/cpu.py`` as it was at ``commit``, imported as a module of its own."""
+def module_at(commit: str, name: str = "cpu") -> ModuleType:
+    """``minunet/accel/<name>.py`` as it was at ``commit``, imported as a module of its own."""
     try:
         source = subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"{commit}:minunet/accel/cpu.py"],
+            ["git", "-C", str(ROOT), "show", f"{commit}:minunet/accel/{name}.py"],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
     except subprocess.CalledProcessError as exc:
-        message = f"cannot read minunet/accel/cpu.py at {commit!r}: {exc.stderr.strip()}"
+        message = f"cannot read minunet/accel/{name}.py at {commit!r}: {exc.stderr.strip()}"
         raise SystemExit(message) from None
-    path = Path(tempfile.mkdtemp()) / "cpu_base.py"
+    path = Path(tempfile.mkdtemp()) / f"{name}_base.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("cpu_base", path)
+    spec = importlib.util.spec_from_file_location(f"{name}_base", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -90,11 +97,16 @@ def main(argv: list[str] | None = None) -> None:
     add_unet_arguments(parser, base=16)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--step", action="store_true", help="whole training steps")
+    parser.add_argument(
+        "--module", choices=sorted(MODULES), default="cpu", help="the module to swap"
+    )
     args = parser.parse_args(argv)
 
     dev = setup("numpy", tf32=False)
-    before = module_at(args.commit)
-    print(f"# {args.commit} against this checkout: minunet/accel/cpu.py swapped in one process")
+    head = MODULES[args.module]
+    before = module_at(args.commit, args.module)
+    where = f"minunet/accel/{args.module}.py"
+    print(f"# {args.commit} against this checkout: {where} swapped in one process")
     print(f"# {dev.describe()}")
     print(load_line())
     print(f"# {args.rounds} interleaved rounds, median; ratio = head / base (per round, median)")
@@ -106,18 +118,24 @@ def main(argv: list[str] | None = None) -> None:
 
         def step_with(module: ModuleType) -> Callable[[], None]:
             def step() -> None:
-                fast_conv.cpu = module
+                setattr(fast_conv, args.module, module)
                 ours()
 
             return step
 
+        saved = winograd.ENABLED
+        if args.module == "winograd":  # opt-in: on in both modules for this comparison
+            before.ENABLED = winograd.ENABLED = True
         try:
-            t = compare({"base": step_with(before), "head": step_with(cpu)}, dev, args.rounds)
+            t = compare({"base": step_with(before), "head": step_with(head)}, dev, args.rounds)
         finally:
-            fast_conv.cpu = cpu
+            setattr(fast_conv, args.module, head)
+            winograd.ENABLED = saved
         rows.append(ratio_row(f"step b{args.base} n{args.batch} {args.size}px", t, "{:.1f}"))
     else:
         for c_in, c_out, side in layer_shapes(args.base, args.depth, args.size):
+            if args.module == "winograd" and min(c_in, c_out) < winograd.MIN_CHANNELS:
+                continue  # the rule gives these to the blocked path
             x = rng.standard_normal((args.batch, c_in, side, side), dtype=np.float32)
             w = (rng.standard_normal((c_out, c_in, 3, 3)) * 0.1).astype(np.float32)
             d = rng.standard_normal((args.batch, c_out, side, side), dtype=np.float32)
@@ -125,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                 ("forward", lambda m, x=x, w=w: m.conv2d_forward(x, w, None, 1)),
                 ("backward", lambda m, x=x, w=w, d=d: m.conv2d_backward(x, w, d, 1, False, True)),
             ]:
-                sides = {"base": before, "head": cpu}
+                sides = {"base": before, "head": head}
                 contenders = {side: lambda m=m, f=call: f(m) for side, m in sides.items()}
                 t = compare(contenders, dev, args.rounds)
                 rows.append(ratio_row(f"{c_in}->{c_out} {side}px {name}", t, "{:.2f}"))

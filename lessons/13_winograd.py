@@ -454,11 +454,12 @@ print(f"F(4, 3) / F(2, 3) float32 error: {errors[4] / errors[2]:.0f}x")
 # `FastConv2d` asks it on every call, and its cache records the road taken. The rule is
 # off unless switched on (`MINUNET_WINOGRAD=1`, or `winograd.ENABLED = True` as here):
 # on the 2-core machine minunet was measured on, a layer's forward and backward together
-# were slower with Winograd than on the blocked path at 128 and 256 channels and level at
-# 512, and a whole training step no faster (`benchmarks/RESULTS.md`), so by default every
-# layer keeps the blocked path. One lesson from that measurement: a product that
-# OpenBLAS splits over its own threads leaves them spinning afterwards, on the cores
-# minunet's workers need, so even the small filter transform runs under
+# were level with the blocked path at 256 and 512 channels, and a whole training step a
+# few per cent faster at base 32 and level at base 16, inside that machine's run-to-run
+# noise (`benchmarks/RESULTS.md`), so by default every layer keeps the blocked path. One
+# lesson from those measurements: a product that OpenBLAS splits over its own threads
+# leaves them spinning afterwards, on the cores minunet's workers need, so even the small
+# filter transforms run in the pool's workers, each under
 # `cpu.single_threaded_blas()` (`benchmarks/step_threads.py` shows each thread's time).
 
 # %%
@@ -538,7 +539,7 @@ print(f"Winograd vs blocked: {blocked_ms / winograd_ms:.2f}x the speed (above 1:
 # back, more of it the fewer the channels. The forward alone can win, as here; a training
 # step also pays the backward, whose weight gradient transforms the input tiles again and
 # the output gradient's tiles besides, and whose input gradient is another forward: over
-# forward and backward together the blocked path was as fast or faster on the machine
+# forward and backward together the blocked path was level with it on the machine
 # minunet was measured on, which is why the rule is off by default. Read the ratio with the load averages, and
 # compare ratios measured on one machine, never absolute times across machines.
 #
@@ -559,8 +560,8 @@ print(f"Winograd vs blocked: {blocked_ms / winograd_ms:.2f}x the speed (above 1:
 #   of magnitude more in float32, so minunet uses `F(2x2, 3x3)`.
 # - It pays only where the products dominate the memory-bound transforms: switched on
 #   (`MINUNET_WINOGRAD=1`), `tile_for` picks it for 3x3, stride-1 NumPy layers with at
-#   least `MIN_CHANNELS` channels in and out. In NumPy on a small CPU it did not pay at
-#   the U-Net's sizes, so it is off by default: a measurement decides, not the count.
+#   least `MIN_CHANNELS` channels in and out. In NumPy on a small CPU it did not clearly
+#   pay at the U-Net's sizes, so it is off by default: a measurement decides, not the count.
 #
 # Back to [lesson 09](09_fast_numpy.ipynb) or to [the reading order](README.md).
 

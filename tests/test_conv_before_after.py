@@ -61,3 +61,33 @@ def test_a_tiny_run_prints_a_row_per_timing(extra, capsys):
             for pass_ in ["forward", "backward"]
         ]
     assert all(float(row.split()[-2]) > 0 for row in rows)  # the ratio column
+
+
+def test_the_winograd_module_can_be_swapped_instead():
+    from minunet.accel import winograd
+
+    base = conv_before_after.module_at("HEAD", "winograd")
+    assert base is not winograd and base.__name__ == "winograd_base"
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 3))
+    np.testing.assert_allclose(
+        base.conv2d_forward(x, w, None, 1), winograd.conv2d_forward(x, w, None, 1), rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("extra", [[], ["--step"]])
+def test_a_tiny_winograd_run_times_only_the_layers_the_rule_gives_it(extra, capsys, monkeypatch):
+    from minunet.accel import winograd
+
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)  # the tiny net's deeper layers
+    switch = winograd.ENABLED
+    conv_before_after.main(["HEAD", *TINY, "--module", "winograd", *extra])
+    out = capsys.readouterr().out
+    assert "minunet/accel/winograd.py swapped" in out
+    rows = [line for line in out.splitlines() if line.startswith(("step ", "2->", "4->"))]
+    names = [row.split("  ")[0] for row in rows]
+    if extra:
+        assert names == ["step b2 n2 16px"]
+    else:
+        assert names == ["4->4 8px forward", "4->4 8px backward"]
+    assert winograd.ENABLED == switch  # the step's switch is put back

@@ -50,19 +50,22 @@ from minunet.accel.cpu import parallel
 KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
 
 # Opt-in: MINUNET_WINOGRAD=1 turns it on. On the 2-core machine it was measured on
-# (benchmarks/RESULTS.md), NumPy's memory-bound transforms cost about what the products
-# save at the U-Net's sizes: per layer it was slower than the blocked path at 128 and 256
-# channels and level at 512, and a whole training step was no faster with it (once an
-# OpenBLAS thread that had spun on after its filter transform, taking a core, was fixed;
-# before, the step was 20-40% slower). Turn it on where benchmarks/layers.py's "winograd
-# ratio" beats its "blocked ratio". (MINUNET_FAST_CPU=0 and MINUNET_ACCEL=0 switch it
-# off with the other CPU fast paths.)
+# (benchmarks/RESULTS.md, 2026-12-02), NumPy's memory-bound transforms cost about what the
+# products save at the U-Net's sizes: per layer (benchmarks/layers.py) it was level with
+# the blocked path at 256 and 512 channels, and over a training step (benchmarks/step.py
+# --winograd) 3-6% faster at base 32 and level at base 16, within what that machine's
+# noise moves from run to run. Not a settled win, so off by default. Turn it on where
+# benchmarks/layers.py's "winograd ratio" beats its "blocked ratio". (MINUNET_FAST_CPU=0
+# and MINUNET_ACCEL=0 switch it off with the other CPU fast paths.)
 ENABLED = os.environ.get("MINUNET_WINOGRAD", "0") == "1"
 
 # The selection rule (``tile_for``), when switched on: Winograd where both channel counts
-# are at least this many; below it the transforms, which run at memory speed, cost more
-# than the products they save (benchmarks/layers.py measures both paths per layer).
-MIN_CHANNELS = 128
+# are at least this many. Below it the transforms, which run at memory speed, cost more
+# than the products they save: with the transforms as Kronecker products the 128-channel
+# layers (32 px) ran 4-16% slower than with the earlier row-by-row transforms and behind
+# the blocked path, the 256- and 512-channel ones 6-22% faster
+# (benchmarks/conv_before_after.py --module winograd, RESULTS.md), so 256.
+MIN_CHANNELS = 256
 TILE = 2  # F(2x2, 3x3): F(4x4, 3x3) saves more products but its float32 error is 10x larger
 
 # The finite interpolation points of each tile size (infinity is always the last point).
