@@ -16,7 +16,9 @@ layer it becomes n^2 ordinary matrix products, one per position (xi, eta) of the
 
 with V = B^T d B the transformed input tiles and U = G g G^T the transformed filters. The
 transforms are additions and multiplications by small constants, cheap next to the
-products when C and K are large (the U-Net's deep layers).
+products when C and K are large (the U-Net's deep layers). Each is computed as one matrix
+on the flattened tiles (``nested``: flat(B^T d B) = (B^T (x) B^T) flat(d), a Kronecker
+product), so a whole image's tiles go through it in one product.
 
 The matrices are built here from their interpolation points (``toom_cook``), not typed in:
 the points 0, 1, -1 (and infinity) give F(2, 3), and 0, 1, -1, 2, -2 give F(4, 3). The
