@@ -200,12 +200,22 @@ def warm_up(fn: Callable[[], Any], device: Device, seconds: float) -> None:
 
 
 def compare(
-    contenders: dict[str, Callable[[], Any]], device: Device, rounds: int = 5, calls: int = 1
+    contenders: dict[str, Callable[[], Any]],
+    device: Device,
+    rounds: int = 5,
+    calls: int = 1,
+    warmup_s: float | None = None,
 ) -> Timing:
-    """Time each contender ``rounds`` times, interleaved; each timing averages ``calls`` calls."""
+    """Time each contender ``rounds`` times, interleaved; each timing averages ``calls`` calls.
+
+    ``warmup_s``: the warm-up's length before each timing (default WARMUP_S on the CPU, one
+    call on the GPU); 0 means exactly one warm-up call, for contenders that must all make
+    the same number of calls (benchmarks/pets_epoch.py: the same batches on every side)."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     cpu = device.backend == "numpy"
     pause, warmup = (PAUSE_S, WARMUP_S) if cpu else (0.0, 0.0)
+    if warmup_s is not None:
+        warmup = warmup_s
     for _ in range(rounds):
         for name, fn in contenders.items():
             time.sleep(pause)

@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{PAUSE_S if dev.backend == 'numpy' else 0} s pause and a warm-up step; "
         "s/epoch = median s/step x steps per epoch; ratio = time / torch NCHW time"
     )
-    timing = compare(contenders, dev, args.rounds, calls=args.steps)
+    # One warm-up step, not common.WARMUP_S of them: every side must take the same batches.
+    timing = compare(contenders, dev, args.rounds, calls=args.steps, warmup_s=0.0)
     rows, result = [], {"steps_per_epoch": steps_per_epoch, "seconds_per_epoch": {}}
     for name in contenders:
         per_step = timing.median_ms(name) / 1e3
