@@ -26,10 +26,10 @@ from typing import Any
 
 PAUSE_S = 0.3  # lets the other library's spinning threads go to sleep (CPU only)
 # After that pause the machine needs time, not one call, to run at full speed again: on the
-# 2-core test machine a 3x3 convolution of some 10 ms took 1.8x its steady time for the
-# first ~50 ms of calls after any pause of 50 ms or more (minunet's two threads ran at one
-# thread's speed), and PyTorch's 1.3-1.5x, so one warm-up call left most of a short
-# layer's timing in that state, unlike a training step, where the cores never idle
+# 2-core test machine a 3x3 convolution of some 8 ms took up to 2x its steady time for its
+# first ~50 ms of calls after the pause (minunet's two threads ran at one thread's speed),
+# PyTorch's 1.3-1.5x (benchmarks/warmup_decay.py), so one warm-up call left most of a
+# short layer's timing in that state, unlike a training step, where the cores never idle
 # (benchmarks/RESULTS.md, 2026-12-02). So the warm-up runs for at least this long.
 WARMUP_S = 0.2
 
