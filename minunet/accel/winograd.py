@@ -192,34 +192,20 @@ def filter_tiles(weight: np.ndarray, m: int) -> np.ndarray:
     """U = G g G^T for every filter: weight (K, C, 3, 3) -> U (n, n, K, C).
 
     flat(U) = (G (x) G) (n^2, 9) @ the flattened filters (9, K*C), a transposed view that
-    BLAS reads as it lies; its columns are shared out over the pool's threads."""
+    BLAS reads as it lies; ``cpu.batched_matmul`` shares its columns out over the pool."""
     k, c = weight.shape[:2]
     n = m + KERNEL - 1
     gg = nested(m, weight.dtype)[1]
     flat = weight.reshape(k * c, KERNEL * KERNEL).T
-    u = np.empty((n * n, k * c), dtype=weight.dtype)
-
-    def work(worker: int, parts: Sequence[tuple[int, int]]) -> None:
-        for lo, hi in parts:
-            np.matmul(gg, flat[:, lo:hi], out=u[:, lo:hi])
-
-    parallel(work, cpu.even_split(k * c, cpu.num_threads()))
-    return u.reshape(n, n, k, c)
+    return cpu.batched_matmul(gg[None], flat[None])[0].reshape(n, n, k, c)
 
 
 def filter_gradient(du: np.ndarray, m: int) -> np.ndarray:
     """dW = G^T dU G, the transpose of ``filter_tiles``: dU (n, n, K, C) -> dW (K, C, 3, 3)."""
     n, _, k, c = du.shape
     gg = nested(m, du.dtype)[1]
-    flat = du.reshape(n * n, k * c).T  # (K*C, n^2), a view
-    dw = np.empty((k * c, KERNEL * KERNEL), dtype=du.dtype)
-
-    def work(worker: int, parts: Sequence[tuple[int, int]]) -> None:
-        for lo, hi in parts:
-            np.matmul(flat[lo:hi], gg, out=dw[lo:hi])
-
-    parallel(work, cpu.even_split(k * c, cpu.num_threads()))
-    return dw.reshape(k, c, KERNEL, KERNEL)
+    flat = du.reshape(n * n, k * c).T  # (K*C, n^2), a view; its rows shared out over the pool
+    return cpu.batched_matmul(flat[None], gg[None])[0].reshape(k, c, KERNEL, KERNEL)
 
 
 def _products(a: np.ndarray, b: np.ndarray, transpose_a: bool, transpose_b: bool) -> np.ndarray:
@@ -261,7 +247,8 @@ def conv2d_forward(
 
     def work(worker: int, images: Sequence[int]) -> None:
         y = cpu.scratch("winograd_out", (m * m, th * tw * k), x.dtype)
-        full = cpu.scratch("winograd_image", (k, th, m, tw, m), x.dtype)
+        if not whole:  # the image with its last tiles whole, to crop from
+            full = cpu.scratch("winograd_image", (k, th, m, tw, m), x.dtype)
         for i in images:
             np.matmul(aa, prod[:, i], out=y)  # flat(Y) = (A^T (x) A^T) @ flat(M), per tile
             # y[u*m + v, (ty, tx, k)] is output pixel (m*ty + u, m*tx + v) of channel k:
@@ -293,9 +280,10 @@ def output_gradient_tiles(dout: np.ndarray, m: int) -> np.ndarray:
     whole = (ho, wo) == (th * m, tw * m)
 
     def work(worker: int, images: Sequence[int]) -> None:
-        padded = cpu.scratch("winograd_dout", (k, th * m, tw * m), dout.dtype)
-        padded[:, ho:] = 0  # where the last tiles reach past the image
-        padded[:, :, wo:] = 0
+        if not whole:
+            padded = cpu.scratch("winograd_dout", (k, th * m, tw * m), dout.dtype)
+            padded[:, ho:] = 0  # where the last tiles reach past the image
+            padded[:, :, wo:] = 0
         tiles = cpu.scratch("winograd_dout_tiles", (m, m, th, tw, k), dout.dtype)
         for i in images:
             if whole:
