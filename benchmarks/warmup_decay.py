@@ -17,41 +17,13 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import load_line, setup  # noqa: E402
-
-from minunet.accel import accelerate  # noqa: E402
-from minunet.nn import Conv2d  # noqa: E402
-
-
-def contenders(channels: int, size: int, batch: int, torch) -> dict[str, Callable[[], None]]:
-    """One forward + backward (input and weight gradients) of a 3x3 convolution, each side."""
-    rng = np.random.default_rng(0)
-    shape = (batch, channels, size, size)
-    layer = accelerate(Conv2d(channels, channels, 3, padding=1, bias=False, rng=rng))
-    x = rng.standard_normal(shape, dtype=np.float32)
-    dy = rng.standard_normal(shape, dtype=np.float32)
-    ref = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    dyt = torch.from_numpy(dy)
-
-    def ours() -> None:
-        layer.forward(x)
-        layer.backward(dy)
-
-    def theirs() -> None:
-        xt.grad = None
-        ref.weight.grad = None
-        ref(xt).backward(dyt)
-
-    return {"minunet": ours, "torch": theirs}
+from layers import build  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,7 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     dev = setup("numpy", False)
-    sides = contenders(args.channels, args.size, args.batch, dev.torch)
+    # layers.py's 3x3 contenders (the same weights, input and gradient on both sides)
+    shape = (args.batch, args.channels, args.size, args.size)
+    built = build("conv", shape, dev)
+    sides = {name: built[name] for name in ("minunet", "torch")}
     for fn in sides.values():
         for _ in range(5):  # buffers, the pool's threads, lazy initialisation
             fn()
