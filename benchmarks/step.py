@@ -6,6 +6,7 @@
     python benchmarks/step.py --backend cupy --tf32
     python benchmarks/step.py --backend cupy --reference   # + minunet without its CUDA kernels
     python benchmarks/step.py --winograd                 # + minunet with Winograd off / on
+    python benchmarks/step.py --joins                    # + minunet with the joins copying
 
 One step = forward, softmax cross-entropy, backward, Adam update, on both sides, from
 the same weights (``minunet.io.interop.torch_unet`` builds the identical graph). On the CPU
@@ -32,7 +33,7 @@ from common import Device, add_unet_arguments, compare, load_line, setup, table 
 from minunet.accel import accelerate, cpu, fast_paths, winograd  # noqa: E402
 from minunet.model import UNet  # noqa: E402
 from minunet.model.summary import trace  # noqa: E402
-from minunet.nn import ConvTranspose2d  # noqa: E402
+from minunet.nn import Concat, ConvTranspose2d  # noqa: E402
 from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 from minunet.nn.optim import Adam  # noqa: E402
 
@@ -53,13 +54,17 @@ def build(
     classes: int = 3,
     reference: bool = False,
     winograd_rows: bool = False,
+    join_rows: bool = False,
 ) -> tuple[UNet, dict[str, Callable[[], None]]]:
     """The contenders: minunet, torch (NCHW), on the CPU torch channels-last, and with
     ``reference`` minunet with its fast paths switched off: on the CPU the plain im2col
     path (and the fast path with OpenBLAS left to thread itself inside minunet's worker
     threads, as without threadpoolctl), on the GPU the generic CuPy code instead of the
     hand-written CUDA kernels. With ``winograd_rows`` (NumPy), minunet with its Winograd
-    path switched off, and on from 128 and from 256 channels (``winograd.MIN_CHANNELS``)."""
+    path switched off, and on from 128 and from 256 channels (``winograd.MIN_CHANNELS``).
+    With ``join_rows``, minunet with the decoder's joins concatenating (``Concat.room``
+    off: each up-convolution allocates its output and the join copies it, as before the
+    up-convolutions wrote into the joins' buffers)."""
     from minunet.io.interop.torch_unet import TorchUNet, to_torch_state_dict
 
     xp, torch = dev.xp, dev.torch
@@ -107,6 +112,9 @@ def build(
         for channels in (128, 256):
             on = [(winograd, "ENABLED", True), (winograd, "MIN_CHANNELS", channels)]
             contenders[f"minunet, Winograd >= {channels} ch"] = with_settings(on)
+    if join_rows:
+        copying = [(Concat, "room", lambda self, skip, up_shape: None)]
+        contenders["minunet, joins copying"] = with_settings(copying)
     if reference and dev.backend == "cupy":
         contenders["minunet no kernels"] = with_settings([], cuda=False)
     layouts = ["nchw"] if dev.backend == "cupy" else ["nchw", "channels_last"]
@@ -175,6 +183,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also time minunet with its Winograd path off, and on from 128 and 256 channels (CPU)",
     )
+    parser.add_argument(
+        "--joins",
+        action="store_true",
+        help="also time minunet with the decoder's joins copying the up-convolutions' maps",
+    )
     args = parser.parse_args(argv)
     dev = setup(args.backend, args.tf32)
     configs = GRID if args.grid else [(args.base, args.batch, args.size)]
@@ -198,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                 size,
                 reference=args.reference,
                 winograd_rows=args.winograd,
+                join_rows=args.joins,
             )
             flops = training_flops(model, size, batch)
             t = compare(contenders, dev, args.rounds, calls)

@@ -101,13 +101,17 @@ class FastConvTranspose2d(ConvTranspose2d):
     def _threaded_copies(self, a: Any) -> bool:
         return cpu.applies(a) and self._patches_tile()
 
-    def columns_to_image(self, cols: Any, out_shape: tuple[int, ...], h: int, w: int) -> Any:
-        """cols (N, K*k*k, H*W) -> (N, K, Ho, Wo), bias added: the reference's copies."""
+    def columns_to_image(
+        self, cols: Any, out_shape: tuple[int, ...], h: int, w: int, out: Any = None
+    ) -> Any:
+        """cols (N, K*k*k, H*W) -> (N, K, Ho, Wo), bias added, in ``out`` (a fresh array if
+        None): the reference's copies."""
         if not self._threaded_copies(cols):
-            return super().columns_to_image(cols, out_shape, h, w)
+            return super().columns_to_image(cols, out_shape, h, w, out)
         n, kout = out_shape[:2]
         k = self.kernel_size
-        out = np.empty(out_shape, dtype=cols.dtype)
+        if out is None:
+            out = np.empty(out_shape, dtype=cols.dtype)
         patches = cols.reshape(n, kout, k, k, h, w)
         bias = self.params["bias"].data[:, None, None] if "bias" in self.params else None
 

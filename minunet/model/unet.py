@@ -87,10 +87,11 @@ class ConvBlock(Layer):
         return self.conv1.backward(dout, input_grad=input_grad)
 
 
-def _run(layer: Layer, *inputs: Any, keep: bool) -> Any:
-    """``layer.forward(*inputs)``; with ``keep=False`` the layer drops what it cached for a
-    backward that will not come (inference then holds one layer's buffers at a time)."""
-    out = layer.forward(*inputs)
+def _run(layer: Layer, *inputs: Any, keep: bool, **options: Any) -> Any:
+    """``layer.forward(*inputs, **options)``; with ``keep=False`` the layer drops what it
+    cached for a backward that will not come (inference then holds one layer's buffers at
+    a time)."""
+    out = layer.forward(*inputs, **options)
     if not keep:
         layer.release()
     return out
@@ -212,7 +213,12 @@ class UNet(Layer):
             h = _run(pool, h, keep=keep)
         h = _run(self.dropout, self.bottleneck.forward(h, keep), keep=keep)
         for up, cat, block in zip(self.upconvs, self.concats, self.decoder, strict=True):
-            h = block.forward(_run(cat, skips.pop(), _run(up, h, keep=keep), keep=keep), keep)
+            skip = skips.pop()
+            # The up-convolution writes its map straight into the concatenation's buffer,
+            # behind the skip's channels (Concat.room): the join then copies only the skip.
+            room = cat.room(skip, (up.out_channels, *up.output_shape(*h.shape[2:])))
+            h = _run(cat, skip, _run(up, h, out=room, keep=keep), keep=keep)
+            h = block.forward(h, keep)
         return _run(self.head, h, keep=keep)
 
     def infer(self, x: Any) -> Any:

@@ -8,7 +8,10 @@ each side), so its centre is cropped to the decoder's size, as in the paper's fi
 Backward splits the gradient along channels and pads the skip's part back with zeros:
 the cropped-away border did not reach the output, so its gradient is zero.
 
-No fast path: a copy each way.
+The U-Net's decoder avoids one of forward's two copies: it asks for ``room`` first, the
+(N, C_up, H, W) part of a fresh output buffer behind the skip's channels, and has the
+up-convolution write its map there (``ConvTranspose2d.forward(x, out=room)``); handed
+that same view, forward then copies only the skip in. Backward returns views of dout.
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ class Concat(Layer):
     def __init__(self) -> None:
         super().__init__()
         self._cache: Any = None
+        self._room: Any = None  # (buffer, its up part) handed out by ``room``
+
+    def room(self, skip: Any, up_shape: tuple[int, ...]) -> Any:
+        """The up part (N, C_up, H, W) of a fresh output buffer (N, C_skip + C_up, H, W),
+        for the layer that makes ``up`` to write into; ``forward(skip, that view)`` then
+        returns the buffer with the skip copied in. Good for the next forward only."""
+        n, cs = skip.shape[:2]
+        cu, h, w = up_shape[-3:]
+        buffer = get_array_module(skip).empty((n, cs + cu, h, w), dtype=skip.dtype)
+        self._room = (buffer, buffer[:, cs:])
+        return self._room[1]
 
     def forward(self, skip: Any, up: Any) -> Any:
         xp = get_array_module(skip, up)
@@ -43,6 +57,10 @@ class Concat(Layer):
             )
         rows, cols = centre_crop_box(skip.shape[2:], up.shape[2:])
         self._cache = (skip.shape, skip.shape[1], rows, cols)
+        room, self._room = self._room, None
+        if room is not None and room[1] is up and room[0].shape[1] == skip.shape[1] + up.shape[1]:
+            room[0][:, : skip.shape[1]] = skip[:, :, rows, cols]  # up is in place already
+            return room[0]
         return xp.concatenate([skip[:, :, rows, cols], up], axis=1)
 
     def backward(self, dout: Any) -> tuple[Any, Any]:

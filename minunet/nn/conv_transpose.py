@@ -98,13 +98,22 @@ class ConvTranspose2d(Layer):
             raise ValueError(f"ConvTranspose2d: output would be {ho}x{wo} for a {h}x{w} input")
         return ho, wo
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Any, out: Any = None) -> Any:
+        """x (N, C_in, H, W) -> y (N, C_out, Ho, Wo), written into ``out`` if given: an
+        array (or a view of one, such as the U-Net's concatenation buffer) of y's shape
+        and dtype, which is returned."""
         ho, wo = self.check(x)
         n, c, h, w = x.shape
+        shape = (n, self.out_channels, ho, wo)
+        if out is not None and (tuple(out.shape) != shape or out.dtype != x.dtype):
+            raise ValueError(
+                f"ConvTranspose2d: out must be {shape} {x.dtype}, got "
+                f"{tuple(out.shape)} {out.dtype}"
+            )
         w2 = self.params["weight"].data.reshape(c, -1)  # (C_in, K*k*k)
         cols = self.matmul(w2.T, x.reshape(n, c, h * w))  # (N, K*k*k, H*W)
         self._cache = x
-        return self.columns_to_image(cols, (n, self.out_channels, ho, wo), h, w)
+        return self.columns_to_image(cols, shape, h, w, out)
 
     def backward(self, dout: Any) -> Any:
         x = self._cache
@@ -119,15 +128,23 @@ class ConvTranspose2d(Layer):
         dx = self.matmul(weight.data.reshape(c, -1), dcols)  # (N, C_in, H*W)
         return dx.reshape(x.shape)
 
-    def columns_to_image(self, cols: Any, out_shape: tuple[int, ...], h: int, w: int) -> Any:
-        """cols (N, K*k*k, H*W) -> the output (N, K, Ho, Wo), bias added."""
+    def columns_to_image(
+        self, cols: Any, out_shape: tuple[int, ...], h: int, w: int, out: Any = None
+    ) -> Any:
+        """cols (N, K*k*k, H*W) -> the output (N, K, Ho, Wo), bias added, in ``out`` (a
+        fresh array if None)."""
         n, kout, ho, wo = out_shape
         k = self.kernel_size
         if self._patches_tile():
-            out = get_array_module(cols).empty(out_shape, dtype=cols.dtype)
+            if out is None:
+                out = get_array_module(cols).empty(out_shape, dtype=cols.dtype)
             self._interleave(cols.reshape(n, kout, k, k, h, w), out)
         else:
-            out = self.col2im(cols, out_shape, k, k, self.stride, self.padding, self.dilation)
+            image = self.col2im(cols, out_shape, k, k, self.stride, self.padding, self.dilation)
+            if out is None:
+                out = image
+            else:
+                out[...] = image
         if "bias" in self.params:
             out += self.params["bias"].data[:, None, None]
         return out
