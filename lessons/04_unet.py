@@ -34,7 +34,7 @@ import numpy as np
 
 from minunet.model import UNet
 from minunet.model.summary import trace
-from minunet.nn import Concat
+from minunet.nn import Concat, ConvTranspose2d
 
 SMALL = os.environ.get("MINUNET_LESSON_SMALL") == "1"
 plt.rcParams["figure.dpi"] = 72
@@ -78,6 +78,24 @@ dout = rng.standard_normal(out.shape)
 for lib, hand in zip(cat.backward(dout), concat_backward_by_hand(dout, skip.shape), strict=True):
     np.testing.assert_array_equal(lib, hand)
 print(f"skip {skip.shape} + up {up.shape} -> {out.shape}; Concat forward and backward == by hand")
+
+# %% [markdown]
+# Forward above copies both maps into a new array. The library's U-Net saves one of the two
+# copies: before the up-convolution runs, the decoder asks the join for its `room`, the
+# `(N, Cu, H, W)` part of the output buffer behind the skip's channels. The up-convolution
+# writes its map straight there (`ConvTranspose2d.forward(x, out=room)`), and the join, handed
+# that same view, copies only the skip in. The numbers are the same; the decoder map is
+# simply never copied (a room serves one forward: anything else is concatenated as above).
+
+# %%
+own = np.random.default_rng(1)  # its own generator: the lesson's later draws stay as they were
+upsample = ConvTranspose2d(6, 4, 2, stride=2, dtype=np.float64, rng=own)
+low = own.standard_normal((2, 6, 4, 4))  # the decoder map before upsampling: 4x4 -> 8x8
+room = cat.room(skip, (4, 8, 8))  # (2, 4, 8, 8): a view of the join's buffer
+joined = cat.forward(skip, upsample.forward(low, out=room))
+np.testing.assert_array_equal(joined, concat_by_hand(skip, upsample.forward(low)))
+assert np.shares_memory(joined, room), "the up map must lie inside the join, not be copied"
+print(f"joined {joined.shape}: the up-convolution wrote channels 4..7 of it in place")
 
 # %% [markdown]
 # ### A map used twice gets the sum of two gradients
