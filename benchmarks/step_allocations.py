@@ -6,9 +6,10 @@
 Every fresh array is written in full once at least, by a copy or by a computation, so
 the bytes allocated per step are a floor on the memory traffic the step makes beyond
 its reads; the copies among them are the lines that only move data (a concatenation, a
-padded copy, a transpose). Reusable scratch buffers (``minunet.accel.cpu.scratch``) are
-allocated in the first step only and are not in the count, though they are written
-again every step.
+padded copy, a transpose). The reusable scratch buffers (``minunet.accel.cpu.scratch``)
+are left out of the count, though they are written again every step: each thread makes
+or grows its own the first time it takes a block of a new size, which happens in
+whichever step the pool first hands it one.
 
 How it counts: NumPy lets a program install its own allocator for array data
 (``PyDataMem_SetHandler``, NumPy's C API, called here through ctypes). This one hands
@@ -157,17 +158,20 @@ class AllocationCounter:
         self._everywhere(lambda: self._set(self._default))
 
     def _everywhere(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` in this thread and in every thread of minunet's pool (all of them: a
+        pool grown for more threads earlier in the process has more than the
+        ``num_threads() - 1`` a step uses, and any of them may take a step's blocks)."""
         fn()
-        workers = cpu.num_threads() - 1
-        if workers < 1:
+        if cpu.num_threads() < 2:
             return
+        pool = cpu._get_pool(cpu.num_threads())
+        workers = cpu._pool_size
         barrier = threading.Barrier(workers)  # one task per pool thread: each waits for all
 
         def each() -> None:
             barrier.wait()
             fn()
 
-        pool = cpu._get_pool(cpu.num_threads())
         for future in [pool.submit(each) for _ in range(workers)]:
             future.result()
 
@@ -183,11 +187,12 @@ class AllocationCounter:
 
 
 def count_step(step: Callable[[], None], counter: AllocationCounter) -> Counter[str]:
-    """Bytes per site of one ``step``, after an uncounted one (scratch, optimiser state)."""
+    """Bytes per site of one ``step``, after an uncounted one (the optimiser's state),
+    without the scratch buffers' (see the module's docstring)."""
     step()
     with counter.counting() as counts:
         step()
-    return counts
+    return Counter({site: n for site, n in counts.items() if not site.endswith("(scratch)")})
 
 
 def main(argv: list[str] | None = None) -> None:

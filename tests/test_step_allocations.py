@@ -39,7 +39,12 @@ def test_a_counted_block_sees_its_arrays_and_only_those():
     assert sum(counts.values()) == 1000 * 250 * 4
 
 
-def test_the_joins_copying_allocate_the_up_convolutions_outputs_more():
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_the_joins_copying_allocate_the_up_convolutions_outputs_more(threads, monkeypatch):
+    """Exactly: the counts see every thread (with MINUNET_THREADS=3 a 3-thread pool, then
+    2 threads a step, on a pool grown for 3: every worker may take blocks)."""
+    monkeypatch.setenv("MINUNET_THREADS", threads)
+    COUNTER.install_everywhere()  # the pool may have grown for 3 threads
     dev = common.setup("numpy", False)
     batch, size = 2, 32
     model, contenders = step.build(dev, 4, 2, batch, size, join_rows=True)
