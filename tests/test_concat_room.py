@@ -137,3 +137,17 @@ def test_unet_joins_without_copying_the_up_convolutions_maps(padding, accel, mon
     np.testing.assert_array_equal(model.backward(dlogits), plain.backward(dlogits))
     for (name, p), (_, q) in zip(model.named_parameters(), plain.named_parameters(), strict=True):
         np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)
+
+
+def test_the_summary_counts_the_joins_up_part_once():
+    """The up map lives inside the join's buffer: the summary counts it in the
+    up-convolution's row only, and the join's row holds the skip's part."""
+    from minunet.model.summary import trace
+
+    model = UNet(3, 3, base_channels=4, depth=2, seed=0)
+    rows = {name: row for name, *row in trace(model, 16, 16, batch=2)}
+    for i in range(2):
+        _, up_out, _, _, up_acts = rows[f"upconvs.{i}"]
+        _, cat_out, _, _, cat_acts = rows[f"concats.{i}"]
+        assert up_acts == int(np.prod(up_out))
+        assert cat_acts + up_acts == int(np.prod(cat_out))

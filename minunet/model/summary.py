@@ -47,7 +47,9 @@ def _row(name, layer, in_shape, extra_in=None):
         return (name, kind, out, 0, n * c * h * w, n * c * ho * wo * 5 // 4)
     if isinstance(layer, Concat):
         out = (n, c + extra_in[1], extra_in[2], extra_in[3])
-        return (name, kind, out, 0, 0, out[0] * out[1] * out[2] * out[3])
+        # Only the skip's part is new memory: the up-convolution wrote the rest in place
+        # (Concat.room), and its row counted it.
+        return (name, kind, out, 0, 0, n * c * out[2] * out[3])
     if isinstance(layer, BatchNorm2d | ReLU | Dropout):
         numel = n * c * h * w
         flops = {"BatchNorm2d": 8 * numel, "ReLU": numel, "Dropout": numel}[kind]
