@@ -101,16 +101,18 @@ class Recorder:
         forward, backward = layer.forward, layer.backward
         saved: dict[str, int] = {}
 
-        def timed_forward(*args: Any) -> Any:
-            start, out, end = self._run(forward, args)
+        # The U-Net passes keywords to some layers (an up-convolution's out=, a
+        # convolution's input_grad=): the wrappers hand them on.
+        def timed_forward(*args: Any, **options: Any) -> Any:
+            start, out, end = self._run(forward, args, options)
             if self.active:
                 self.events[(name, "fwd")].append((start, end))
                 saved["in"] = nbytes(args)
                 self.bytes[(name, "fwd")] = saved["in"] + nbytes(out) + params_bytes
             return out
 
-        def timed_backward(dout: Any) -> Any:
-            start, dx, end = self._run(backward, (dout,))
+        def timed_backward(dout: Any, **options: Any) -> Any:
+            start, dx, end = self._run(backward, (dout,), options)
             if self.active:
                 self.events[(name, "bwd")].append((start, end))
                 traffic = nbytes(dout) + saved.get("in", 0) + nbytes(dx) + 2 * params_bytes
@@ -119,12 +121,12 @@ class Recorder:
 
         layer.forward, layer.backward = timed_forward, timed_backward
 
-    def _run(self, fn: Any, args: tuple) -> tuple[Any, Any, Any]:
+    def _run(self, fn: Any, args: tuple, options: dict[str, Any]) -> tuple[Any, Any, Any]:
         if not self.active:
-            return None, fn(*args), None
+            return None, fn(*args, **options), None
         start, end = self.cp.cuda.Event(), self.cp.cuda.Event()
         start.record()
-        result = fn(*args)
+        result = fn(*args, **options)
         end.record()
         return start, result, end
 
