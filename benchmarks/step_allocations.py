@@ -13,13 +13,14 @@ whichever step the pool first hands it one.
 
 How it counts: NumPy lets a program install its own allocator for array data
 (``PyDataMem_SetHandler``, NumPy's C API, called here through ctypes). This one hands
-every request to the C library's malloc, as NumPy's default does, and adds its size to
-the Python line of minunet that was running (the innermost frame in ``minunet/``). The
-handler belongs to a thread's context, so it is installed in the calling thread and in
-each of minunet's pool threads (``minunet.accel.cpu``), where the blocked products run.
-The counts are deterministic: the same code and shapes give the same bytes on every run,
-whatever else the machine does, so one step is counted (after an uncounted one that
-allocates the scratch buffers and the optimiser's state).
+every request to the C library's malloc, as NumPy's default does (without its cache of
+small blocks, which only changes where they come from), and adds its size to the Python
+line of minunet that was running (the innermost frame in ``minunet/``). The handler
+belongs to a thread's context, so it is installed in the calling thread and in every
+thread of minunet's pool (``minunet.accel.cpu``), where the blocked products run. The
+counts are deterministic: the same code and shapes give the same bytes on every run,
+whatever else the machine does, so one step is counted, after an uncounted one that
+makes the optimiser's state.
 
 Rows: the step as it runs (``benchmarks/step.py``'s minunet), and its "joins copying"
 row: the decoder's joins concatenating (``Concat.room`` off: each up-convolution

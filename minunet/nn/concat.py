@@ -11,7 +11,8 @@ the cropped-away border did not reach the output, so its gradient is zero.
 The U-Net's decoder avoids one of forward's two copies: it asks for ``room`` first, the
 (N, C_up, H, W) part of a fresh output buffer behind the skip's channels, and has the
 up-convolution write its map there (``ConvTranspose2d.forward(x, out=room)``); handed
-that same view, forward then copies only the skip in. Backward returns views of dout.
+that same view, forward then copies only the skip in. Backward returns views of dout
+(for a cropped skip, a zero-padded copy of its part).
 """
 
 from __future__ import annotations
