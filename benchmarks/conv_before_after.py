@@ -1,4 +1,4 @@
-"""The blocked convolution of an earlier commit against this checkout's, in one process.
+"""A convolution module of an earlier commit against this checkout's, in one process.
 
     python benchmarks/conv_before_after.py BASE_COMMIT                # the 3x3 layers
     python benchmarks/conv_before_after.py BASE_COMMIT --step --base 16  # whole steps
