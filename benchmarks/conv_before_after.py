@@ -19,8 +19,9 @@ with ``FastConv2d`` calling one module or the other (``step.build``'s minunet co
 the per-round ratios (below 1: this checkout is faster).
 
 ``--module winograd`` swaps ``minunet/accel/winograd.py`` instead: the layers are then the
-Winograd functions on the shapes with at least ``winograd.MIN_CHANNELS`` channels, and
-``--step`` runs the step with Winograd switched on in both modules.
+Winograd functions on the shapes that this checkout's rule (``winograd.tile_for``) gives
+to Winograd, with the tile size it picks, and ``--step`` runs the step with Winograd
+switched on in both modules.
 """
 
 from __future__ import annotations
@@ -134,14 +135,23 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(ratio_row(f"step b{args.base} n{args.batch} {args.size}px", t, "{:.1f}"))
     else:
         for c_in, c_out, side in layer_shapes(args.base, args.depth, args.size):
-            if args.module == "winograd" and min(c_in, c_out) < winograd.MIN_CHANNELS:
-                continue  # the rule gives these to the blocked path
             x = rng.standard_normal((args.batch, c_in, side, side), dtype=np.float32)
+            options = {}
+            if args.module == "winograd":
+                with winograd.enabled(True):
+                    options["m"] = winograd.tile_for(x, c_out, 3, 1, 1, 1)
+                if not options["m"]:
+                    continue  # the rule gives these to the blocked path
             w = (rng.standard_normal((c_out, c_in, 3, 3)) * 0.1).astype(np.float32)
             d = rng.standard_normal((args.batch, c_out, side, side), dtype=np.float32)
             for name, call in [
-                ("forward", lambda m, x=x, w=w: m.conv2d_forward(x, w, None, 1)),
-                ("backward", lambda m, x=x, w=w, d=d: m.conv2d_backward(x, w, d, 1, False, True)),
+                ("forward", lambda m, x=x, w=w, o=options: m.conv2d_forward(x, w, None, 1, **o)),
+                (
+                    "backward",
+                    lambda m, x=x, w=w, d=d, o=options: m.conv2d_backward(
+                        x, w, d, 1, False, True, **o
+                    ),
+                ),
             ]:
                 sides = {"base": before, "head": head}
                 contenders = {side: lambda m=m, f=call: f(m) for side, m in sides.items()}

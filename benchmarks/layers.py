@@ -110,20 +110,19 @@ def build(kind: str, shape: tuple[int, ...], dev: Device, base: int = 32) -> dic
         contenders["reference"] = reference
     if dev.backend == "numpy" and kind == "conv":
 
-        def with_min_channels(channels: int) -> Callable[[], None]:
+        def with_tile(tile: int) -> Callable[[], None]:
             def run() -> None:
-                saved = winograd.MIN_CHANNELS
-                winograd.MIN_CHANNELS = channels
-                try:
+                with winograd.forced(tile):
                     ours()
-                finally:
-                    winograd.MIN_CHANNELS = saved
 
             return run
 
         # Each 3x3 path forced, whatever the rule picks: the measurement behind the rule.
-        contenders["blocked"] = with_min_channels(1 << 30)
-        contenders["winograd"] = with_min_channels(1)
+        # (Before 2026-12-02 05:40 UTC the "winograd" column forced only the rule's channel
+        # threshold, not the switch, which was off by default: it timed the blocked path.)
+        contenders["blocked"] = with_tile(0)
+        contenders["F(2x2)"] = with_tile(2)
+        contenders["F(4x4)"] = with_tile(4)
     return contenders
 
 
@@ -172,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         has_ref = "reference" in contenders
         paths = [
             f"{t.ratio(path, 'torch'):.2f}" if path in contenders else "-"
-            for path in ("blocked", "winograd")
+            for path in ("blocked", "F(2x2)", "F(4x4)")
         ]
         rows.append(
             [
@@ -188,14 +187,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"  {name}: {rows[-1][4]}x", file=sys.stderr, flush=True)
     header = ["layer", "input", "minunet ms", "torch ms", "ratio", "best ratio", "ref. ratio"]
-    header += ["blocked ratio", "winograd ratio"]
+    header += ["blocked ratio", "F(2x2) ratio", "F(4x4) ratio"]
     print(table(header, rows))
     print(load_line())
     if dev.backend == "numpy":
         print("# best ratio: fastest round / fastest round (least disturbed by other processes)")
         print("# ref. ratio: the plain im2col/col2im path that the CPU fast path replaced")
         print(
-            "# blocked / winograd ratio: that 3x3 path forced (minunet picks by winograd.tile_for)"
+            "# blocked / F(2x2) / F(4x4) ratio: that 3x3 path forced (minunet: winograd.tile_for's)"
         )
 
 

@@ -5,7 +5,7 @@
     python benchmarks/step.py --backend cupy --grid      # base 32/64 x batch 8/32 x 128/256
     python benchmarks/step.py --backend cupy --tf32
     python benchmarks/step.py --backend cupy --reference   # + minunet without its CUDA kernels
-    python benchmarks/step.py --winograd                 # + minunet with Winograd off / on
+    python benchmarks/step.py --winograd                 # + minunet with Winograd off, F(2x2) only
     python benchmarks/step.py --joins                    # + minunet with the joins copying
 
 One step = forward, softmax cross-entropy, backward, Adam update, on both sides, from
@@ -61,7 +61,8 @@ def build(
     path (and the fast path with OpenBLAS left to thread itself inside minunet's worker
     threads, as without threadpoolctl), on the GPU the generic CuPy code instead of the
     hand-written CUDA kernels. With ``winograd_rows`` (NumPy), minunet with its Winograd
-    path switched off, and on from 128 and from 256 channels (``winograd.MIN_CHANNELS``).
+    path switched off, and with only F(2x2, 3x3) in its rule (``winograd.RULE``: F(2x2) on
+    the layers where the rule picks F(4x4)).
     With ``join_rows``, minunet with the decoder's joins concatenating (``Concat.room``
     off: each up-convolution allocates its output and the join copies it, as before the
     up-convolutions wrote into the joins' buffers)."""
@@ -109,9 +110,9 @@ def build(
         contenders["minunet, BLAS unmanaged"] = with_settings([(cpu, "_blas", False)])
     if winograd_rows and dev.backend == "numpy":
         contenders["minunet, Winograd off"] = with_settings([(winograd, "ENABLED", False)])
-        for channels in (128, 256):
-            on = [(winograd, "ENABLED", True), (winograd, "MIN_CHANNELS", channels)]
-            contenders[f"minunet, Winograd >= {channels} ch"] = with_settings(on)
+        only_f2 = tuple((2, *thresholds) for m, *thresholds in winograd.RULE if m == 4)
+        changes = [(winograd, "ENABLED", True), (winograd, "RULE", only_f2)]
+        contenders["minunet, F(2x2) only"] = with_settings(changes)
     if join_rows:
         copying = [(Concat, "room", lambda self, skip, up_shape: None)]
         contenders["minunet, joins copying"] = with_settings(copying)
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--winograd",
         action="store_true",
-        help="also time minunet with its Winograd path off, and on from 128 and 256 channels (CPU)",
+        help="also time minunet with its Winograd path off, and with F(2x2) only (CPU)",
     )
     parser.add_argument(
         "--joins",

@@ -710,10 +710,11 @@ if not blas:
 # - Check which kernels OpenBLAS runs: an older set than the CPU's costs up to half the
 #   products' speed.
 # - `MINUNET_FAST_CPU=0` switches the fast paths off; `MINUNET_THREADS` sets the threads.
-#   With `MINUNET_WINOGRAD=1` the deepest layers (256 channels and more) take Winograd
-#   F(2x2, 3x3) instead (`minunet/accel/winograd.py`: 16 multiplications per 2x2 output
-#   tile instead of 36); it is off by default because on the machine it was measured on
-#   it did not clearly pay. The optional [lesson 13](13_winograd.ipynb) derives it.
+#   The deep layers (many channels in and out, enough tiles) take Winograd F(4x4, 3x3)
+#   or F(2x2, 3x3) instead (`minunet/accel/winograd.py`: 36 multiplications per 4x4
+#   output tile instead of 144, or 16 per 2x2 tile instead of 36), where
+#   `winograd.tile_for`'s measured rule says it pays; `MINUNET_WINOGRAD=0` switches it
+#   off. The optional [lesson 13](13_winograd.ipynb) derives it.
 #
 # Next: [lesson 10](10_init_and_optimisers.ipynb), how the weights start and how the
 # optimisers move them. Or back to [the reading order](README.md).

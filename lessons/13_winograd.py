@@ -417,87 +417,100 @@ print(f"F(4, 3) / F(2, 3) float32 error: {errors[4] / errors[2]:.0f}x")
 
 # %% [markdown]
 # `F(2x2, 3x3)`'s float32 error is of the size of the direct sums': its transforms'
-# entries are of size 0, 1 and 1/2, and grow the tiles about twice. `F(4x4, 3x3)` saves more (4x fewer
-# multiplications against 2.25x) but rounds an order of magnitude more, on every layer
-# and every training step, in the forward and in both gradients. minunet promises
-# results that agree with PyTorch, so it takes the cheaper error: `winograd.TILE` is 2.
-# (In float64 the larger error would be harmless, but the U-Net trains in float32.)
-# `F(4x4, 3x3)` stays in the library, tested,
-# for anyone who wants to measure that trade on their own layers.
+# entries are of size 0, 1 and 1/2, and grow the tiles about twice. `F(4x4, 3x3)` saves
+# more (4x fewer multiplications against 2.25x) but rounds an order of magnitude more, on
+# every layer it runs and in the forward and both gradients. Is that acceptable? Measured
+# on every 3x3 layer of the U-Net (`benchmarks/winograd_rule.py --error`), the worst was
+# 1.5e-5 of a layer's largest output, against 5e-7 for the direct sums: 250 times the
+# 6e-8 of one float32 rounding, and 250 times smaller than the 4e-3 of bfloat16, in which
+# networks are routinely trained; a five-step training run on `F(4x4, 3x3)` tracks the
+# blocked run's losses (`tests/test_winograd.py`). So minunet uses both: the rule
+# below picks `F(4x4, 3x3)` where it pays and `F(2x2, 3x3)` where only that does. (Should
+# your own use need the direct sums' error, `MINUNET_WINOGRAD=0` switches Winograd off.)
 #
 # ## 4. When it pays
 #
-# Count the work for one layer with `T` tiles, `C` inputs and `K` outputs (`F(2x2,
-# 3x3)`, `n = 4`):
+# Count the work for one layer with `T` tiles, `C` inputs and `K` outputs, `n = m + 2`:
 #
-# - **the products**: `16 T C K` multiplications, against `36 T C K` for the direct
-#   sums: the whole saving;
-# - **the input transform**: `V` for every tile and channel, a few additions per value,
-#   `O(16 T C)`: it does not grow with `K`;
-# - **the output transform**: `O(16 T K)`, not growing with `C`; the filter transform
-#   once per call, `O(16 K C)`.
+# - **the products**: `n^2 T C K` multiplications (16 for `F(2x2)`, 36 for `F(4x4)`),
+#   against `9 m^2 T C K` for the direct sums: the whole saving;
+# - **the input transform**: `V` for every tile and channel, `O(n^2 T C)`: it does not
+#   grow with `K`;
+# - **the output transform**: `O(n^2 T K)`, not growing with `C`; the filter transform
+#   `O(n^2 K C)`, once per call however many tiles there are.
 #
-# Per tile the transforms cost `O(C + K)` and save `O(C K)`: the more channels, the
-# smaller their share. But their cost is not the additions themselves. They read and
-# write whole arrays (`V` holds `16/4 = 4` times as many numbers as `x`, since the tiles
-# overlap) with a handful of arithmetic per number, so they run at the speed of memory,
-# the bottleneck of lesson 09, while the products run at BLAS's speed. Only on layers
-# with many channels do the saved products outweigh the extra memory traffic, and
-# where exactly that happens is a measurement, not a formula: `benchmarks/layers.py`
-# times every 3x3 layer on both paths ("blocked ratio", "winograd ratio"), and that run
-# set the rule's threshold `winograd.MIN_CHANNELS`.
+# Per tile the transforms cost `O(C + K)` and save `O(C K)`, so what decides is
+# `h = C K / (C + K)`, the multiply-adds of the products per transformed value: the more
+# channels, the smaller the transforms' share. Their cost is not the additions
+# themselves: they read and write whole arrays (`V` holds `n^2 / m^2` times as many
+# numbers as `x`, since the tiles overlap) with a handful of arithmetic per number, so
+# they run at the speed of memory, the bottleneck of lesson 09, while the products run at
+# BLAS's speed. And each of the `n^2` products reads all of `U`'s `C K` values, so it
+# needs enough rows, tiles, to run at BLAS's speed: at 8x8 pixels a batch of 8 images
+# has only 32 tiles of `4 x 4`, but 128 of `2 x 2`.
 #
-# **The rule**, `winograd.tile_for`: Winograd for NumPy float32/float64, 3x3, stride 1,
-# dilation 1, padding at most 2 (the input gradient's padding `2 - p` must not be
-# negative), and **at least `MIN_CHANNELS` input and output channels**: the U-Net's
-# deep, small layers. Everything else keeps lesson 09's blocked path or im2col.
-# `FastConv2d` asks it on every call, and its cache records the road taken. The rule is
-# off unless switched on (`MINUNET_WINOGRAD=1`, or `winograd.ENABLED = True` as here):
-# on the 2-core machine minunet was measured on, a layer's forward and backward together
-# were level with the blocked path at 256 and 512 channels, and a whole training step a
-# few per cent faster at base 32 and level at base 16, inside that machine's run-to-run
-# noise (`benchmarks/RESULTS.md`), so by default every layer keeps the blocked path. One
-# lesson from those measurements: a product that OpenBLAS splits over its own threads
+# Where exactly it pays is a measurement, not a formula: `benchmarks/winograd_rule.py`
+# times every 3x3 convolution of a U-Net on the three paths, and the rule's thresholds,
+# `winograd.RULE`, are read off that table. **The rule**, `winograd.tile_for`: for NumPy
+# float32/float64, 3x3, stride 1, dilation 1 and padding at most 2 (the input gradient's
+# padding `2 - p` must not be negative), the first tile size `m` of `RULE` for which `h`
+# and the batch's count of `m x m` output tiles both reach their thresholds; `F(4x4)`
+# comes first (it saves more), `F(2x2)` needs more channels. Everything else keeps
+# lesson 09's blocked path or im2col. `FastConv2d` asks it on every call, and its cache
+# records the road taken. It is on by default (`MINUNET_WINOGRAD=0` switches it off).
+# One lesson from the measurements: a product that OpenBLAS splits over its own threads
 # leaves them spinning afterwards, on the cores minunet's workers need, so even the small
-# filter transforms run in the pool's workers, each under
-# `cpu.single_threaded_blas()` (`benchmarks/step_threads.py` shows each thread's time).
+# filter transforms run in the pool's workers, each under `cpu.single_threaded_blas()`
+# (`benchmarks/step_threads.py` shows each thread's time).
 
 # %%
-winograd.ENABLED = True  # opt-in: see the rule above and the timing below
-c_min = winograd.MIN_CHANNELS
-print(f"winograd.MIN_CHANNELS = {c_min}, winograd.TILE = {winograd.TILE}")
+winograd.ENABLED = True  # the default, unless MINUNET_WINOGRAD=0 switched it off
+print(f"winograd.RULE = {winograd.RULE}  (m, least h, least tiles)")
+
+
+def intensity(c, k):
+    return c * k / (c + k)
+
+
 on = winograd.ENABLED and cpu.ENABLED
-deep = np.zeros((1, c_min, 8, 8), np.float32)
-cases = [
-    (f"{c_min} -> {c_min}, 3x3, stride 1, padding 1", deep, c_min, 3, 1, 1, 1, True),
-    (f"{c_min // 2} input channels", deep[:, : c_min // 2], c_min, 3, 1, 1, 1, False),
-    (f"{c_min // 2} output channels", deep, c_min // 2, 3, 1, 1, 1, False),
-    ("5x5 kernel", deep, c_min, 5, 1, 1, 2, False),
-    ("stride 2", deep, c_min, 3, 2, 1, 1, False),
-    ("dilation 2", deep, c_min, 3, 1, 2, 1, False),
-    ("padding 3", deep, c_min, 3, 1, 1, 3, False),
-    ("float16", deep.astype(np.float16), c_min, 3, 1, 1, 1, False),
+f32 = np.float32
+cases = [  # (name, x, output channels, kernel, stride, dilation, padding, expected tile)
+    ("128 -> 128 at 16 px, batch 8", np.zeros((8, 128, 16, 16), f32), 128, 3, 1, 1, 1, 4),
+    ("128 -> 64 at 32 px, batch 8", np.zeros((8, 128, 32, 32), f32), 64, 3, 1, 1, 1, 0),
+    ("64 -> 128 at 32 px, batch 8", np.zeros((8, 64, 32, 32), f32), 128, 3, 1, 1, 1, 0),
+    ("256 -> 128 at 32 px, batch 2", np.zeros((2, 256, 32, 32), f32), 128, 3, 1, 1, 1, 4),
+    ("128 -> 128 at 16 px, batch 4", np.zeros((4, 128, 16, 16), f32), 128, 3, 1, 1, 1, 0),
+    ("512 -> 512 at 8 px, batch 8", np.zeros((8, 512, 8, 8), f32), 512, 3, 1, 1, 1, 2),
+    ("256 -> 256 at 8 px, batch 8", np.zeros((8, 256, 8, 8), f32), 256, 3, 1, 1, 1, 0),
+    ("512 -> 512 at 8 px, batch 2", np.zeros((2, 512, 8, 8), f32), 512, 3, 1, 1, 1, 0),
+    ("5x5 kernel", np.zeros((8, 128, 16, 16), f32), 128, 5, 1, 1, 2, 0),
+    ("stride 2", np.zeros((8, 128, 16, 16), f32), 128, 3, 2, 1, 1, 0),
+    ("dilation 2", np.zeros((8, 128, 16, 16), f32), 128, 3, 1, 2, 1, 0),
+    ("padding 3", np.zeros((8, 128, 16, 16), f32), 128, 3, 1, 1, 3, 0),
+    ("float16", np.zeros((8, 128, 16, 16), np.float16), 128, 3, 1, 1, 1, 0),
 ]
 for name, xx, k_out, ksize, stride, dilation, padding, expected in cases:
     chosen = winograd.tile_for(xx, k_out, ksize, stride, dilation, padding)
-    assert chosen == (winograd.TILE if expected and on else 0), name
-    print(f"{name:40s} -> {f'Winograd F({chosen}x{chosen}, 3x3)' if chosen else 'not Winograd'}")
+    assert chosen == (expected if on else 0), name
+    h = intensity(xx.shape[1], k_out)
+    road = f"Winograd F({chosen}x{chosen}, 3x3)" if chosen else "not Winograd"
+    print(f"{name:32s} h = {h:5.1f} -> {road}")
 
-for channels, cache_type in [(c_min, WinogradCache), (c_min // 2, BlockedConvCache)]:
+for channels, cache_type in [(128, WinogradCache), (64, BlockedConvCache)]:
     conv = FastConv2d(channels, channels, 3, padding=1, rng=rng)
-    conv.forward(np.zeros((1, channels, 6, 6), np.float32))
+    conv.forward(np.zeros((8, channels, 16, 16), np.float32))
     assert isinstance(conv._cache, cache_type) or not on, f"{channels} channels"
     print(f"FastConv2d {channels} -> {channels}: {type(conv._cache).__name__}")
 
 # %% [markdown]
 # **A timing, on this machine.** One deep layer (256 to 256 channels at 16x16, a batch
-# of 8), forward only, float32: lesson 09's blocked path
-# (`cpu.conv2d_forward`) against Winograd (`winograd.conv2d_forward`), called directly,
-# whatever the rule would pick. Each figure is the median of a few calls after a
-# warm-up. As in lesson 09, these times belong to this machine at this moment: on a busy
-# machine (see the load averages) they mean little, and in small mode the layer is tiny
-# and the fixed cost of each NumPy call decides. The stored run is rebuilt on a quiet
-# machine; `benchmarks/layers.py` makes the careful measurement.
+# of 8), forward and backward, float32: lesson 09's blocked path (`cpu.conv2d_forward`,
+# `cpu.conv2d_backward`) against Winograd `F(2x2)` and `F(4x4)` (`winograd`'s), called
+# directly, whatever the rule would pick. Each figure is the median of a few calls after
+# a warm-up. As in lesson 09, these times belong to this machine at this moment: on a
+# busy machine (see the load averages) they mean little, and in small mode the layer is
+# tiny and the fixed cost of each NumPy call decides. The stored run is rebuilt on a
+# quiet machine; `benchmarks/winograd_rule.py` makes the careful measurement.
 
 
 # %%
@@ -519,29 +532,43 @@ def load_average():
     return "(1/5/15 min) " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def forward_and_backward(module, *tile):
+    """One forward and one backward (dx and dW) of the timed layer, on one path."""
+    module.conv2d_forward(xt, wt, None, 1, *tile)
+    module.conv2d_backward(xt, wt, dt, 1, False, True, *tile)
+
+
 tn, tc, tside = (1, 16, 8) if SMALL else (8, 256, 16)
 calls = 2 if SMALL else 5
 xt = rng.standard_normal((tn, tc, tside, tside), dtype=np.float32)
 wt = (rng.standard_normal((tc, tc, 3, 3)) * np.sqrt(2 / (tc * 9))).astype(np.float32)
+dt = rng.standard_normal((tn, tc, tside, tside), dtype=np.float32)
 print(
-    f"Conv2d 3x3 {tc}->{tc}, x ({tn}, {tc}, {tside}, {tside}) float32, forward, median of {calls}"
+    f"Conv2d 3x3 {tc}->{tc}, x ({tn}, {tc}, {tside}, {tside}) float32,"
+    f" forward + backward, median of {calls}"
 )
 print(f"load average {load_average()}")
-blocked_ms = median_ms(lambda: cpu.conv2d_forward(xt, wt, None, 1), calls)
-winograd_ms = median_ms(lambda: winograd.conv2d_forward(xt, wt, None, 1, 2), calls)
-print(f"  blocked path  {blocked_ms:8.2f} ms")
-print(f"  Winograd F(2) {winograd_ms:8.2f} ms")
+times = {
+    "blocked path": median_ms(lambda: forward_and_backward(cpu), calls),
+    "Winograd F(2x2)": median_ms(lambda: forward_and_backward(winograd, 2), calls),
+    "Winograd F(4x4)": median_ms(lambda: forward_and_backward(winograd, 4), calls),
+}
+for name, ms in times.items():
+    print(f"  {name:16s} {ms:8.2f} ms")
 print(f"load average {load_average()}")
-print(f"Winograd vs blocked: {blocked_ms / winograd_ms:.2f}x the speed (above 1: faster)")
+for name in ("Winograd F(2x2)", "Winograd F(4x4)"):
+    speed = times["blocked path"] / times[name]
+    print(f"{name} vs blocked: {speed:.2f}x the speed (above 1: faster)")
 
 # %% [markdown]
-# At most 36/16 = 2.25x could come from the products; the transforms take their share
-# back, more of it the fewer the channels. The forward alone can win, as here; a training
-# step also pays the backward, whose weight gradient transforms the input tiles again and
-# the output gradient's tiles besides, and whose input gradient is another forward: over
-# forward and backward together the blocked path was level with it on the machine
-# minunet was measured on, which is why the rule is off by default. Read the ratio with the load averages, and
-# compare ratios measured on one machine, never absolute times across machines.
+# At most 36/16 = 2.25x (`F(2x2)`) or 144/36 = 4x (`F(4x4)`) could come from the
+# products; the transforms take their share back, more of it the fewer the channels, and
+# the backward transforms the input tiles again and the output gradient's tiles besides.
+# On the 2-core machine minunet was measured on, this layer took a third less time on
+# `F(4x4)` than on the blocked path, and a training step of the base-32 U-Net some 10-15%
+# less with the rule on than with Winograd off (`benchmarks/RESULTS.md`). Read the ratio
+# with the load averages, and compare ratios measured on one machine, never absolute
+# times across machines.
 #
 # ## What to remember
 #
@@ -557,11 +584,12 @@ print(f"Winograd vs blocked: {blocked_ms / winograd_ms:.2f}x the speed (above 1:
 # - Backward: `dx` is the forward again (flipped kernel, padding `2 - p`); `dW` is the
 #   same 16 products with the roles exchanged, then `G^T dU G`.
 # - The transforms grow the numbers before rounding: `F(4x4, 3x3)` rounds about an order
-#   of magnitude more in float32, so minunet uses `F(2x2, 3x3)`.
-# - It pays only where the products dominate the memory-bound transforms: switched on
-#   (`MINUNET_WINOGRAD=1`), `tile_for` picks it for 3x3, stride-1 NumPy layers with at
-#   least `MIN_CHANNELS` channels in and out. In NumPy on a small CPU it did not clearly
-#   pay at the U-Net's sizes, so it is off by default: a measurement decides, not the count.
+#   of magnitude more in float32 (1.5e-5 of the output at most on the U-Net's layers),
+#   still far below the precision networks train in.
+# - It pays only where the products dominate the memory-bound transforms: many channels
+#   in and out (`h = C K / (C + K)`) and enough tiles per product. `tile_for` reads both
+#   against `RULE`, thresholds measured on every layer of the U-Net: a measurement
+#   decides, not the count.
 #
 # Back to [lesson 09](09_fast_numpy.ipynb) or to [the reading order](README.md).
 

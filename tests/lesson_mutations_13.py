@@ -169,16 +169,24 @@ MUTATIONS = [
     # --- 4. when it pays: the rule --------------------------------------------------------
     _row(
         WINOGRAD,
-        "and min(x.shape[1], out_channels) >= MIN_CHANNELS",
-        "and x.shape[1] >= MIN_CHANNELS",
-        "assert chosen == (winograd.TILE if expected and on else 0), name",
-        "the rule forgets the output channels",
+        "intensity = c * k / (c + k)",
+        "intensity = c / 2",
+        "assert chosen == (expected if on else 0), name",
+        "the rule's channel intensity forgets the output channels (128 -> 64 would take"
+        " F(4x4))",
+    ),
+    _row(
+        WINOGRAD,
+        "if intensity >= least_intensity and n * -(-ho // m) * -(-wo // m) >= least_tiles:",
+        "if intensity >= least_intensity and -(-ho // m) * -(-wo // m) >= least_tiles:",
+        "assert chosen == (expected if on else 0), name",
+        "the rule counts one image's tiles, not the batch's",
     ),
     _row(
         WINOGRAD,
         "and padding <= KERNEL - 1",
         "and padding <= KERNEL",
-        "assert chosen == (winograd.TILE if expected and on else 0), name",
+        "assert chosen == (expected if on else 0), name",
         "the rule accepts padding 3, whose input gradient would need padding -1",
     ),
     _row(

@@ -19,16 +19,17 @@ from minunet.accel.conv import BlockedConvCache, WinogradCache  # noqa: E402
 
 def test_the_winograd_rows_run_each_path_and_restore_the_switches():
     dev = common.setup("numpy", False)
-    # base 64, depth 1: the bottleneck's second convolution is 128 -> 128 channels
-    model, contenders = step.build(dev, 64, 1, 2, 16, winograd_rows=True)
-    expected = {
-        "minunet, Winograd off": BlockedConvCache,
-        "minunet, Winograd >= 128 ch": WinogradCache,
-        "minunet, Winograd >= 256 ch": BlockedConvCache,
-    }
-    assert [name for name in contenders if name.startswith("minunet, Winograd")] == [*expected]
-    switches = (winograd.ENABLED, winograd.MIN_CHANNELS)
-    for name, cache in expected.items():
+    # base 64, depth 1, batch 8 at 32 px: the bottleneck's second convolution is 128 -> 128
+    # channels at 16 px, 128 4x4 tiles: the rule's F(4x4)
+    model, contenders = step.build(dev, 64, 1, 8, 32, winograd_rows=True)
+    expected = {"minunet": 4, "minunet, Winograd off": 0, "minunet, F(2x2) only": 2}
+    assert [n for n in contenders if n.startswith("minunet")] == [*expected]
+    switches = (winograd.ENABLED, winograd.RULE)
+    for name, tile in expected.items():
         contenders[name]()
-        assert isinstance(model.bottleneck.conv2._cache, cache), name
-        assert (winograd.ENABLED, winograd.MIN_CHANNELS) == switches, name
+        cache = model.bottleneck.conv2._cache
+        if tile:
+            assert isinstance(cache, WinogradCache) and cache.tile == tile, name
+        else:
+            assert isinstance(cache, BlockedConvCache), name
+        assert (winograd.ENABLED, winograd.RULE) == switches, name

@@ -130,92 +130,124 @@ def test_a_wrong_transform_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     assert np.abs(bad - good).max() > 1e-3
 
 
-def test_the_rule_picks_winograd_only_for_deep_3x3_stride_1_numpy_layers(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(winograd, "ENABLED", True)  # opt-in (MINUNET_WINOGRAD=1)
-    deep = np.zeros((1, winograd.MIN_CHANNELS, 4, 4), dtype=np.float32)
-    shallow = np.zeros((1, winograd.MIN_CHANNELS - 1, 4, 4), dtype=np.float32)
-    c = winograd.MIN_CHANNELS
-    assert winograd.tile_for(deep, c, 3, 1, 1, 1) == winograd.TILE
-    assert winograd.tile_for(shallow, c, 3, 1, 1, 1) == 0  # too few input channels
-    assert winograd.tile_for(deep, c - 1, 3, 1, 1, 1) == 0  # too few output channels
-    assert winograd.tile_for(deep, c, 1, 1, 1, 0) == 0  # 1x1
-    assert winograd.tile_for(deep, c, 3, 2, 1, 1) == 0  # stride 2
-    assert winograd.tile_for(deep, c, 3, 1, 2, 1) == 0  # dilated
-    assert winograd.tile_for(deep, c, 3, 1, 1, 3) == 0  # dx would need padding -1
-    assert winograd.tile_for(deep.astype(np.float16), c, 3, 1, 1, 1) == 0
-    monkeypatch.setattr(winograd, "ENABLED", False)
-    assert winograd.tile_for(deep, c, 3, 1, 1, 1) == 0
+@pytest.mark.parametrize(
+    "shape, k, tile",
+    [
+        ((8, 128, 16, 16), 128, 4),  # h = 64, 128 4x4 tiles: F(4x4)'s thresholds, exactly
+        ((8, 128, 16, 16), 127, 0),  # h just under 64, and under F(2x2)'s 160
+        ((7, 128, 16, 16), 128, 0),  # 112 4x4 tiles; 448 2x2 tiles but h = 64 < 160
+        ((8, 128, 14, 14), 128, 4),  # the last tiles reach past the image: still 128 of them
+        ((8, 512, 8, 8), 512, 2),  # 32 4x4 tiles; 128 2x2 tiles and h = 256: F(2x2)
+        ((8, 256, 8, 8), 256, 0),  # h = 128: the blocked path (it won there)
+        ((8, 480, 8, 8), 480, 2),  # h = 240
+        ((8, 320, 8, 8), 320, 2),  # h = 160, F(2x2)'s threshold exactly
+        ((4, 512, 8, 8), 512, 0),  # 64 2x2 tiles
+        ((8, 64, 64, 64), 64, 0),  # h = 32, however many tiles
+        ((2, 256, 32, 32), 128, 4),  # h = 85, 128 4x4 tiles
+    ],
+)
+def test_the_rule_picks_by_channel_intensity_and_tiles(shape, k, tile) -> None:
+    """``winograd.RULE`` as its comment states it: F(4x4) from h = C*K/(C+K) = 64 and 128
+    4x4 tiles in the batch, else F(2x2) from h = 160 and 128 2x2 tiles, else blocked."""
+    assert winograd.RULE == ((4, 64, 128), (2, 160, 128))
+    with winograd.enabled(True):
+        assert winograd.tile_for(np.zeros(shape, np.float32), k, 3, 1, 1, 1) == tile
 
 
-def test_winograd_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Off by default (it did not pay where it was measured): the rule picks nothing."""
+def test_the_rule_applies_only_to_3x3_stride_1_numpy_float_layers() -> None:
+    deep = np.zeros((8, 128, 16, 16), dtype=np.float32)
+    with winograd.enabled(True):
+        assert winograd.tile_for(deep, 128, 3, 1, 1, 1) == 4
+        assert winograd.tile_for(deep, 128, 1, 1, 1, 0) == 0  # 1x1
+        assert winograd.tile_for(deep, 128, 3, 2, 1, 1) == 0  # stride 2
+        assert winograd.tile_for(deep, 128, 3, 1, 2, 1) == 0  # dilated
+        assert winograd.tile_for(deep, 128, 3, 1, 1, 3) == 0  # dx would need padding -1
+        assert winograd.tile_for(deep.astype(np.float16), 128, 3, 1, 1, 1) == 0
+        assert winograd.tile_for(deep.view(StandIn), 128, 3, 1, 1, 1) == 0  # not NumPy's own
+        with winograd.forced(2):  # the benchmarks' override, for applicable layers only
+            assert winograd.tile_for(deep, 128, 3, 1, 1, 1) == 2
+            assert winograd.tile_for(deep[:1, :4], 4, 3, 1, 1, 1) == 2
+            assert winograd.tile_for(deep, 128, 3, 2, 1, 1) == 0
+        with winograd.forced(0):
+            assert winograd.tile_for(deep, 128, 3, 1, 1, 1) == 0
+        assert winograd.FORCED is None
+    with winograd.enabled(False):
+        assert winograd.tile_for(deep, 128, 3, 1, 1, 1) == 0
+    with pytest.raises(ValueError, match="no Winograd tile size 3"):
+        with winograd.forced(3):
+            pass
+
+
+class StandIn(np.ndarray):
+    """A subclass of NumPy's array, as the tests' CuPy stand-in is: not for the CPU paths."""
+
+
+def test_winograd_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On by default (the rule picks it where it measured faster); MINUNET_WINOGRAD=0 is off."""
     import importlib
 
+    deep = np.zeros((8, 128, 16, 16), dtype=np.float32)
     monkeypatch.delenv("MINUNET_WINOGRAD", raising=False)
-    fresh = importlib.reload(winograd)
     try:
-        deep = np.zeros((1, fresh.MIN_CHANNELS, 4, 4), dtype=np.float32)
-        assert not fresh.ENABLED and fresh.tile_for(deep, fresh.MIN_CHANNELS, 3, 1, 1, 1) == 0
-        monkeypatch.setenv("MINUNET_WINOGRAD", "1")
-        assert importlib.reload(winograd).ENABLED
+        fresh = importlib.reload(winograd)
+        assert fresh.ENABLED and fresh.tile_for(deep, 128, 3, 1, 1, 1) == 4
+        monkeypatch.setenv("MINUNET_WINOGRAD", "0")
+        fresh = importlib.reload(winograd)
+        assert not fresh.ENABLED and fresh.tile_for(deep, 128, 3, 1, 1, 1) == 0
     finally:
         monkeypatch.undo()
         importlib.reload(winograd)
 
 
-def test_fast_conv2d_takes_winograd_and_matches_the_reference_layer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.parametrize("m", TILES)
+def test_fast_conv2d_takes_winograd_and_matches_the_reference_layer(m: int) -> None:
     """Through the layer: FastConv2d on a deep layer runs Winograd (its cache says so), and
     its forward and gradients equal the reference Conv2d's within the float64 bound."""
     from minunet.accel import accelerate
     from minunet.accel.conv import WinogradCache
     from minunet.nn import Conv2d
 
-    monkeypatch.setattr(winograd, "ENABLED", True)  # opt-in (MINUNET_WINOGRAD=1)
-    c = winograd.MIN_CHANNELS
+    c = 6
     rng = np.random.default_rng(3)
     ref = Conv2d(c, c, 3, padding=1, dtype=np.float64, rng=np.random.default_rng(4))
     fast = accelerate(Conv2d(c, c, 3, padding=1, dtype=np.float64, rng=np.random.default_rng(4)))
     x = rng.standard_normal((2, c, 5, 6))
-    out, out_ref = fast.forward(x), ref.forward(x)
-    assert isinstance(fast._cache, WinogradCache)
-    dout = rng.standard_normal(out.shape)
-    dx, dx_ref = fast.backward(dout), ref.backward(dout)
+    with winograd.forced(m):
+        out, out_ref = fast.forward(x), ref.forward(x)
+        assert isinstance(fast._cache, WinogradCache) and fast._cache.tile == m
+        dout = rng.standard_normal(out.shape)
+        dx, dx_ref = fast.backward(dout), ref.backward(dout)
     w = ref.params["weight"].data
     np.testing.assert_allclose(
         out,
         out_ref,
         rtol=0,
-        atol=bound(2, np.float64, 9 * c + 1, np.abs(x).max() * np.abs(w).max()),
+        atol=bound(m, np.float64, 9 * c + 1, np.abs(x).max() * np.abs(w).max()),
     )
     np.testing.assert_allclose(
-        dx, dx_ref, rtol=0, atol=bound(2, np.float64, 9 * c, np.abs(dout).max() * np.abs(w).max())
+        dx, dx_ref, rtol=0, atol=bound(m, np.float64, 9 * c, np.abs(dout).max() * np.abs(w).max())
     )
     np.testing.assert_allclose(
         fast.params["weight"].grad,
         ref.params["weight"].grad,
         rtol=0,
-        atol=bound(2, np.float64, 2 * 5 * 6, np.abs(dout).max() * np.abs(x).max()),
+        atol=bound(m, np.float64, 2 * 5 * 6, np.abs(dout).max() * np.abs(x).max()),
     )
     np.testing.assert_allclose(fast.params["bias"].grad, ref.params["bias"].grad, rtol=1e-12)
 
 
-def test_a_short_training_run_with_winograd_tracks_the_blocked_run(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Five Adam steps of a U-Net whose deepest convolutions take Winograd, in float32,
-    against the same run on the blocked path: the losses agree to float32 noise, grown by
-    F(2,3)'s transforms and the steps (each step's rounding feeds the next)."""
+@pytest.mark.parametrize("m", TILES)
+def test_a_short_training_run_with_winograd_tracks_the_blocked_run(m: int) -> None:
+    """Five Adam steps of a U-Net whose 3x3 convolutions (all but the first) take Winograd
+    F(m, 3), in float32, against the same run on the blocked path: the losses agree to
+    float32 noise, grown by F(m, 3)'s transforms and the steps (each step's rounding feeds
+    the next)."""
     from minunet.model import UNet
     from minunet.nn.losses import SoftmaxCrossEntropy
     from minunet.nn.optim import Adam
 
     def run() -> list[float]:
-        # depth 1: the bottleneck has 2 * base channels, the rule's MIN_CHANNELS
-        net = UNet(3, 3, base_channels=winograd.MIN_CHANNELS // 2, depth=1, seed=0)
+        net = UNet(3, 3, base_channels=8, depth=2, seed=0)
         loss_fn, opt = SoftmaxCrossEntropy(), Adam(net.parameters(), lr=1e-3)
         data = np.random.default_rng(1)
         x = data.standard_normal((2, 3, 16, 16)).astype(np.float32)
@@ -228,10 +260,10 @@ def test_a_short_training_run_with_winograd_tracks_the_blocked_run(
             opt.step()
         return losses
 
-    monkeypatch.setattr(winograd, "ENABLED", True)  # opt-in (MINUNET_WINOGRAD=1)
-    with_winograd = run()
-    monkeypatch.setattr(winograd, "ENABLED", False)
-    blocked = run()
-    assert with_winograd != blocked, "the deep layers did not take Winograd"
-    tolerance = 5 * growth(2) * np.finfo(np.float32).eps  # relative: 5 steps of F(2,3) rounding
+    with winograd.forced(m):
+        with_winograd = run()
+    with winograd.forced(0):
+        blocked = run()
+    assert with_winograd != blocked, "the convolutions did not take Winograd"
+    tolerance = 5 * growth(m) * np.finfo(np.float32).eps  # relative: 5 steps of F(m,3) rounding
     np.testing.assert_allclose(with_winograd, blocked, rtol=tolerance)

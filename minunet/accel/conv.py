@@ -3,9 +3,10 @@
 Both do the reference's arithmetic (``minunet.nn.conv``, ``minunet.nn.conv_transpose``)
 with faster pieces, chosen per call from the arrays they meet:
 
-* NumPy, 3x3, stride 1, at least ``winograd.MIN_CHANNELS`` input and output channels (the
-  U-Net's deep layers), when switched on with ``MINUNET_WINOGRAD=1``: Winograd F(2x2, 3x3)
-  (``minunet.accel.winograd``), 16 multiplications per output tile instead of 36.
+* NumPy, 3x3, stride 1, with many channels in and out and enough output tiles (the
+  U-Net's deep layers; ``winograd.tile_for``'s measured rule): Winograd F(4x4, 3x3) or
+  F(2x2, 3x3) (``minunet.accel.winograd``), 36 multiplications per 4x4 output tile
+  instead of 144, or 16 per 2x2 tile instead of 36. ``MINUNET_WINOGRAD=0`` switches it off.
 * NumPy, stride 1, dilation 1, at least ``cpu.MIN_CHANNELS`` input channels (every other 3x3
   convolution of the U-Net after the first): the blocked convolution (shifted rows) of
   ``minunet.accel.cpu``, which keeps only the input for the backward.

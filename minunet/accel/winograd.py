@@ -40,7 +40,8 @@ rows of C values) and NCHW at the edges, like ``minunet.accel.cpu``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -51,24 +52,34 @@ from minunet.accel.cpu import parallel
 
 KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
 
-# Opt-in: MINUNET_WINOGRAD=1 turns it on. On the 2-core machine it was measured on
-# (benchmarks/RESULTS.md, 2026-12-02), NumPy's memory-bound transforms cost about what the
-# products save at the U-Net's sizes: per layer (benchmarks/layers.py) it was level with
-# the blocked path at 256 and 512 channels, and over a training step (benchmarks/step.py
-# --winograd) 3-6% faster at base 32 and level at base 16, within what that machine's
-# noise moves from run to run. Not a settled win, so off by default. Turn it on where
-# benchmarks/layers.py's "winograd ratio" beats its "blocked ratio". (MINUNET_FAST_CPU=0
-# and MINUNET_ACCEL=0 switch it off with the other CPU fast paths.)
-ENABLED = os.environ.get("MINUNET_WINOGRAD", "0") == "1"
+# On by default; MINUNET_WINOGRAD=0 switches it off (MINUNET_FAST_CPU=0 and MINUNET_ACCEL=0
+# switch it off with the other CPU fast paths). Where ``tile_for``'s rule picks it, it took
+# a third to a half less time than the blocked path (benchmarks/winograd_rule.py,
+# benchmarks/RESULTS.md, 2026-12-02 05:40 UTC).
+ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
 
-# The selection rule (``tile_for``), when switched on: Winograd where both channel counts
-# are at least this many. Below it the transforms, which run at memory speed, cost more
-# than the products they save: with the transforms as Kronecker products the 128-channel
-# layers (32 px) ran 4-16% slower than with the earlier row-by-row transforms and behind
-# the blocked path, the 256- and 512-channel ones 6-22% faster
-# (benchmarks/conv_before_after.py --module winograd, RESULTS.md), so 256.
-MIN_CHANNELS = 256
-TILE = 2  # F(2x2, 3x3): F(4x4, 3x3) saves more products but its float32 error is 10x larger
+# The rule (``tile_for``): per tile size m, largest first, (least channel intensity, least
+# tiles). A layer's n^2 products are (T, C) @ (C, K) each, T = the batch's m x m output
+# tiles; its transforms touch T * (C + K) values per position and run at memory speed. So
+# Winograd pays where
+# * h = C*K / (C + K), the products' multiply-adds per transformed value, is large: the
+#   transforms are then small next to the products they save (at 64 channels in and out,
+#   h = 32, the blocked path won everywhere; at 128 and 128, h = 64, F(4x4) was faster
+#   or level), and
+# * T is large: each product reads all of U's C*K values once, and the filter
+#   transforms cost C*K*n^2*9 whatever the batch (at 8 px a batch of 8 has 32 4x4 tiles:
+#   F(4x4) lost to F(2x2) there, whose 2x2 tiles are 128).
+# F(2x2) saves fewer products (16 for 36 against 36 for 144), so it needs more channels:
+# at 8 px, 256 -> 256 (h = 128) the blocked path won and 256 -> 512 (h = 171) F(2x2) did.
+# Measured with benchmarks/winograd_rule.py at batch 8 (every 3x3 convolution of base-16
+# and base-32 U-Nets: the rule picks the fastest path, or one level with it, for each) and
+# batch 2 (RESULTS.md, 2026-12-02 05:40 UTC).
+RULE = ((4, 64, 128), (2, 160, 128))  # (m, least h, least T)
+
+# F(4x4, 3x3)'s float32 error: its larger transform entries (up to 8 and 1/24) round more.
+# Measured on the U-Net's layers (winograd_rule.py --error): at most 1.5e-5 of an output's
+# largest value, where the blocked path's is 5e-7 and F(2x2)'s 9e-7; float32 itself
+# carries 6e-8 per operation and bfloat16, which networks train in, 4e-3. Acceptable.
 
 # The finite interpolation points of each tile size (infinity is always the last point).
 POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, -2)}
@@ -114,9 +125,9 @@ def tile_for(
 ) -> int:
     """The Winograd tile size m to use for this convolution, or 0 for the blocked path.
 
-    Winograd applies to NumPy float arrays, 3x3 kernels, stride 1, dilation 1 and padding at
-    most 2 (so the input gradient's padding 2 - p is >= 0), and is chosen where both channel
-    counts reach ``MIN_CHANNELS``: the U-Net's deep, small layers.
+    x (N, C, H, W). Winograd applies to NumPy float arrays, 3x3 kernels, stride 1, dilation 1
+    and padding at most 2 (so the input gradient's padding 2 - p is >= 0); among those, the
+    first m of ``RULE`` whose thresholds the layer reaches (``FORCED``, when set, instead).
     """
     ok = (
         ENABLED
@@ -124,9 +135,51 @@ def tile_for(
         and x.dtype in cpu.FLOATS
         and (kernel, stride, dilation) == (KERNEL, 1, 1)
         and padding <= KERNEL - 1
-        and min(x.shape[1], out_channels) >= MIN_CHANNELS
     )
-    return TILE if ok else 0
+    if not ok:
+        return 0
+    if FORCED is not None:
+        return FORCED
+    n, c, h, w = x.shape
+    k = out_channels
+    ho, wo = h + 2 * padding - KERNEL + 1, w + 2 * padding - KERNEL + 1
+    intensity = c * k / (c + k)
+    for m, least_intensity, least_tiles in RULE:
+        if intensity >= least_intensity and n * -(-ho // m) * -(-wo // m) >= least_tiles:
+            return m
+    return 0
+
+
+# Set by ``forced``: the tile size every applicable convolution takes (0: the blocked path).
+FORCED: int | None = None
+
+
+@contextmanager
+def forced(m: int) -> Iterator[None]:
+    """Every convolution Winograd applies to takes tile size m inside the block (0: the
+    blocked path), whatever the rule says: what the benchmarks compare the paths with."""
+    global FORCED
+    if m not in (0, *POINTS):
+        raise ValueError(
+            f"no Winograd tile size {m}: use 0 (the blocked path) or one of {sorted(POINTS)}"
+        )
+    saved, FORCED = FORCED, m
+    try:
+        with enabled(True):
+            yield
+    finally:
+        FORCED = saved
+
+
+@contextmanager
+def enabled(on: bool) -> Iterator[None]:
+    """Winograd switched on or off (``ENABLED``) inside the block, as it was after it."""
+    global ENABLED
+    saved, ENABLED = ENABLED, on
+    try:
+        yield
+    finally:
+        ENABLED = saved
 
 
 def nested(m: int, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
