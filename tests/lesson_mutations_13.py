@@ -172,8 +172,7 @@ MUTATIONS = [
         "intensity = c * k / (c + k)",
         "intensity = c / 2",
         "assert chosen == (expected if on else 0), name",
-        "the rule's channel intensity forgets the output channels (128 -> 64 would take"
-        " F(4x4))",
+        "the rule's channel intensity forgets the output channels (128 -> 64 would take F(4x4))",
     ),
     _row(
         WINOGRAD,
