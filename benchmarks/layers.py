@@ -118,7 +118,7 @@ def build(kind: str, shape: tuple[int, ...], dev: Device, base: int = 32) -> dic
             return run
 
         # Each 3x3 path forced, whatever the rule picks: the measurement behind the rule.
-        # (Before 2026-12-02 05:40 UTC the "winograd" column forced only the rule's channel
+        # (Before 2026-12-02 05:15 UTC the "winograd" column forced only the rule's channel
         # threshold, not the switch, which was off by default: it timed the blocked path.)
         contenders["blocked"] = with_tile(0)
         contenders["F(2x2)"] = with_tile(2)

@@ -53,9 +53,9 @@ from minunet.accel.cpu import parallel
 KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
 
 # On by default; MINUNET_WINOGRAD=0 switches it off (MINUNET_FAST_CPU=0 and MINUNET_ACCEL=0
-# switch it off with the other CPU fast paths). Where ``tile_for``'s rule picks it, it took
-# a third to a half less time than the blocked path (benchmarks/winograd_rule.py,
-# benchmarks/RESULTS.md, 2026-12-02 05:40 UTC).
+# switch it off with the other CPU fast paths). Where ``tile_for``'s rule picks F(4x4) in a
+# base-32 U-Net, it took 27-44% less time than the blocked path (benchmarks/winograd_rule.py,
+# benchmarks/RESULTS.md, 2026-12-02 05:15 UTC).
 ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
 
 # The rule (``tile_for``): per tile size m, largest first, (least channel intensity, least
@@ -72,8 +72,9 @@ ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
 # F(2x2) saves fewer products (16 for 36 against 36 for 144), so it needs more channels:
 # at 8 px, 256 -> 256 (h = 128) the blocked path won and 256 -> 512 (h = 171) F(2x2) did.
 # Measured with benchmarks/winograd_rule.py at batch 8 (every 3x3 convolution of base-16
-# and base-32 U-Nets: the rule picks the fastest path, or one level with it, for each) and
-# batch 2 (RESULTS.md, 2026-12-02 05:40 UTC).
+# and base-32 U-Nets: the rule picked the fastest path on 19 of 26, on the others one
+# within 18% of it, which earlier runs had ordered the other way or level) and batch 2
+# (RESULTS.md, 2026-12-02 05:15 UTC).
 RULE = ((4, 64, 128), (2, 160, 128))  # (m, least h, least T)
 
 # F(4x4, 3x3)'s float32 error: its larger transform entries (up to 8 and 1/24) round more.
