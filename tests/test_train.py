@@ -4,6 +4,7 @@ give one-line errors."""
 import json
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 
 import numpy as np
@@ -55,14 +56,30 @@ def test_a_tiny_batch_is_overfit():
     assert float(loss) < 0.15, f"could not overfit 4 images: loss {float(loss):.3f}"
 
 
-def test_resume_after_a_stop_is_bit_for_bit(tmp_path):
-    """Stop mid-epoch (as Ctrl-C does), resume, and end with exactly the uninterrupted run."""
+@pytest.mark.parametrize("tile", [None, 2, 4])
+def test_resume_after_a_stop_is_bit_for_bit(tmp_path, tile, monkeypatch):
+    """Stop mid-epoch (as Ctrl-C does), resume, and end with exactly the uninterrupted run:
+    with the default paths (the tiny net's layers are too small for Winograd), and with
+    every 3x3 convolution forced onto Winograd F(2x2) or F(4x4)."""
+    from minunet.accel import winograd
+
+    tiles = []  # the tile sizes the Winograd forward ran with
+    forward = winograd.conv2d_forward
+
+    def counted(*args):
+        tiles.append(args[-1])
+        return forward(*args)
+
+    monkeypatch.setattr(winograd, "conv2d_forward", counted)
+    paths = nullcontext() if tile is None else winograd.forced(tile)
     whole = tmp_path / "whole"
-    train(tiny_config(whole, dropout=0.2), log=lambda *_: None)
     parts = tmp_path / "parts"
-    train(tiny_config(parts, dropout=0.2, max_steps=3), log=lambda *_: None)  # 4 steps/epoch
-    assert load_checkpoint(parts / "last.npz").meta["train"]["batch"] == 3
-    train(tiny_config(parts, dropout=0.2, resume=True), log=lambda *_: None)
+    with paths:
+        train(tiny_config(whole, dropout=0.2), log=lambda *_: None)
+        train(tiny_config(parts, dropout=0.2, max_steps=3), log=lambda *_: None)  # 4 steps/epoch
+        assert load_checkpoint(parts / "last.npz").meta["train"]["batch"] == 3
+        train(tiny_config(parts, dropout=0.2, resume=True), log=lambda *_: None)
+    assert set(tiles) == (set() if tile is None else {tile})
     a, b = load_checkpoint(whole / "last.npz"), load_checkpoint(parts / "last.npz")
     for k, v in a.model_state.items():
         np.testing.assert_array_equal(v, b.model_state[k], err_msg=k)
