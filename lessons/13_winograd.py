@@ -564,8 +564,8 @@ for name in ("Winograd F(2x2)", "Winograd F(4x4)"):
 # At most 36/16 = 2.25x (`F(2x2)`) or 144/36 = 4x (`F(4x4)`) could come from the
 # products; the transforms take their share back, more of it the fewer the channels, and
 # the backward transforms the input tiles again and the output gradient's tiles besides.
-# On the 2-core machine minunet was measured on, this layer took a third less time on
-# `F(4x4)` than on the blocked path, and a training step of the base-32 U-Net some 10-15%
+# On the 2-core machine minunet was measured on, this layer took 35-41% less time on
+# `F(4x4)` than on the blocked path, and a training step of the base-32 U-Net 12-19%
 # less with the rule on than with Winograd off (`benchmarks/RESULTS.md`). Read the ratio
 # with the load averages, and compare ratios measured on one machine, never absolute
 # times across machines.
