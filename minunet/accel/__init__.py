@@ -7,6 +7,8 @@ arrays it meets: NumPy or CuPy, dtype, geometry) and calls the reference otherwi
 test compares the two (tests/test_fast_paths.py, tests/test_cuda_*.py).
 
     cpu         the blocked convolution (shifted rows) and threaded batched products (NumPy)
+    winograd    Winograd F(2x2, 3x3) and F(4x4, 3x3) for the deep 3x3 layers (NumPy), and
+                the measured rule that picks them per layer (``winograd.tile_for``)
     batchnorm   FastBatchNorm2d: channel groups over the threads (NumPy), the kernels (CuPy)
     pool        FastMaxPool2d: the same for the 2x2 max-pool
     optim       FastSGD, FastAdam, FastAdamW: parameters over the threads (NumPy), kernels (CuPy)
@@ -19,6 +21,7 @@ switches, read from the environment:
 
     MINUNET_ACCEL=0          accelerate() changes nothing: every operation is the reference
     MINUNET_FAST_CPU=0       the CPU fast paths are off (the CUDA kernels stay on)
+    MINUNET_WINOGRAD=0       the Winograd convolutions are off (the other CPU fast paths stay on)
     MINUNET_CUDA_KERNELS=0   the CUDA kernels are off (the CPU fast paths stay on)
 
 ``fast_paths(cpu=..., cuda=...)`` sets the last two for a block of code (tests, benchmarks).
