@@ -17,8 +17,8 @@ it use a single core. This module does the same arithmetic in a different order:
   straddle two input rows; their outputs are computed and dropped.
 * **Channels first, nothing transposed.** Both the copies above and the products' results
   are in NCHW order (each channel's rows in runs), so a block's result goes into the
-  output as runs of Wo values; the weight gradient transposes only the output gradient's
-  block, once. (An earlier version built channels-last columns; its transposing copies
+  output as runs of Wo values; the weight gradient reads the output gradient's block as
+  a transposed matrix, in place. (An earlier version built channels-last columns; its transposing copies
   made it slower: benchmarks/RESULTS.md, 2026-12-01, 22:30-23:50 UTC.)
 * **Blocks of image rows.** Each block's columns (a few MB) are built, multiplied and
   dropped; the next block reuses the buffers. Blocks are large (megabytes, not a cache's
@@ -497,10 +497,13 @@ def _rows_weight_grad(
     """dW in the tap-major layout (K, kh*kw*C), from blocks of rows: each worker sums its
     blocks' products into a partial sum of its own, and the partial sums are added.
 
-    Per block, dW_a^T (kw*C, K) += cols[:, a*Wp : a*Wp + P] (kw*C, P) @ d (P, K), P =
-    rows*Wp, with d the block's output gradient channels last (one transposing copy per
-    block, which lets both operands be read in order) and widened to the columns' row
-    width Wp by zeros where the forward dropped the straddling columns: they add nothing.
+    Per block, dW_a^T (kw*C, K) += cols[:, a*Wp : a*Wp + P] (kw*C, P) @ d^T (P, K), P =
+    rows*Wp, with d (K, P) the block's output gradient as it lies (channels first: a copy
+    of runs of Wo values), widened to the columns' row width Wp by zeros where the forward
+    dropped the straddling columns (they add nothing). BLAS reads d^T as a transposed
+    matrix in place. (This made a transposing copy of the block to channels last, NumPy's
+    slowest kind of copy; without it the base-16 training step took 7-10% less time:
+    benchmarks/RESULTS.md, 2026-12-02 06:35 UTC.)
     """
     n, c, _, w = x.shape
     k, ho, wo = dout.shape[1:]
@@ -511,12 +514,12 @@ def _rows_weight_grad(
         for i, r0, r1 in chunk:
             p = (r1 - r0) * wp
             cols = _row_columns(x, i, r0, r1, kh, kw, padding)
-            d = scratch("dout_rows", (r1 - r0, wp, k), x.dtype)
-            d[:, :wo] = dout[i, :, r0:r1].transpose(1, 2, 0)
-            d[:, wo:] = 0
-            d = d.reshape(p, k)
+            d = scratch("dout_rows", (k, r1 - r0, wp), x.dtype)
+            d[:, :, :wo] = dout[i, :, r0:r1]
+            d[:, :, wo:] = 0
+            d = d.reshape(k, p)
             for a in range(kh):
-                parts[worker, a] += cols[:, a * wp : a * wp + p] @ d
+                parts[worker, a] += cols[:, a * wp : a * wp + p] @ d.T
 
     parallel(work, _row_blocks(n, ho, wo, wp * kw * c * x.itemsize))
     # (kh, kw*C, K) -> (K, kh*kw*C), columns ordered (a, b, c): a transposed view, which
