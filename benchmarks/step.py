@@ -61,8 +61,8 @@ def build(
     path (and the fast path with OpenBLAS left to thread itself inside minunet's worker
     threads, as without threadpoolctl), on the GPU the generic CuPy code instead of the
     hand-written CUDA kernels. With ``winograd_rows`` (NumPy), minunet with its Winograd
-    path switched off, and with only F(2x2, 3x3) in its rule (``winograd.RULE``: F(2x2) on
-    the layers where the rule picks F(4x4)).
+    path switched off, and with F(2x2, 3x3) in place of F(4x4) in its rule
+    (``winograd.RULE``: F(2x2) wherever F(4x4)'s thresholds are reached, counting 2x2 tiles).
     With ``join_rows``, minunet with the decoder's joins concatenating (``Concat.room``
     off: each up-convolution allocates its output and the join copies it, as before the
     up-convolutions wrote into the joins' buffers)."""

@@ -201,8 +201,9 @@ def test_winograd_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.parametrize("m", TILES)
 def test_fast_conv2d_takes_winograd_and_matches_the_reference_layer(m: int) -> None:
-    """Through the layer: FastConv2d on a deep layer runs Winograd (its cache says so), and
-    its forward and gradients equal the reference Conv2d's within the float64 bound."""
+    """Through the layer: FastConv2d with Winograd F(m, 3) forced runs it (its cache says
+    so), and its forward and gradients equal the reference Conv2d's within the float64
+    bound."""
     from minunet.accel import accelerate
     from minunet.accel.conv import WinogradCache
     from minunet.nn import Conv2d

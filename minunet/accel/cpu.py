@@ -18,8 +18,8 @@ it use a single core. This module does the same arithmetic in a different order:
 * **Channels first, nothing transposed.** Both the copies above and the products' results
   are in NCHW order (each channel's rows in runs), so a block's result goes into the
   output as runs of Wo values; the weight gradient reads the output gradient's block as
-  a transposed matrix, in place. (An earlier version built channels-last columns; its transposing copies
-  made it slower: benchmarks/RESULTS.md, 2026-12-01, 22:30-23:50 UTC.)
+  a transposed matrix, in place. (An earlier version built channels-last columns; its
+  transposing copies made it slower: benchmarks/RESULTS.md, 2026-12-01, 22:30-23:50 UTC.)
 * **Blocks of image rows.** Each block's columns (a few MB) are built, multiplied and
   dropped; the next block reuses the buffers. Blocks are large (megabytes, not a cache's
   kilobytes) because each one costs some twenty NumPy calls, and the threads wait on each
