@@ -176,8 +176,8 @@ MUTATIONS = [
     ),
     _row(
         WINOGRAD,
-        "if intensity >= least_intensity and n * -(-ho // m) * -(-wo // m) >= least_tiles:",
-        "if intensity >= least_intensity and -(-ho // m) * -(-wo // m) >= least_tiles:",
+        "if intensity >= least_intensity and n * th * tw >= least_tiles:",
+        "if intensity >= least_intensity and th * tw >= least_tiles:",
         "assert chosen == (expected if on else 0), name",
         "the rule counts one image's tiles, not the batch's",
     ),

@@ -143,10 +143,10 @@ def tile_for(
         return FORCED
     n, c, h, w = x.shape
     k = out_channels
-    ho, wo = h + 2 * padding - KERNEL + 1, w + 2 * padding - KERNEL + 1
     intensity = c * k / (c + k)
     for m, least_intensity, least_tiles in RULE:
-        if intensity >= least_intensity and n * -(-ho // m) * -(-wo // m) >= least_tiles:
+        _, _, th, tw = _tiles_shape(h, w, padding, m)
+        if intensity >= least_intensity and n * th * tw >= least_tiles:
             return m
     return 0
 
