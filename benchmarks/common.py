@@ -188,6 +188,17 @@ def add_unet_arguments(parser: argparse.ArgumentParser, base: int = 32) -> None:
     parser.add_argument("--size", type=int, default=128)
 
 
+def layer_shapes(base: int, depth: int, size: int) -> list[tuple[int, int, int]]:
+    """(C_in, C_out, side) of the U-Net's 3x3 convolutions after the first, one each."""
+    shapes = []
+    for level in range(depth + 1):
+        c, side = base << level, size >> level
+        shapes.append((c, c, side))  # conv2 of an encoder block or the bottleneck
+        if level < depth:
+            shapes.append((2 * c, c, side))  # conv1 of a decoder block (after the concat)
+    return shapes
+
+
 def warm_up(fn: Callable[[], Any], device: Device, seconds: float) -> None:
     """Untimed calls of ``fn``, at least one and for at least ``seconds``: caches, buffers,
     lazy initialisation, spinning threads, and the cores back at full speed (WARMUP_S)."""

@@ -41,7 +41,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Timing, add_unet_arguments, compare, load_line, setup, table  # noqa: E402
+from common import (  # noqa: E402
+    Timing,
+    add_unet_arguments,
+    compare,
+    layer_shapes,
+    load_line,
+    setup,
+    table,
+)
 from step import build  # noqa: E402
 
 import minunet.accel.conv as fast_conv  # noqa: E402
@@ -79,17 +87,6 @@ def ratio_row(what: str, t: Timing, ms: str) -> list[str]:
         f"{t.ratio('head', 'base'):.3f}",
         f"{t.best_ratio('head', 'base'):.3f}",
     ]
-
-
-def layer_shapes(base: int, depth: int, size: int) -> list[tuple[int, int, int]]:
-    """(C_in, C_out, side) of the U-Net's 3x3 convolutions after the first, one each."""
-    shapes = []
-    for level in range(depth + 1):
-        c, side = base << level, size >> level
-        shapes.append((c, c, side))  # conv2 of an encoder block or the bottleneck
-        if level < depth:
-            shapes.append((2 * c, c, side))  # conv1 of a decoder block (after the concat)
-    return shapes
 
 
 def main(argv: list[str] | None = None) -> None:

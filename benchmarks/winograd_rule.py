@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import compare, load_line, setup, table  # noqa: E402
+from common import compare, layer_shapes, load_line, setup, table  # noqa: E402
 
 from minunet.accel import cpu, winograd  # noqa: E402
 
@@ -38,16 +38,13 @@ PATHS = {"blocked": 0, "F(2x2,3x3)": 2, "F(4x4,3x3)": 4}
 
 def unet_convolutions(base: int, depth: int = 4, size: int = 128) -> list[tuple[int, int, int]]:
     """(input channels, output channels, side) of each distinct 3x3 convolution of a U-Net
-    after its first (whose 3 input channels take the im2col path): per encoder level c->2c
-    and 2c->2c, and per decoder level the join's 2c->c and c->c."""
-    shapes = []
-    for level in range(depth + 1):
-        c, side = base << level, size >> level
-        if level:
-            shapes.append((c // 2, c, side))  # the level's first convolution (after a pool)
-        shapes.append((c, c, side))
-        if level < depth:
-            shapes.append((2 * c, c, side))  # the decoder's join
+    after its first (whose 3 input channels take the im2col path): ``common.layer_shapes``'s
+    (each level's c->c, each decoder join's 2c->c) and each level's first, c/2->c after
+    the pool; largest images first."""
+    shapes = layer_shapes(base, depth, size)
+    shapes += [
+        ((base << level) // 2, base << level, size >> level) for level in range(1, depth + 1)
+    ]
     return sorted(set(shapes), key=lambda s: (-s[2], s[0], s[1]))
 
 
