@@ -474,8 +474,9 @@ def intensity(c, k):
 
 on = winograd.ENABLED and cpu.ENABLED
 f32 = np.float32
+deep = np.zeros((8, 128, 16, 16), f32)  # 128 -> 128 at 16 px, batch 8: F(4x4)'s thresholds
 cases = [  # (name, x, output channels, kernel, stride, dilation, padding, expected tile)
-    ("128 -> 128 at 16 px, batch 8", np.zeros((8, 128, 16, 16), f32), 128, 3, 1, 1, 1, 4),
+    ("128 -> 128 at 16 px, batch 8", deep, 128, 3, 1, 1, 1, 4),
     ("128 -> 64 at 32 px, batch 8", np.zeros((8, 128, 32, 32), f32), 64, 3, 1, 1, 1, 0),
     ("64 -> 128 at 32 px, batch 8", np.zeros((8, 64, 32, 32), f32), 128, 3, 1, 1, 1, 0),
     ("256 -> 128 at 32 px, batch 2", np.zeros((2, 256, 32, 32), f32), 128, 3, 1, 1, 1, 4),
@@ -483,11 +484,11 @@ cases = [  # (name, x, output channels, kernel, stride, dilation, padding, expec
     ("512 -> 512 at 8 px, batch 8", np.zeros((8, 512, 8, 8), f32), 512, 3, 1, 1, 1, 2),
     ("256 -> 256 at 8 px, batch 8", np.zeros((8, 256, 8, 8), f32), 256, 3, 1, 1, 1, 0),
     ("512 -> 512 at 8 px, batch 2", np.zeros((2, 512, 8, 8), f32), 512, 3, 1, 1, 1, 0),
-    ("5x5 kernel", np.zeros((8, 128, 16, 16), f32), 128, 5, 1, 1, 2, 0),
-    ("stride 2", np.zeros((8, 128, 16, 16), f32), 128, 3, 2, 1, 1, 0),
-    ("dilation 2", np.zeros((8, 128, 16, 16), f32), 128, 3, 1, 2, 1, 0),
-    ("padding 3", np.zeros((8, 128, 16, 16), f32), 128, 3, 1, 1, 3, 0),
-    ("float16", np.zeros((8, 128, 16, 16), np.float16), 128, 3, 1, 1, 1, 0),
+    ("5x5 kernel", deep, 128, 5, 1, 1, 2, 0),
+    ("stride 2", deep, 128, 3, 2, 1, 1, 0),
+    ("dilation 2", deep, 128, 3, 1, 2, 1, 0),
+    ("padding 3", deep, 128, 3, 1, 1, 3, 0),
+    ("float16", deep.astype(np.float16), 128, 3, 1, 1, 1, 0),
 ]
 for name, xx, k_out, ksize, stride, dilation, padding, expected in cases:
     chosen = winograd.tile_for(xx, k_out, ksize, stride, dilation, padding)
