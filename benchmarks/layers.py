@@ -3,18 +3,22 @@
     python benchmarks/layers.py                      # NumPy vs PyTorch CPU (same threads)
     python benchmarks/layers.py --backend cupy       # CuPy vs PyTorch CUDA, fp32 both
     python benchmarks/layers.py --backend cupy --tf32
+    python benchmarks/layers.py --phase forward      # or backward: one half of each layer
 
 Both sides get the same weights, input and output gradient (float32) and do the same
-work: one forward and one backward (weights' and input's gradients). The shapes are the
-ones a base-32 U-Net meets at 128x128 with batch 8; the three 3x3 convolutions are the
-speed bar of the project (within 2x of PyTorch on the CPU).
+work: one forward and one backward (weights' and input's gradients). ``--phase`` times
+one of the two alone: the forward with its graph recorded (as in training), or the
+backward of one forward made beforehand, run again and again. The shapes are the
+ones a base-32 U-Net meets at 128x128 with batch 8 (``--base`` for others); the 32-, 64-
+and 256-channel 3x3 convolutions are issue 17's speed bar (at most PyTorch's time).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +50,12 @@ def cases(batch: int, base: int = 32) -> list[tuple[str, str, tuple[int, ...]]]:
     ]
 
 
-def build(kind: str, shape: tuple[int, ...], dev: Device, base: int = 32) -> dict[str, Callable]:
-    """The contenders, each running one forward and one backward of the layer: minunet,
-    torch, and for layers with a CPU fast path, minunet's plain reference path."""
+def build(
+    kind: str, shape: tuple[int, ...], dev: Device, base: int = 32, phase: str = "both"
+) -> dict[str, Callable]:
+    """The contenders, each running the layer's forward and backward (``phase`` "both"),
+    or only one of them ("forward", "backward"): minunet, torch, and for layers with a CPU
+    fast path, minunet's plain reference path (and each 3x3 path, forced)."""
     xp, torch = dev.xp, dev.torch
     rng = np.random.default_rng(0)
     c = shape[1]
@@ -67,7 +74,7 @@ def build(kind: str, shape: tuple[int, ...], dev: Device, base: int = 32) -> dic
     elif kind == "relu":
         layer, ref = ReLU(), torch.nn.ReLU()
     elif kind == "ce":
-        return _build_ce(shape, dev, rng)
+        return _build_ce(shape, dev, rng, phase)
     else:
         raise ValueError(kind)
     accelerate(layer)  # its fast paths, as a UNet's layers have them
@@ -85,48 +92,65 @@ def build(kind: str, shape: tuple[int, ...], dev: Device, base: int = 32) -> dic
     xt = torch.from_numpy(x_host).to(dev.torch_device).requires_grad_(True)
     dyt = torch.from_numpy(dy_host).to(dev.torch_device)
 
-    def ours() -> None:
-        layer.forward(x)
-        layer.backward(dy)
+    def timed(context: Callable[[], AbstractContextManager]) -> Callable[[], None]:
+        """One call of minunet's layer in ``phase``, each call inside ``context()``. The
+        backward alone reads the cache of one forward made here, in the same context (so
+        a forced path's backward is that path's), and set again before every call."""
+        cache = None
+        if phase == "backward":
+            with context():
+                layer.forward(x)
+            cache = layer._cache
+
+        def run() -> None:
+            with context():
+                if phase == "backward":
+                    layer._cache = cache
+                else:
+                    layer.forward(x)
+                if phase != "forward":
+                    layer.backward(dy)
+
+        return run
+
+    graph = ref(xt) if phase == "backward" else None  # the graph every backward call walks
 
     def theirs() -> None:
         xt.grad = None
         for p in ref.parameters():
             p.grad = None  # PyTorch's own training loop default (zero_grad(set_to_none))
-        ref(xt).backward(dyt)
+        if phase == "forward":
+            ref(xt)  # with the graph recorded, as a training step's forward records it
+        elif phase == "backward":
+            graph.backward(dyt, retain_graph=True)
+        else:
+            ref(xt).backward(dyt)
 
-    contenders = {"minunet": ours, "torch": theirs}
+    contenders = {"minunet": timed(nullcontext), "torch": theirs}
     if dev.backend == "numpy" and kind in ("conv", "conv_in", "upconv"):
 
-        def reference() -> None:
+        @contextmanager
+        def reference() -> Iterator[None]:
             """The same layer through im2col/col2im: what the fast paths replaced."""
             layer._patches_tile = lambda: False  # ConvTranspose2d's shortcut, off
             try:
                 with fast_paths(cpu=False):
-                    ours()
+                    yield
             finally:
                 vars(layer).pop("_patches_tile")
 
-        contenders["reference"] = reference
+        contenders["reference"] = timed(reference)
     if dev.backend == "numpy" and kind == "conv":
-
-        def with_tile(tile: int) -> Callable[[], None]:
-            def run() -> None:
-                with winograd.forced(tile):
-                    ours()
-
-            return run
-
         # Each 3x3 path forced, whatever the rule picks: the measurement behind the rule.
         # (Before 2026-12-02 05:15 UTC the "winograd" column forced only the rule's channel
         # threshold, not the switch, which was off by default: it timed the blocked path.)
-        contenders["blocked"] = with_tile(0)
-        contenders["F(2x2)"] = with_tile(2)
-        contenders["F(4x4)"] = with_tile(4)
+        contenders["blocked"] = timed(lambda: winograd.forced(0))
+        contenders["F(2x2)"] = timed(lambda: winograd.forced(2))
+        contenders["F(4x4)"] = timed(lambda: winograd.forced(4))
     return contenders
 
 
-def _build_ce(shape: tuple[int, ...], dev: Device, rng: np.random.Generator):
+def _build_ce(shape: tuple[int, ...], dev: Device, rng: np.random.Generator, phase: str):
     xp, torch = dev.xp, dev.torch
     n, k, h, w = shape
     z_host = rng.standard_normal(shape, dtype=np.float32)
@@ -136,13 +160,27 @@ def _build_ce(shape: tuple[int, ...], dev: Device, rng: np.random.Generator):
     zt = torch.from_numpy(z_host).to(dev.torch_device).requires_grad_(True)
     yt = torch.from_numpy(y_host).to(dev.torch_device)
 
-    def ours() -> None:
+    if phase == "backward":
         loss.forward(z, y)
-        loss.backward()
+        cache = loss._cache
+        graph = torch.nn.functional.cross_entropy(zt, yt)
+
+    def ours() -> None:
+        if phase == "backward":
+            loss._cache = cache
+        else:
+            loss.forward(z, y)
+        if phase != "forward":
+            loss.backward()
 
     def theirs() -> None:
         zt.grad = None
-        torch.nn.functional.cross_entropy(zt, yt).backward()
+        if phase == "forward":
+            torch.nn.functional.cross_entropy(zt, yt)
+        elif phase == "backward":
+            graph.backward(retain_graph=True)
+        else:
+            torch.nn.functional.cross_entropy(zt, yt).backward()
 
     return {"minunet": ours, "torch": theirs}
 
@@ -155,10 +193,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", type=int, default=32, help="the U-Net's first-level channels")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timings per side")
     parser.add_argument("--only", default="", help="run the layers whose name contains this")
+    parser.add_argument(
+        "--phase",
+        choices=("both", "forward", "backward"),
+        default="both",
+        help="time the forward and backward together (default), or one of them",
+    )
     args = parser.parse_args(argv)
     dev = setup(args.backend, args.tf32)
     calls = 1 if dev.backend == "numpy" else 10  # GPU calls are short: average 10
-    print(f"# layers: forward + backward, float32, batch {args.batch}")
+    timed = {"both": "forward + backward", "forward": "forward", "backward": "backward"}
+    print(f"# layers: {timed[args.phase]}, float32, batch {args.batch}")
     print(f"# {dev.describe()}")
     print(load_line())
     print(f"# {args.rounds} interleaved rounds, median; ratio = minunet / torch (lower is better)")
@@ -166,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, kind, shape in cases(args.batch, args.base):
         if args.only.lower() not in name.lower():
             continue
-        contenders = build(kind, shape, dev, args.base)
+        contenders = build(kind, shape, dev, args.base, args.phase)
         t = compare(contenders, dev, args.rounds, calls)
         has_ref = "reference" in contenders
         paths = [
