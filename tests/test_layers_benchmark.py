@@ -88,3 +88,21 @@ def test_main_prints_a_row_per_layer_for_a_phase(capsys):
     out = capsys.readouterr().out
     assert "# layers: backward, float32, batch 1" in out
     assert "Conv2d 3x3 16->16" in out
+
+
+@pytest.mark.parametrize("phase", ["both", "forward", "backward"])
+def test_the_loss_runs_the_phase_it_is_asked_for(phase, monkeypatch):
+    from minunet.accel import accelerate
+    from minunet.nn.losses import SoftmaxCrossEntropy
+
+    cls = type(accelerate(SoftmaxCrossEntropy(check_targets=False)))
+    seen: list[str] = []
+    forward, backward = cls.forward, cls.backward
+    monkeypatch.setattr(cls, "forward", lambda self, *a: seen.append("f") or forward(self, *a))
+    monkeypatch.setattr(cls, "backward", lambda self, *a: seen.append("b") or backward(self, *a))
+    dev = common.setup("numpy", False)
+    contenders = layers.build("ce", (2, 3, 8, 8), dev, phase=phase)
+    seen.clear()
+    contenders["minunet"]()
+    contenders["minunet"]()
+    assert seen == {"both": ["f", "b"] * 2, "forward": ["f"] * 2, "backward": ["b"] * 2}[phase]
