@@ -93,39 +93,16 @@ def build(
     dyt = torch.from_numpy(dy_host).to(dev.torch_device)
 
     def timed(context: Callable[[], AbstractContextManager]) -> Callable[[], None]:
-        """One call of minunet's layer in ``phase``, each call inside ``context()``. The
-        backward alone reads the cache of one forward made here, in the same context (so
-        a forced path's backward is that path's), and set again before every call."""
-        cache = None
-        if phase == "backward":
-            with context():
-                layer.forward(x)
-            cache = layer._cache
+        return ours_in_phase(
+            layer, lambda: layer.forward(x), lambda: layer.backward(dy), phase, context
+        )
 
-        def run() -> None:
-            with context():
-                if phase == "backward":
-                    layer._cache = cache
-                else:
-                    layer.forward(x)
-                if phase != "forward":
-                    layer.backward(dy)
-
-        return run
-
-    graph = ref(xt) if phase == "backward" else None  # the graph every backward call walks
-
-    def theirs() -> None:
+    def reset() -> None:
         xt.grad = None
         for p in ref.parameters():
             p.grad = None  # PyTorch's own training loop default (zero_grad(set_to_none))
-        if phase == "forward":
-            ref(xt)  # with the graph recorded, as a training step's forward records it
-        elif phase == "backward":
-            graph.backward(dyt, retain_graph=True)
-        else:
-            ref(xt).backward(dyt)
 
+    theirs = torch_in_phase(lambda: ref(xt), dyt, reset, phase)
     contenders = {"minunet": timed(nullcontext), "torch": theirs}
     if dev.backend == "numpy" and kind in ("conv", "conv_in", "upconv"):
 
@@ -150,6 +127,54 @@ def build(
     return contenders
 
 
+def ours_in_phase(
+    module: Any,
+    forward: Callable[[], Any],
+    backward: Callable[[], Any],
+    phase: str,
+    context: Callable[[], AbstractContextManager] = nullcontext,
+) -> Callable[[], None]:
+    """One call of minunet's ``module`` in ``phase``, each call inside ``context()``. The
+    backward alone reads the cache of one forward made here, in the same context (so a
+    forced path's backward is that path's), and set again before every call."""
+    cache = None
+    if phase == "backward":
+        with context():
+            forward()
+        cache = module._cache
+
+    def run() -> None:
+        with context():
+            if phase == "backward":
+                module._cache = cache
+            else:
+                forward()
+            if phase != "forward":
+                backward()
+
+    return run
+
+
+def torch_in_phase(
+    forward: Callable[[], Any], dout: Any, reset: Callable[[], None], phase: str
+) -> Callable[[], None]:
+    """One call of PyTorch's side in ``phase``, its gradients ``reset()`` first: the forward
+    with its graph recorded (as a training step's forward records it), the backward of
+    one graph recorded here and kept, or both."""
+    graph = forward() if phase == "backward" else None
+
+    def run() -> None:
+        reset()
+        if phase == "forward":
+            forward()
+        elif phase == "backward":
+            graph.backward(dout, retain_graph=True)
+        else:
+            forward().backward(dout)
+
+    return run
+
+
 def _build_ce(shape: tuple[int, ...], dev: Device, rng: np.random.Generator, phase: str):
     xp, torch = dev.xp, dev.torch
     n, k, h, w = shape
@@ -160,28 +185,11 @@ def _build_ce(shape: tuple[int, ...], dev: Device, rng: np.random.Generator, pha
     zt = torch.from_numpy(z_host).to(dev.torch_device).requires_grad_(True)
     yt = torch.from_numpy(y_host).to(dev.torch_device)
 
-    if phase == "backward":
-        loss.forward(z, y)
-        cache = loss._cache
-        graph = torch.nn.functional.cross_entropy(zt, yt)
-
-    def ours() -> None:
-        if phase == "backward":
-            loss._cache = cache
-        else:
-            loss.forward(z, y)
-        if phase != "forward":
-            loss.backward()
-
-    def theirs() -> None:
+    def reset() -> None:
         zt.grad = None
-        if phase == "forward":
-            torch.nn.functional.cross_entropy(zt, yt)
-        elif phase == "backward":
-            graph.backward(retain_graph=True)
-        else:
-            torch.nn.functional.cross_entropy(zt, yt).backward()
 
+    ours = ours_in_phase(loss, lambda: loss.forward(z, y), loss.backward, phase)
+    theirs = torch_in_phase(lambda: torch.nn.functional.cross_entropy(zt, yt), None, reset, phase)
     return {"minunet": ours, "torch": theirs}
 
 
@@ -202,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     dev = setup(args.backend, args.tf32)
     calls = 1 if dev.backend == "numpy" else 10  # GPU calls are short: average 10
-    timed = {"both": "forward + backward", "forward": "forward", "backward": "backward"}
-    print(f"# layers: {timed[args.phase]}, float32, batch {args.batch}")
+    halves = {"both": "forward + backward", "forward": "forward", "backward": "backward"}
+    print(f"# layers: {halves[args.phase]}, float32, batch {args.batch}")
     print(f"# {dev.describe()}")
     print(load_line())
     print(f"# {args.rounds} interleaved rounds, median; ratio = minunet / torch (lower is better)")

@@ -13,8 +13,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import common  # noqa: E402
 import layers  # noqa: E402
 
+from minunet.accel import accelerate  # noqa: E402
 from minunet.accel.conv import BlockedConvCache, FastConv2d, WinogradCache  # noqa: E402
 from minunet.nn.conv import Im2colCache  # noqa: E402
+from minunet.nn.losses import SoftmaxCrossEntropy  # noqa: E402
 
 # 16 -> 16 channels at 8 px, batch 2: small, and every 3x3 path applies (F(4x4): 2x2 tiles)
 SHAPE = (2, 16, 8, 8)
@@ -92,9 +94,6 @@ def test_main_prints_a_row_per_layer_for_a_phase(capsys):
 
 @pytest.mark.parametrize("phase", ["both", "forward", "backward"])
 def test_the_loss_runs_the_phase_it_is_asked_for(phase, monkeypatch):
-    from minunet.accel import accelerate
-    from minunet.nn.losses import SoftmaxCrossEntropy
-
     cls = type(accelerate(SoftmaxCrossEntropy(check_targets=False)))
     seen: list[str] = []
     forward, backward = cls.forward, cls.backward
