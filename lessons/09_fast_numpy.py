@@ -402,6 +402,108 @@ for name, got, want in [
 print("blocks of whole images, 2 threads: out, dx, dw, db == the im2col path (float64, 1e-10)")
 
 # %% [markdown]
+# ### Few channels: one product per output row
+#
+# The flattened rows cost something that does not shrink with the channels. A block's
+# `kh` products are summed, `kh - 1` passes over a `(K, P)` array, and the sum is then
+# copied into the output without its dropped positions. Next to products of `2 * kw * C`
+# multiply-adds per output value these passes are cheap at 256 channels, and a large part
+# of the time at 16 or 32. Where a layer has few channels (`cpu.row_taps_apply`), `cpu.py`
+# lays the block out differently so that they disappear.
+#
+# Copy the block's input rows once per horizontal tap `b`, as before, but keep **each
+# row's channels side by side**: `X[r, b, c, w] = x_pad[c, r, w + b]`, an array
+# `(rows, kw, C, Wo)`. In memory, one step of `c` is `Wo` numbers, one of `b` is `C * Wo`,
+# and the next row is `kw * C * Wo`: every one a multiple of `Wo`. So the `kh * kw * C`
+# rows of output row `r`'s im2col matrix, taken in the order `(a, b, c)`, are equally
+# spaced, `Wo` numbers apart: row `(a, b, c)` starts at `((r + a) * kw * C + b * C + c) *
+# Wo = r * kw * C * Wo + ((a * kw + b) * C + c) * Wo`. A matrix with equally spaced rows is
+# one that BLAS reads in place (`np.lib.stride_tricks.as_strided` makes the view), so
+#
+# $$\text{out}[:, r, :]_{(K,\; W_o)} = W_{(K,\; k_h k_w C)}\; X_r{}_{(k_h k_w C,\; W_o)},
+#   \qquad W[k, (a, b, c)] = w[k, c, a, b],$$
+#
+# one product per output row, with nothing to sum and nothing to drop. `out[:, r, :]` is
+# itself a matrix with equally spaced rows (`Ho * Wo` apart in the NCHW output), so BLAS
+# writes the result where it belongs, and one `np.matmul` over the stack of a block's
+# views does the whole block. The price: each product is only `Wo` columns wide, too
+# narrow for BLAS at 16 pixels. Here it is for one image, checked against im2col's
+# matrices, against the library's views (`cpu._row_taps`) and against section 2.
+
+
+# %%
+def conv_row_products(x, weight, bias, padding):
+    """Stride-1 convolution of one image, one product per output row. x (C, H, W) -> (K, Ho, Wo)."""
+    k, c, kh, kw = weight.shape
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding)))  # (C, Hp, Wp)
+    hp, wp = xp.shape[1:]
+    ho, wo = hp - kh + 1, wp - kw + 1
+    # X[r, b, c, w] = xp[c, r, w + b]: kw shifted copies, each row's channels side by side
+    taps = np.stack([xp[:, :, b : b + wo] for b in range(kw)], axis=1)  # (C, kw, Hp, Wo)
+    taps = taps.transpose(2, 1, 0, 3).copy()  # (Hp, kw, C, Wo), contiguous
+    step = taps.strides[-1]
+    rows = np.lib.stride_tricks.as_strided(  # rows[r] = output row r's (kh*kw*C, Wo) matrix
+        taps, shape=(ho, kh * kw * c, wo), strides=(kw * c * wo * step, wo * step, step)
+    )
+    wmat = weight.transpose(0, 2, 3, 1).reshape(k, kh * kw * c)  # columns (a, b, c)
+    out = np.empty((k, ho, wo))
+    np.matmul(wmat, rows, out=out.transpose(1, 0, 2))  # out[:, r] = wmat @ rows[r]
+    return out + bias[:, None, None], rows
+
+
+c_in, c_out, h, w = 6, 4, 7, 9
+for ksize, padding in [(3, 1), (3, 0), (5, 2), (2, 1), (1, 0)]:
+    x = rng.standard_normal((c_in, h, w))
+    weight = rng.standard_normal((c_out, c_in, ksize, ksize))
+    bias = rng.standard_normal(c_out)
+    mine, rows = conv_row_products(x, weight, bias, padding)
+    ho, wo = mine.shape[1:]
+    # im2col's matrix (C*kh*kw, Ho*Wo), rows (c, a, b), reordered to (a, b, c), one output row at a time
+    cols = im2col(x[None], ksize, ksize, 1, padding)[0]
+    cols = cols.reshape(c_in, ksize, ksize, ho, wo).transpose(3, 1, 2, 0, 4)
+    np.testing.assert_array_equal(rows, cols.reshape(ho, ksize * ksize * c_in, wo))
+    np.testing.assert_array_equal(rows, cpu._row_taps(x[None], 0, 0, ho, ksize, ksize, padding))
+    np.testing.assert_allclose(
+        mine, conv_flat_rows(x, weight, bias, padding), rtol=1e-10, atol=1e-10
+    )
+    print(
+        f"{ksize}x{ksize} kernel, p={padding}: row views == im2col's == cpu._row_taps; out == flattened rows"
+    )
+
+# %% [markdown]
+# And the library's forward and input gradient by this road, against the im2col reference
+# of section 3 (`cpu.ROW_TAPS_WIDTH` set to 0 so that these small images take it), with
+# blocks of every size and on 1 and 3 threads:
+
+# %%
+print(
+    f"the rule: at most cpu.ROW_TAPS_CHANNELS = {cpu.ROW_TAPS_CHANNELS} channels, rows of at least"
+    f" cpu.ROW_TAPS_WIDTH = {cpu.ROW_TAPS_WIDTH} pixels"
+)
+x = rng.standard_normal((nb, cb, hb, wb))
+weight = rng.standard_normal((kb, cb, 3, 3))
+dout = rng.standard_normal((nb, kb, hb, wb))
+cols = im2col(x, 3, 3, 1, 1)
+w2 = weight.reshape(kb, -1)
+out_ref = (w2 @ cols).reshape(dout.shape)
+dx_ref = col2im(w2.T @ dout.reshape(nb, kb, -1), x.shape, 3, 3, 1, 1)
+saved = cpu.ROW_TAPS_WIDTH, cpu.ROW_TAPS_BYTES
+for row_bytes, threads in [(saved[1], 1), (1, 1), (1, 3)]:  # 1 byte: one output row per block
+    cpu.ROW_TAPS_WIDTH, cpu.ROW_TAPS_BYTES = 0, row_bytes
+    try:
+        assert cpu.row_taps_apply(x, 3, 1) and cpu.row_taps_apply(dout, 3, 1)
+        with fast_path_settings(cpu.BLOCK_BYTES, 1, threads):
+            out = cpu.conv2d_forward(x, weight, None, padding=1)
+            dx, _, _ = cpu.conv2d_backward(x, weight, dout, padding=1, need_bias=False)
+    finally:
+        cpu.ROW_TAPS_WIDTH, cpu.ROW_TAPS_BYTES = saved
+    np.testing.assert_allclose(out, out_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
+    print(
+        f"blocks of {row_bytes} bytes of row taps, {threads} thread(s): out, dx == the im2col path"
+    )
+
+# %% [markdown]
 # ## 4. The input gradient is a convolution with the flipped kernel
 #
 # Lesson 02 computed `dx` with col2im: every column entry is *added* back onto the input

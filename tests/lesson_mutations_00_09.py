@@ -952,6 +952,31 @@ MUTATIONS = [
     # -- lesson 09: the fast CPU convolution -----------------------------------------------
     _row(
         "09",
+        CPU,
+        "        strides=(kw * c * wo * step, wo * step, step),",
+        "        strides=(c * wo * step, wo * step, step),",
+        "np.testing.assert_array_equal(rows, cpu._row_taps(",
+        "accelerated path, one product per output row: the step from one input row to the"
+        " next taken as C*Wo, not kw*C*Wo, so a row's view reads the wrong taps",
+    ),
+    _row(
+        "09",
+        CPU,
+        "        mat = flipped.reshape(kh * kw * k, c).T",
+        "        mat = flipped[::-1].reshape(kh * kw * k, c).T",
+        "np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)",
+        "accelerated path, one product per output row: the input gradient's kernel not flipped",
+    ),
+    _row(
+        "09",
+        L09,
+        "    wmat = weight.transpose(0, 2, 3, 1).reshape(k, kh * kw * c)",
+        "    wmat = weight.transpose(0, 3, 2, 1).reshape(k, kh * kw * c)",
+        "mine, conv_flat_rows(x, weight, bias, padding), rtol=1e-10",
+        "the lesson's one-product-per-row weights with kernel rows and columns swapped",
+    ),
+    _row(
+        "09",
         IM2COL,
         "cols = xp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)",
         "cols = xp.empty((n, c, kh, kw, ho, wo), dtype=xp.float64)",

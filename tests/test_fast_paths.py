@@ -66,10 +66,11 @@ def fast_and_reference(layer, x, dout, blocked=None):
     bias=st.booleans(),
     block_bytes=st.sampled_from([1, 500, 1 << 20]),  # one row (or image) per block ... all
     small=st.booleans(),  # blocks of whole images with full columns, or blocks of rows
+    rows=st.booleans(),  # those blocks of rows by _row_products, or by _blocked_products
     seed=st.integers(0, 2**16),
 )
 def test_conv2d_fast_path_matches_im2col(
-    n, cin, cout, k, pad, h, w, bias, block_bytes, small, seed
+    n, cin, cout, k, pad, h, w, bias, block_bytes, small, rows, seed
 ):
     pad = min(pad, k - 1)  # the fast path's condition; larger paddings use the reference
     rng = np.random.default_rng(seed)
@@ -84,23 +85,51 @@ def test_conv2d_fast_path_matches_im2col(
         mp.setattr(cpu, "IMAGE_BLOCK_BYTES", block_bytes)
         mp.setattr(cpu, "MIN_BLOCK_PIXELS", 1)  # let tiny images split into row blocks
         mp.setattr(cpu, "SMALL_PIXELS", 10**6 if small else 0)
+        mp.setattr(cpu, "ROW_TAPS_BYTES", block_bytes)
+        mp.setattr(cpu, "ROW_TAPS_WIDTH", 0 if rows else 10**6)
         mp.setattr(cpu, "scratch", nan_scratch)
+        calls = spy(mp, "_row_products", "_blocked_products", "_image_products")
         assert cpu.small_images(x, k, k, pad) == small
         fast, ref = fast_and_reference(layer, x, dout, blocked=True)
+    # the forward and the input gradient, each by the path asked for
+    taken = "_image_products" if small else "_row_products" if rows else "_blocked_products"
+    assert calls == [taken, taken]
     for a, b in zip(fast, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
+def spy(mp, *names):
+    """Wrap the named functions of ``cpu`` (through ``mp``) to record each call's name in
+    the list returned, in call order."""
+    calls = []
+    for name in names:
+
+        def recorded(*args, _name=name, _inner=getattr(cpu, name), **kwargs):
+            calls.append(_name)
+            return _inner(*args, **kwargs)
+
+        mp.setattr(cpu, name, recorded)
+    return calls
+
+
 def test_conv2d_fast_path_float32_strided_gradient_and_threads(monkeypatch):
     """float32, a U-Net-like shape, an output gradient that is a channel slice of a larger
-    array (what Concat's backward hands over), and 1 or 3 worker threads."""
+    array (what Concat's backward hands over), and 1 or 3 worker threads, on each path."""
     rng = np.random.default_rng(0)
     layer = Conv2d(8, 6, 3, padding=1, bias=False, rng=rng)
     x = rng.standard_normal((2, 8, 16, 12), dtype=np.float32)
     dout = rng.standard_normal((2, 10, 16, 12), dtype=np.float32)[:, 2:8]
-    for threads, small in (("1", False), ("3", False), ("1", True), ("3", True)):
+    for threads, small, rows in (
+        ("1", False, False),
+        ("3", False, False),
+        ("1", False, True),
+        ("3", False, True),
+        ("1", True, False),
+        ("3", True, False),
+    ):
         monkeypatch.setenv("MINUNET_THREADS", threads)
         monkeypatch.setattr(cpu, "SMALL_PIXELS", 10**6 if small else 0)
+        monkeypatch.setattr(cpu, "ROW_TAPS_WIDTH", 0 if rows else 10**6)
         fast, ref = fast_and_reference(layer, x, dout, blocked=True)
         for a, b in zip(fast, ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

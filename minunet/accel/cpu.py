@@ -20,6 +20,14 @@ it use a single core. This module does the same arithmetic in a different order:
   output as runs of Wo values; the weight gradient reads the output gradient's block as
   a transposed matrix, in place. (An earlier version built channels-last columns; its
   transposing copies made it slower: benchmarks/RESULTS.md, 2026-12-01, 22:30-23:50 UTC.)
+* **Few channels: one product per output row.** The kh products' sum and the copy out
+  cost about 1/C of the products' arithmetic, a large share at 16 or 32 channels. There
+  (``row_taps_apply``) the forward and the input gradient lay a block's rows out with each
+  row's channels side by side, (rows, kw, C, Wo) for the kw horizontal taps: an output
+  row's whole (kh*kw*C, Wo) im2col matrix is then a strided view (every step of its
+  (a, b, c) index is Wo values), so each output row is one product, which BLAS writes
+  straight into the NCHW output (``_row_products``). Its products are Wo columns wide,
+  too narrow at 16 pixels.
 * **Blocks of image rows.** Each block's columns (a few MB) are built, multiplied and
   dropped; the next block reuses the buffers. Blocks are large (megabytes, not a cache's
   kilobytes) because each one costs some twenty NumPy calls, and the threads wait on each
@@ -71,6 +79,13 @@ MIN_CHANNELS = 8
 
 # Bytes of columns built per block (see the module docstring: fewer, larger blocks won).
 BLOCK_BYTES = 2 << 20
+# Bytes of row taps per block in the forward and the input gradient (``_row_products``).
+ROW_TAPS_BYTES = 1 << 20
+# Where ``_row_products`` replaces ``_blocked_products`` (``row_taps_apply``): the blocked
+# path's sums of its kh products and its copy out cost about 1/C of its arithmetic, so it
+# loses at few channels; a row's product has only Wo columns, too few at 16 pixels.
+ROW_TAPS_CHANNELS = 32
+ROW_TAPS_WIDTH = 32
 # ... but at least this many output pixels per block: a product with only a few dozen rows
 # runs well below OpenBLAS's single-core speed (the U-Net's 8x8, 512-channel layers).
 MIN_BLOCK_PIXELS = 128
@@ -226,12 +241,15 @@ def fast_conv_ok(x: Any, stride: int, dilation: int, padding: int, kernel: int) 
     )
 
 
-def _row_blocks(n: int, ho: int, row_pixels: int, row_bytes: int) -> list[tuple[int, int, int]]:
+def _row_blocks(
+    n: int, ho: int, row_pixels: int, row_bytes: int, budget: int | None = None
+) -> list[tuple[int, int, int]]:
     """(image, first row, end row) blocks of about BLOCK_BYTES of columns each, and at
     least one per thread where the images have the rows for it (a batch of 1: one block
     would leave a core idle, or, with BLAS threading that one product, spinning BLAS
     threads on the cores the next layer needs)."""
-    rows = max(1, BLOCK_BYTES // max(1, row_bytes), -(-MIN_BLOCK_PIXELS // row_pixels))
+    budget = BLOCK_BYTES if budget is None else budget
+    rows = max(1, budget // max(1, row_bytes), -(-MIN_BLOCK_PIXELS // row_pixels))
     rows = min(ho, rows)
     if n * -(-ho // rows) < num_threads():
         rows = max(1, -(-ho // -(-num_threads() // n)))  # ceil(ho / blocks per image)
@@ -323,8 +341,19 @@ def conv2d_forward(
     taps = tap_major(weight)  # (K, kh*kw, C)
     if small_images(x, kh, kw, padding):
         return _image_products(x, taps.reshape(k, kh * kw * c).T, kh, kw, bias, padding)
+    if row_taps_apply(x, kw, padding):
+        return _row_products(x, taps.reshape(k, kh * kw * c), kh, kw, bias, padding)
     mats = [taps[:, a * kw : (a + 1) * kw].reshape(k, kw * c) for a in range(kh)]
     return _blocked_products(x, mats, kh, kw, bias, padding)
+
+
+def row_taps_apply(x: np.ndarray, kw: int, padding: int) -> bool:
+    """True where the blocks of rows take ``_row_products`` (one product per output row)
+    rather than ``_blocked_products`` (kh products per block, summed): for x (N, C, H, W)
+    of at most ROW_TAPS_CHANNELS channels, with output rows of at least ROW_TAPS_WIDTH
+    pixels."""
+    wo = x.shape[3] + 2 * padding - kw + 1
+    return x.shape[1] <= ROW_TAPS_CHANNELS and wo >= ROW_TAPS_WIDTH
 
 
 def small_images(x: np.ndarray, kh: int, kw: int, padding: int) -> bool:
@@ -408,6 +437,74 @@ def _image_products(
     return out
 
 
+def _row_taps(x: np.ndarray, i: int, r0: int, r1: int, kh: int, kw: int, pad: int) -> np.ndarray:
+    """The kw horizontal taps of the input rows that output rows [r0, r1) of image i see,
+    each row's channels side by side: X (rows + kh - 1, kw, C, Wo) with
+
+        X[r, b, c, w] = x[i, c, r0 - pad + r, w + b - pad]   (0 outside the image).
+
+    Returned as the view taps (rows, kh*kw*C, Wo) that ``_row_products`` multiplies:
+    taps[r, (a*kw + b)*C + c, w] = X[r + a, b, c, w], the im2col matrix of output row
+    r0 + r, its (a, b, c) ordered as ``tap_major`` orders the weights. In X, one step of
+    c is Wo values, one of b is C*Wo, one of a (the next row) is kw*C*Wo: each a
+    multiple of Wo, so the whole (a, b, c) index is a single stride of Wo values and an
+    output row's kh*kw*C columns are one strided matrix, not a copy. Only the kw
+    horizontal shifts are copied (kw copies of the rows, each a run of up to W values).
+    """
+    _, c, h, w = x.shape
+    wo = w + 2 * pad - kw + 1
+    rows_in = r1 - r0 + kh - 1
+    taps = scratch("row_taps", (rows_in, kw, c, wo), x.dtype)
+    top = r0 - pad  # input row that X's row 0 holds (negative: padding)
+    lo, hi = max(top, 0), min(top + rows_in, h)
+    taps[: lo - top] = 0  # rows above and below the image
+    taps[hi - top :] = 0
+    inside = taps[lo - top : hi - top]  # (rows, kw, C, Wo)
+    rows = x[i, :, lo:hi].transpose(1, 0, 2)  # (rows, C, W): a view
+    for b in range(kw):
+        # output column w reads input column w + b - pad: columns [w_lo, w_hi) are inside
+        w_lo, w_hi = max(0, pad - b), min(wo, w + pad - b)
+        w_hi = max(w_hi, w_lo)
+        inside[:, b, :, :w_lo] = 0
+        inside[:, b, :, w_hi:] = 0
+        inside[:, b, :, w_lo:w_hi] = rows[:, :, w_lo + b - pad : w_hi + b - pad]
+    step = taps.strides[-1]
+    return np.lib.stride_tricks.as_strided(
+        taps,
+        shape=(r1 - r0, kh * kw * c, wo),
+        strides=(kw * c * wo * step, wo * step, step),
+        writeable=False,
+    )
+
+
+def _row_products(
+    x: np.ndarray, mat: np.ndarray, kh: int, kw: int, bias: np.ndarray | None, padding: int
+) -> np.ndarray:
+    """The forward's blocks: x (N, C, H, W) and mat (K, kh*kw*C), columns ordered (a, b, c)
+    -> out (N, K, Ho, Wo).
+
+    Per block of output rows, one batched product: for each row r of the block,
+    out[i, :, r] (K, Wo) = mat (K, kh*kw*C) @ taps[r] (kh*kw*C, Wo) (``_row_taps``),
+    written by BLAS straight into the NCHW output (a (K, Wo) matrix of it is rows of Wo
+    values, H*Wo apart): no sum over the vertical taps, no dropped columns, no copy out.
+    """
+    n, c, h, w = x.shape
+    k = mat.shape[0]
+    ho, wo = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    out = np.empty((n, k, ho, wo), dtype=x.dtype)
+    blocks = _row_blocks(n, ho, wo, kw * c * wo * x.itemsize, ROW_TAPS_BYTES)
+
+    def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
+        for i, r0, r1 in chunk:
+            rows = out[i, :, r0:r1].transpose(1, 0, 2)  # (rows, K, Wo), a view of out
+            np.matmul(mat, _row_taps(x, i, r0, r1, kh, kw, padding), out=rows)
+            if bias is not None:
+                rows += bias[:, None]
+
+    parallel(work, blocks)
+    return out
+
+
 def _blocked_products(
     x: np.ndarray,
     mats: Sequence[np.ndarray],
@@ -485,6 +582,9 @@ def conv2d_backward(
     dout = np.ascontiguousarray(dout)
     if small:
         dx = _image_products(dout, flipped.reshape(kh * kw * k, c), kh, kw, None, kh - 1 - padding)
+    elif row_taps_apply(dout, kw, kh - 1 - padding):
+        mat = flipped.reshape(kh * kw * k, c).T  # (C, kh*kw*K), columns (a, b, k): a view
+        dx = _row_products(dout, mat, kh, kw, None, kh - 1 - padding)
     else:
         mats = [m.T for m in flipped.reshape(kh, kw * k, c)]  # (C, kw*K) each, a view
         dx = _blocked_products(dout, mats, kh, kw, None, kh - 1 - padding)
