@@ -6,7 +6,8 @@
 Every convolution of minunet ends in float32 matrix products (``minunet.accel.cpu``), so
 their speed bounds the layer's. This times a large square-ish product and the products
 of the U-Net's 3x3 layers (base 32, batch 8, 128 px): one block of rows, (pixels, kw*C) @
-(kw*C, K), and for the 8x8 and 16x16 layers a block of whole images, (pixels, 9C) @ (9C, K),
+(kw*C, K), for the 8x8 and 16x16 layers a block of whole images, (pixels, 9C) @ (9C, K),
+and for two few-channel layers one output row's product, (Wo, 9C) @ (9C, K),
 each on one BLAS thread (as inside minunet's worker threads) and on all of them, and
 prints GFLOP/s. The header names the kernels OpenBLAS loaded: run it with and without the
 environment's ``OPENBLAS_CORETYPE`` to see what that choice costs.
@@ -34,6 +35,8 @@ SHAPES = [
     ("3x3 128->128 at 32 px, row block", 1024, 384, 128),
     ("3x3 256->256 at 16 px, 4 images", 1024, 2304, 256),
     ("3x3 512->512 at 8 px, 4 images", 256, 4608, 512),
+    ("3x3 16->16 at 128 px, a row", 128, 144, 16),
+    ("3x3 32->32 at 64 px, a row", 64, 288, 32),
 ]
 
 

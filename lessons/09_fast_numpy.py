@@ -692,11 +692,11 @@ if threads > 1:
     print(f"fast path, {threads} threads vs 1: {one / many:.2f}x the speed (above 1: faster)")
 
 # %% [markdown]
-# Read that last ratio together with the load averages. The run stored in this notebook
-# was made on a shared, busy 2-core machine (other jobs were running on it, as the load
-# averages show), so the second thread often found no free core: a ratio near or below 1
-# there says the machine was busy, not that the second thread does not help. Run the cell
-# yourself on a quiet machine; the careful figures are below.
+# Read that last ratio together with the load averages. On a busy machine (a load near
+# or above the number of cores before the cell ran) the second thread often finds no
+# free core, and a ratio near 1 then says the machine was busy, not that the second
+# thread does not help. The run stored here was made on a quiet 2-core machine (the load
+# averages show it). Run the cell yourself; the careful figures are below.
 
 # %% [markdown]
 # What was measured carefully, for this very layer (3x3, 32 to 32 channels, input

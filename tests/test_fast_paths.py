@@ -102,13 +102,18 @@ def spy(mp, *names):
     """Wrap the named functions of ``cpu`` (through ``mp``) to record each call's name in
     the list returned, in call order."""
     calls = []
+
+    def recorder(name):
+        inner = getattr(cpu, name)
+
+        def recorded(*args, **kwargs):
+            calls.append(name)
+            return inner(*args, **kwargs)
+
+        return recorded
+
     for name in names:
-
-        def recorded(*args, _name=name, _inner=getattr(cpu, name), **kwargs):
-            calls.append(_name)
-            return _inner(*args, **kwargs)
-
-        mp.setattr(cpu, name, recorded)
+        mp.setattr(cpu, name, recorder(name))
     return calls
 
 
