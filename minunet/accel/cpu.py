@@ -244,10 +244,11 @@ def fast_conv_ok(x: Any, stride: int, dilation: int, padding: int, kernel: int) 
 def _row_blocks(
     n: int, ho: int, row_pixels: int, row_bytes: int, budget: int | None = None
 ) -> list[tuple[int, int, int]]:
-    """(image, first row, end row) blocks of about BLOCK_BYTES of columns each, and at
-    least one per thread where the images have the rows for it (a batch of 1: one block
-    would leave a core idle, or, with BLAS threading that one product, spinning BLAS
-    threads on the cores the next layer needs)."""
+    """(image, first row, end row) blocks of about ``budget`` bytes (BLOCK_BYTES unless
+    given) of columns each, at row_bytes per output row, and at least one block per
+    thread where the images have the rows for it (a batch of 1: one block would leave a
+    core idle, or, with BLAS threading that one product, spinning BLAS threads on the
+    cores the next layer needs)."""
     budget = BLOCK_BYTES if budget is None else budget
     rows = max(1, budget // max(1, row_bytes), -(-MIN_BLOCK_PIXELS // row_pixels))
     rows = min(ho, rows)
@@ -486,7 +487,7 @@ def _row_products(
     Per block of output rows, one batched product: for each row r of the block,
     out[i, :, r] (K, Wo) = mat (K, kh*kw*C) @ taps[r] (kh*kw*C, Wo) (``_row_taps``),
     written by BLAS straight into the NCHW output (a (K, Wo) matrix of it is rows of Wo
-    values, H*Wo apart): no sum over the vertical taps, no dropped columns, no copy out.
+    values, Ho*Wo apart): no sum over the vertical taps, no dropped columns, no copy out.
     """
     n, c, h, w = x.shape
     k = mat.shape[0]
