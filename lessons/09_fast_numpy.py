@@ -316,10 +316,13 @@ for worker, (first, last, count) in sorted(chunks.items()):
 
 # %% [markdown]
 # The backward pass is cut the same way. The weight gradient of kernel row `a` is a sum
-# over blocks of `hcols_block[:, a*Wp : a*Wp + P] @ dout_block^T (P, K)`, where
-# `dout_block` is widened to `Wp` positions a row with zeros at the dropped ones (they
-# must add nothing to the gradient); each worker adds
-# its blocks into a partial sum of its own, so no two threads ever write to the same
+# over blocks of `hcols_block[:, a*Wo : a*Wo + P] @ dout_block^T (P, K)`, `P = rows*Wo`.
+# Its columns are built a little differently from the forward's: each padded row is cut
+# to the output's width `Wo` (each tap's copy takes the `Wo` columns it contributes,
+# with the zero padding written in), so there are no dropped positions and `dout_block`
+# is used as it lies in `dout`, with no copy (cut at `Wp`, `dout_block` would have to be
+# widened to `Wp` positions a row with zeros at the dropped ones). Each worker adds its
+# blocks into a partial sum of its own, so no two threads ever write to the same
 # array, and the partial sums are added at the end. The columns are rebuilt block by
 # block instead of being kept from the forward pass: the fast `Conv2d` keeps only its
 # input `x` for `backward`, not 9x that.

@@ -1043,8 +1043,8 @@ MUTATIONS = [
     _row(
         "09",
         CPU,
-        "                parts[worker, a] += cols[:, a * wp : a * wp + p] @ d",
-        "                parts[worker, a] = cols[:, a * wp : a * wp + p] @ d",
+        "                parts[worker, a] += cols[:, a * wo : a * wo + p] @ d",
+        "                parts[worker, a] = cols[:, a * wo : a * wo + p] @ d",
         "np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)",
         "accelerated path: each block's dW overwrites the previous block's (+= to =)",
     ),

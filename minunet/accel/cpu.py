@@ -556,7 +556,7 @@ def conv2d_backward(
     """Gradients of ``conv2d_forward``: (dx (N, C, H, W), dW (K, C, kh, kw), db (K,)); db is
     None without ``need_bias``, dx None without ``need_input``.
 
-    dW_a^T = sum over blocks of cols[:, a*Wp : a*Wp + P] (kw*C, P) @ dout_block (P, K), each
+    dW_a^T = sum over blocks of cols[:, a*Wo : a*Wo + P] (kw*C, P) @ dout_block (P, K), each
     worker summing its own blocks (no shared writes), the per-worker sums added at the end
     (``_rows_weight_grad``); for small images, dout (K, B*Ho*Wo) @ the images' full columns,
     dW's columns shared out between the workers (``_image_weight_grad``).
@@ -592,37 +592,66 @@ def conv2d_backward(
     return dx, dw, db
 
 
+def _output_width_columns(
+    x: np.ndarray, i: int, r0: int, r1: int, kh: int, kw: int, pad: int
+) -> np.ndarray:
+    """``_row_columns`` cut to the output's width: the columns of the horizontal taps for
+    output rows [r0, r1) of image i, each input row Wo values long instead of Wp.
+
+    Returns cols (kw*C, L), rows ordered (b, c), L = (rows + kh - 1) * Wo, with
+    cols[b*C + c, r*Wo + w] = x[i, c, r0 - pad + r, w + b - pad] (0 outside the image).
+    Kernel row a's (kw*C, rows*Wo) matrix is again the contiguous slice
+    cols[:, a*Wo : a*Wo + rows*Wo], and now its column r*Wo + w is exactly output pixel
+    (r0 + r, w): no straddling positions, so the output gradient's block (K, rows*Wo) is
+    used as it lies. The price is that each tap's copy moves runs of up to W values
+    (with the padding written in) where ``_row_columns`` moves whole lines.
+    """
+    _, c, h, w = x.shape
+    wo = w + 2 * pad - kw + 1
+    rows_in = r1 - r0 + kh - 1
+    cols = scratch("width_cols", (kw, c, rows_in, wo), x.dtype)
+    top = r0 - pad  # input row that column row 0 holds (negative: padding)
+    lo, hi = max(top, 0), min(top + rows_in, h)
+    cols[:, :, : lo - top] = 0  # rows above and below the image
+    cols[:, :, hi - top :] = 0
+    inside = cols[:, :, lo - top : hi - top]  # (kw, C, rows, Wo)
+    for b in range(kw):
+        # output column w reads input column w + b - pad: columns [w_lo, w_hi) are inside
+        w_lo, w_hi = max(0, pad - b), min(wo, w + pad - b)
+        w_hi = max(w_hi, w_lo)
+        inside[b, :, :, :w_lo] = 0
+        inside[b, :, :, w_hi:] = 0
+        inside[b, :, :, w_lo:w_hi] = x[i, :, lo:hi, w_lo + b - pad : w_hi + b - pad]
+    return cols.reshape(kw * c, rows_in * wo)
+
+
 def _rows_weight_grad(
     x: np.ndarray, dout: np.ndarray, kh: int, kw: int, padding: int
 ) -> np.ndarray:
     """dW in the tap-major layout (K, kh*kw*C), from blocks of rows: each worker sums its
     blocks' products into a partial sum of its own, and the partial sums are added.
 
-    Per block, dW_a^T (kw*C, K) += cols[:, a*Wp : a*Wp + P] (kw*C, P) @ d^T (P, K), P =
-    rows*Wp, with d (K, P) the block's output gradient as it lies (channels first: a copy
-    of runs of Wo values), widened to the columns' row width Wp by zeros where the forward
-    dropped the straddling columns (they add nothing). BLAS reads d^T as a transposed
-    matrix in place. (This made a transposing copy of the block to channels last, NumPy's
-    slowest kind of copy; without it the base-16 training step took 7-10% less time:
-    benchmarks/RESULTS.md, 2026-12-02 06:35 UTC.)
+    Per block, dW_a^T (kw*C, K) += cols[:, a*Wo : a*Wo + P] (kw*C, P) @ d^T (P, K), P =
+    rows*Wo, with cols ``_output_width_columns`` and d (K, P) the block's output gradient
+    as it lies in dout (channels first, each channel's rows one run): BLAS reads d^T as a
+    transposed matrix in place, and nothing of dout is copied. (This made a transposing
+    copy of the block to channels last, NumPy's slowest kind of copy, and later a copy
+    widened to Wp with zeros at the dropped positions; without each the base-16 training
+    step took less time: benchmarks/RESULTS.md, 2026-12-02 06:35 UTC and 15:45 UTC.)
     """
     n, c, _, w = x.shape
     k, ho, wo = dout.shape[1:]
-    wp = w + 2 * padding
     parts = np.zeros((num_threads(), kh, kw * c, k), dtype=x.dtype)
 
     def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
         for i, r0, r1 in chunk:
-            p = (r1 - r0) * wp
-            cols = _row_columns(x, i, r0, r1, kh, kw, padding)
-            d = scratch("dout_rows", (k, r1 - r0, wp), x.dtype)
-            d[:, :, :wo] = dout[i, :, r0:r1]
-            d[:, :, wo:] = 0
-            d = d.reshape(k, p)
+            p = (r1 - r0) * wo
+            cols = _output_width_columns(x, i, r0, r1, kh, kw, padding)
+            d = dout[i, :, r0:r1].reshape(k, p)  # a view where dout's rows are contiguous
             for a in range(kh):
-                parts[worker, a] += cols[:, a * wp : a * wp + p] @ d.T
+                parts[worker, a] += cols[:, a * wo : a * wo + p] @ d.T
 
-    parallel(work, _row_blocks(n, ho, wo, wp * kw * c * x.itemsize))
+    parallel(work, _row_blocks(n, ho, wo, wo * kw * c * x.itemsize))
     # (kh, kw*C, K) -> (K, kh*kw*C), columns ordered (a, b, c): a transposed view, which
     # conv2d_backward's one copy to (K, C, kh, kw) reads as it is
     return parts.sum(axis=0).reshape(kh * kw * c, k).T
