@@ -805,6 +805,9 @@ if not blas:
 #   `kw` horizontal shifts, and each kernel row `a` is a free slice
 #   `hcols[:, a*Wp : a*Wp + P]`: each value copied `kw` times instead of `kh*kw`, `kh`
 #   products summed, the `kw-1` positions a row that straddle two rows dropped.
+# - With few channels, lay each row's channels side by side instead: an output row's
+#   whole im2col matrix is then one strided view, so each output row is one product,
+#   written straight into the output, with nothing summed or dropped.
 # - Work in blocks of output rows with a couple of MiB of columns each, reusing the
 #   buffers; split the blocks over threads, each with single-threaded BLAS (NumPy releases
 #   the GIL in copies and products); keep per-thread partial sums instead of shared writes.
