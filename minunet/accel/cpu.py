@@ -438,6 +438,27 @@ def _image_products(
     return out
 
 
+def _shifted_rows(x: np.ndarray, i: int, r0: int, pad: int, taps: np.ndarray) -> None:
+    """Fill taps (kw, C, R, Wo), any strides, with the kw horizontal taps of R input rows of
+    image i from row r0 - pad on: taps[b, c, r, w] = x[i, c, r0 - pad + r, w + b - pad], 0
+    outside the image (the padding). The one copy behind ``_row_taps`` and
+    ``_output_width_columns``, which hand it their buffers in their own layouts."""
+    kw, _, rows_in, wo = taps.shape
+    h, w = x.shape[2:]
+    top = r0 - pad  # input row that taps' row 0 holds (negative: padding)
+    lo, hi = max(top, 0), min(top + rows_in, h)
+    taps[:, :, : lo - top] = 0  # rows above and below the image
+    taps[:, :, hi - top :] = 0
+    inside = taps[:, :, lo - top : hi - top]  # (kw, C, rows, Wo)
+    for b in range(kw):
+        # output column w reads input column w + b - pad: columns [w_lo, w_hi) are inside
+        w_lo, w_hi = max(0, pad - b), min(wo, w + pad - b)
+        w_hi = max(w_hi, w_lo)
+        inside[b, :, :, :w_lo] = 0
+        inside[b, :, :, w_hi:] = 0
+        inside[b, :, :, w_lo:w_hi] = x[i, :, lo:hi, w_lo + b - pad : w_hi + b - pad]
+
+
 def _row_taps(x: np.ndarray, i: int, r0: int, r1: int, kh: int, kw: int, pad: int) -> np.ndarray:
     """The kw horizontal taps of the input rows that output rows [r0, r1) of image i see,
     each row's channels side by side: X (rows + kh - 1, kw, C, Wo) with
@@ -452,23 +473,10 @@ def _row_taps(x: np.ndarray, i: int, r0: int, r1: int, kh: int, kw: int, pad: in
     output row's kh*kw*C columns are one strided matrix, not a copy. Only the kw
     horizontal shifts are copied (kw copies of the rows, each a run of up to W values).
     """
-    _, c, h, w = x.shape
+    _, c, _, w = x.shape
     wo = w + 2 * pad - kw + 1
-    rows_in = r1 - r0 + kh - 1
-    taps = scratch("row_taps", (rows_in, kw, c, wo), x.dtype)
-    top = r0 - pad  # input row that X's row 0 holds (negative: padding)
-    lo, hi = max(top, 0), min(top + rows_in, h)
-    taps[: lo - top] = 0  # rows above and below the image
-    taps[hi - top :] = 0
-    inside = taps[lo - top : hi - top]  # (rows, kw, C, Wo)
-    rows = x[i, :, lo:hi].transpose(1, 0, 2)  # (rows, C, W): a view
-    for b in range(kw):
-        # output column w reads input column w + b - pad: columns [w_lo, w_hi) are inside
-        w_lo, w_hi = max(0, pad - b), min(wo, w + pad - b)
-        w_hi = max(w_hi, w_lo)
-        inside[:, b, :, :w_lo] = 0
-        inside[:, b, :, w_hi:] = 0
-        inside[:, b, :, w_lo:w_hi] = rows[:, :, w_lo + b - pad : w_hi + b - pad]
+    taps = scratch("row_taps", (r1 - r0 + kh - 1, kw, c, wo), x.dtype)
+    _shifted_rows(x, i, r0, pad, taps.transpose(1, 2, 0, 3))  # filled as (kw, C, rows, Wo)
     step = taps.strides[-1]
     return np.lib.stride_tricks.as_strided(
         taps,
@@ -606,22 +614,11 @@ def _output_width_columns(
     used as it lies. The price is that each tap's copy moves runs of up to W values
     (with the padding written in) where ``_row_columns`` moves whole lines.
     """
-    _, c, h, w = x.shape
+    _, c, _, w = x.shape
     wo = w + 2 * pad - kw + 1
     rows_in = r1 - r0 + kh - 1
     cols = scratch("width_cols", (kw, c, rows_in, wo), x.dtype)
-    top = r0 - pad  # input row that column row 0 holds (negative: padding)
-    lo, hi = max(top, 0), min(top + rows_in, h)
-    cols[:, :, : lo - top] = 0  # rows above and below the image
-    cols[:, :, hi - top :] = 0
-    inside = cols[:, :, lo - top : hi - top]  # (kw, C, rows, Wo)
-    for b in range(kw):
-        # output column w reads input column w + b - pad: columns [w_lo, w_hi) are inside
-        w_lo, w_hi = max(0, pad - b), min(wo, w + pad - b)
-        w_hi = max(w_hi, w_lo)
-        inside[b, :, :, :w_lo] = 0
-        inside[b, :, :, w_hi:] = 0
-        inside[b, :, :, w_lo:w_hi] = x[i, :, lo:hi, w_lo + b - pad : w_hi + b - pad]
+    _shifted_rows(x, i, r0, pad, cols)
     return cols.reshape(kw * c, rows_in * wo)
 
 
