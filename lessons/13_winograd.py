@@ -286,10 +286,14 @@ for mm, matrices in [(2, (AT, G, BT)), (4, winograd.toom_cook(4))]:
 #   \mathrm{flat}(A^T M A) = (A^T \otimes A^T)\, \mathrm{flat}(M).$$
 #
 # With every tile of a layer flattened into a column, each transform is a single matrix
-# product, `(n^2, n^2) @ (n^2, tiles * C)` for the input: one pass over the tiles, which
-# is how the library computes it (`winograd.nested(m, dtype)` builds the three matrices).
-# The check: the Kronecker form gives the nested one, for our matrices, and the library's
-# matrices are the Kronecker products of its `toom_cook`'s.
+# product, `(n^2, n^2) @ (n^2, tiles * C)` for the input. The library builds the three
+# matrices (`winograd.nested(m, dtype)`) and transforms the filters this way (9 numbers
+# each). For the tiles it keeps the nesting instead: `B^T` along every tile's columns,
+# one product `(n, n) @ (n, tiles * C)` over all of them, then along the rows, another:
+# `2 n^3` multiply-adds per tile where the Kronecker matrix takes `n^4` (a third of them
+# for `F(4x4)`, whose `n` is 6). The check: the Kronecker form gives the nested one, for
+# our matrices, and the library's matrices are the Kronecker products of its
+# `toom_cook`'s.
 
 # %%
 flat_v = np.kron(BT, BT) @ d.ravel()  # d: the 4 x 4 tile above
@@ -308,10 +312,13 @@ print(
 
 # %% [markdown]
 # **The library.** `winograd.conv2d_forward(x, weight, bias, padding, m)` is that
-# computation organised for speed: channels last inside (each product reads rows of `C`
-# contiguous numbers), each transform one product with its Kronecker matrix per image (so
-# a single pass over the tiles), the images and the `n^2` products shared out over threads
-# as in lesson 09, and any size handled by padding the last tiles with zeros.
+# computation organised for speed: the layer's tiles go through in blocks of a hundred or
+# so (bands of tile rows, or several small images: `winograd.tile_blocks`), each block
+# transformed, multiplied and transformed back while it is in the cache; the input tiles
+# channels last (each tile's `C` numbers contiguous, `winograd.block_input_tiles`), the
+# products channels first (`U[xi, eta] (K, C) @ V[xi, eta]^T (C, T)`, each channel's tiles
+# contiguous, so that the output transform gives rows of pixels); the blocks shared out
+# over threads as in lesson 09, and any size handled by padding the last tiles with zeros.
 #
 # Its backward, `winograd.conv2d_backward`:
 #
@@ -320,8 +327,9 @@ print(
 #   Winograd and all.
 # - **`dW`**: `Y` is linear in `U`, so with `dM = A dY A^T` (each `m x m` output-gradient
 #   tile taken back through the output transform, its transpose), `dU[xi, eta] =
-#   dM[xi, eta]^T V[xi, eta]`, `(K, T) @ (T, C)`: the same 16 products with the roles
-#   exchanged. Then `dW = G^T dU G`, the transpose of the filter transform.
+#   dM[xi, eta] V[xi, eta]`, `(K, T) @ (T, C)`: the same 16 products with the roles
+#   exchanged, summed over the blocks. Then `dW = G^T dU G`, the transpose of the filter
+#   transform.
 #
 # The check: forward, `dx`, `dW` and `db` against the reference `Conv2d` and its backward
 # (lesson 02's im2col formulas), in float64, for both tile sizes, with padding 1 (the
@@ -405,7 +413,7 @@ print(f"blocked (direct sums): max error / max |out| = {np.abs(blocked - want).m
 errors = {}
 for mm in (2, 4):
     errors[mm] = np.abs(winograd.conv2d_forward(x32, w32, None, 1, mm) - want).max()
-    v_growth = np.abs(winograd.input_tiles(x, 1, mm)).max() / np.abs(x).max()
+    v_growth = np.abs(winograd.block_input_tiles(x, 1, mm)).max() / np.abs(x).max()
     print(
         f"F({mm}x{mm}, 3x3): max error / max |out| = {errors[mm] / top:.1e}"
         f" (bound {bound(mm, np.float32, 9 * ce, scale) / top:.1e}); max|V| / max|x| = {v_growth:.0f}"
@@ -441,13 +449,16 @@ print(f"F(4, 3) / F(2, 3) float32 error: {errors[4] / errors[2]:.0f}x")
 #
 # Per tile the transforms cost `O(C + K)` and save `O(C K)`, so what decides is
 # `h = C K / (C + K)`, the multiply-adds of the products per transformed value: the more
-# channels, the smaller the transforms' share. Their cost is not the additions
-# themselves: they read and write whole arrays (`V` holds `n^2 / m^2` times as many
-# numbers as `x`, since the tiles overlap) with a handful of arithmetic per number, so
-# they run at the speed of memory, the bottleneck of lesson 09, while the products run at
-# BLAS's speed. And each of the `n^2` products reads all of `U`'s `C K` values, so it
-# needs enough rows, tiles, to run at BLAS's speed: at 8x8 pixels a batch of 8 images
-# has only 32 tiles of `4 x 4`, but 128 of `2 x 2`.
+# channels, the smaller the transforms' share. Their cost is less the additions than the
+# copies around them: `V` holds `n^2 / m^2` times as many numbers as `x` (the tiles
+# overlap), each gathered from the image and each output pixel put back, with a handful
+# of arithmetic per number, so they run at the speed of the caches and memory, the
+# bottleneck of lesson 09, while the products run at BLAS's speed. (Done for the whole
+# layer at once, `V` was tens of MB at 64 channels, and every transform a pass through
+# memory; in cache-sized blocks of tiles the transforms took about half the time, and
+# the rule below moved from 128 channels down to 64.) And each of the `n^2` products reads
+# all of `U`'s `C K` values, so it needs enough rows, tiles, to run at BLAS's speed: at
+# 8x8 pixels a batch of 8 images has only 32 tiles of `4 x 4`, but 128 of `2 x 2`.
 #
 # Where exactly it pays is a measurement, not a formula: `benchmarks/winograd_rule.py`
 # times every 3x3 convolution of a U-Net on the three paths, and the rule's thresholds,
@@ -474,11 +485,12 @@ def intensity(c, k):
 
 on = winograd.ENABLED and cpu.ENABLED
 f32 = np.float32
-deep = np.zeros((8, 128, 16, 16), f32)  # 128 -> 128 at 16 px, batch 8: F(4x4)'s thresholds
+deep = np.zeros((8, 128, 16, 16), f32)  # 128 -> 128 at 16 px, batch 8
 cases = [  # (name, x, output channels, kernel, stride, dilation, padding, expected tile)
     ("128 -> 128 at 16 px, batch 8", deep, 128, 3, 1, 1, 1, 4),
-    ("128 -> 64 at 32 px, batch 8", np.zeros((8, 128, 32, 32), f32), 64, 3, 1, 1, 1, 0),
-    ("64 -> 128 at 32 px, batch 8", np.zeros((8, 64, 32, 32), f32), 128, 3, 1, 1, 1, 0),
+    ("64 -> 64 at 16 px, batch 8", np.zeros((8, 64, 16, 16), f32), 64, 3, 1, 1, 1, 4),
+    ("64 -> 32 at 64 px, batch 8", np.zeros((8, 64, 64, 64), f32), 32, 3, 1, 1, 1, 0),
+    ("32 -> 64 at 64 px, batch 8", np.zeros((8, 32, 64, 64), f32), 64, 3, 1, 1, 1, 0),
     ("256 -> 128 at 32 px, batch 2", np.zeros((2, 256, 32, 32), f32), 128, 3, 1, 1, 1, 4),
     ("128 -> 128 at 16 px, batch 4", np.zeros((4, 128, 16, 16), f32), 128, 3, 1, 1, 1, 0),
     ("512 -> 512 at 8 px, batch 8", np.zeros((8, 512, 8, 8), f32), 512, 3, 1, 1, 1, 2),
@@ -497,7 +509,7 @@ for name, xx, k_out, ksize, stride, dilation, padding, expected in cases:
     road = f"Winograd F({chosen}x{chosen}, 3x3)" if chosen else "not Winograd"
     print(f"{name:32s} h = {h:5.1f} -> {road}")
 
-for channels, cache_type in [(128, WinogradCache), (64, BlockedConvCache)]:
+for channels, cache_type in [(64, WinogradCache), (32, BlockedConvCache)]:
     conv = FastConv2d(channels, channels, 3, padding=1, rng=rng)
     conv.forward(np.zeros((8, channels, 16, 16), np.float32))
     assert isinstance(conv._cache, cache_type) or not on, f"{channels} channels"
@@ -590,7 +602,8 @@ for name in ("Winograd F(2x2)", "Winograd F(4x4)"):
 # - It pays only where the products dominate the memory-bound transforms: many channels
 #   in and out (`h = C K / (C + K)`) and enough tiles per product. `tile_for` reads both
 #   against `RULE`, thresholds measured on every layer of the U-Net: a measurement
-#   decides, not the count.
+#   decides, not the count. And the transforms pay only if they stay in the cache:
+#   the tiles go through in blocks.
 #
 # Back to [lesson 09](09_fast_numpy.ipynb) or to [the reading order](README.md).
 

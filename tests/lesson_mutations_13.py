@@ -106,16 +106,16 @@ MUTATIONS = [
     ),
     _row(
         WINOGRAD,
-        "d[u, s] = xp[u : u + m * th : m, s : s + m * tw : m]",
-        "d[s, u] = xp[u : u + m * th : m, s : s + m * tw : m]",
+        "(s[1], s[2], s[0], m * s[1], m * s[2], s[3])",
+        "(s[2], s[1], s[0], m * s[1], m * s[2], s[3])",
         "out, out_ref, rtol=0",
         "the library gathers each tile transposed before B^T (x) B^T: the layer's forward is"
         " wrong though the matrices are right",
     ),
     _row(
         WINOGRAD,
-        "out[i] += bias_k",
-        "out[i] += 0 * bias_k",
+        "dst += bias[:, None, None]",
+        "dst += 0 * bias[:, None, None]",
         "out, out_ref, rtol=0",
         "the Winograd forward forgets the bias",
     ),
@@ -136,8 +136,8 @@ MUTATIONS = [
     ),
     _row(
         WINOGRAD,
-        "image.reshape(k, th, m, tw, m).transpose(2, 4, 1, 3, 0)",
-        "image.reshape(k, th, m, tw, m).transpose(4, 2, 1, 3, 0)",
+        "(s[2], s[3], s[1], s[0], m * s[2], m * s[3])",
+        "(s[3], s[2], s[1], s[0], m * s[2], m * s[3])",
         'dw, ref.params["weight"].grad',
         "the output-gradient tiles cut with rows and columns exchanged, before A dY A^T",
     ),
@@ -172,7 +172,7 @@ MUTATIONS = [
         "intensity = c * k / (c + k)",
         "intensity = c / 2",
         "assert chosen == (expected if on else 0), name",
-        "the rule's channel intensity forgets the output channels (128 -> 64 would take F(4x4))",
+        "the rule's channel intensity forgets the output channels (64 -> 32 would take F(4x4))",
     ),
     _row(
         WINOGRAD,

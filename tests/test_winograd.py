@@ -9,6 +9,10 @@ dtype's eps. The reference (im2col + matmul) errs far less, so the bound is for 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -70,10 +74,37 @@ def test_f2_uses_16_and_f4_36_multiplications_per_tile() -> None:
     w=st.integers(1, 13),
     p=st.integers(0, 2),
     m=st.sampled_from(TILES),
+    tiles=st.sampled_from((1, 2, 3, 5, 1000)),
+    threads=st.sampled_from((1, 3)),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_forward_and_gradients_match_im2col_in_float64(n, c, k, h, w, p, m, seed) -> None:
+def test_forward_and_gradients_match_im2col_in_float64(
+    n, c, k, h, w, p, m, tiles, threads, seed
+) -> None:
+    """Every block shape: bands of 1, 2, ... tile rows, several whole images per block
+    (``tiles`` per block at most, 1000: the whole batch), on 1 and 3 threads."""
     assume(h + 2 * p >= 3 and w + 2 * p >= 3)  # else there is no output
+    with blocks_of(tiles, threads):
+        _check_against_im2col(n, c, k, h, w, p, m, seed)
+
+
+@contextmanager
+def blocks_of(tiles: int, threads: int) -> Iterator[None]:
+    """Winograd blocks of ``tiles`` tiles (``winograd.tile_blocks``), ``threads`` workers."""
+    saved = winograd.BLOCK_BYTES, winograd.MIN_TILES, os.environ.get("MINUNET_THREADS")
+    winograd.BLOCK_BYTES, winograd.MIN_TILES = 0, tiles  # and K: c, k <= 9 here
+    os.environ["MINUNET_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        winograd.BLOCK_BYTES, winograd.MIN_TILES = saved[:2]
+        if saved[2] is None:
+            del os.environ["MINUNET_THREADS"]
+        else:
+            os.environ["MINUNET_THREADS"] = saved[2]
+
+
+def _check_against_im2col(n, c, k, h, w, p, m, seed) -> None:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w))
     wt = rng.standard_normal((k, c, 3, 3))
@@ -133,23 +164,24 @@ def test_a_wrong_transform_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     "shape, k, tile",
     [
-        ((8, 128, 16, 16), 128, 4),  # h = 64, 128 4x4 tiles: F(4x4)'s thresholds, exactly
-        ((8, 128, 16, 16), 127, 0),  # h just under 64, and under F(2x2)'s 160
-        ((7, 128, 16, 16), 128, 0),  # 112 4x4 tiles; 448 2x2 tiles but h = 64 < 160
-        ((8, 128, 14, 14), 128, 4),  # the last tiles reach past the image: still 128 of them
+        ((8, 64, 16, 16), 64, 4),  # h = 32, 128 4x4 tiles: F(4x4)'s thresholds, exactly
+        ((8, 64, 16, 16), 63, 0),  # h just under 32, and under F(2x2)'s 160
+        ((7, 64, 16, 16), 64, 0),  # 112 4x4 tiles; 448 2x2 tiles but h = 32 < 160
+        ((8, 64, 14, 14), 64, 4),  # the last tiles reach past the image: still 128 of them
+        ((8, 64, 64, 64), 32, 0),  # h = 21, however many tiles
+        ((8, 128, 16, 16), 128, 4),  # h = 64
         ((8, 512, 8, 8), 512, 2),  # 32 4x4 tiles; 128 2x2 tiles and h = 256: F(2x2)
         ((8, 256, 8, 8), 256, 0),  # h = 128: the blocked path (it won there)
         ((8, 480, 8, 8), 480, 2),  # h = 240
         ((8, 320, 8, 8), 320, 2),  # h = 160, F(2x2)'s threshold exactly
         ((4, 512, 8, 8), 512, 0),  # 64 2x2 tiles
-        ((8, 64, 64, 64), 64, 0),  # h = 32, however many tiles
         ((2, 256, 32, 32), 128, 4),  # h = 85, 128 4x4 tiles
     ],
 )
 def test_the_rule_picks_by_channel_intensity_and_tiles(shape, k, tile) -> None:
-    """``winograd.RULE`` as its comment states it: F(4x4) from h = C*K/(C+K) = 64 and 128
+    """``winograd.RULE`` as its comment states it: F(4x4) from h = C*K/(C+K) = 32 and 128
     4x4 tiles in the batch, else F(2x2) from h = 160 and 128 2x2 tiles, else blocked."""
-    assert winograd.RULE == ((4, 64, 128), (2, 160, 128))
+    assert winograd.RULE == ((4, 32, 128), (2, 160, 128))
     with winograd.enabled(True):
         assert winograd.tile_for(np.zeros(shape, np.float32), k, 3, 1, 1, 1) == tile
 
@@ -238,7 +270,9 @@ def test_fast_conv2d_takes_winograd_and_matches_the_reference_layer(m: int) -> N
 
 
 @pytest.mark.parametrize("m", TILES)
-def test_a_short_training_run_with_winograd_tracks_the_blocked_run(m: int) -> None:
+def test_a_short_training_run_with_winograd_tracks_the_blocked_run(
+    m: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Five Adam steps of a U-Net whose 3x3 convolutions (all but the first) take Winograd
     F(m, 3), in float32, against the same run on the blocked path: the losses agree to
     float32 noise, grown by F(m, 3)'s transforms and the steps (each step's rounding feeds
@@ -261,10 +295,17 @@ def test_a_short_training_run_with_winograd_tracks_the_blocked_run(m: int) -> No
             opt.step()
         return losses
 
+    calls: list[str] = []  # which Winograd functions ran (equal losses do not say: float32
+    for name in ("conv2d_forward", "conv2d_backward"):  # can round both runs' to one value)
+        original = getattr(winograd, name)
+        spy = lambda *a, _f=original, _n=name, **kw: (calls.append(_n), _f(*a, **kw))[1]  # noqa: E731
+        monkeypatch.setattr(winograd, name, spy)
     with winograd.forced(m):
         with_winograd = run()
+    taken = len(calls)
     with winograd.forced(0):
         blocked = run()
-    assert with_winograd != blocked, "the convolutions did not take Winograd"
+    assert {"conv2d_forward", "conv2d_backward"} <= set(calls[:taken]), "Winograd was not taken"
+    assert len(calls) == taken, "the blocked run took Winograd"
     tolerance = 5 * growth(m) * np.finfo(np.float32).eps  # relative: 5 steps of F(m,3) rounding
     np.testing.assert_allclose(with_winograd, blocked, rtol=tolerance)

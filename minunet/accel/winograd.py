@@ -16,9 +16,13 @@ layer it becomes n^2 ordinary matrix products, one per position (xi, eta) of the
 
 with V = B^T d B the transformed input tiles and U = G g G^T the transformed filters. The
 transforms are additions and multiplications by small constants, cheap next to the
-products when C and K are large (the U-Net's deep layers). Each is computed as one matrix
-on the flattened tiles (``nested``: flat(B^T d B) = (B^T (x) B^T) flat(d), a Kronecker
-product), so a whole image's tiles go through it in one product.
+products when C and K are large (the U-Net's deep layers), if they stay in the cache:
+the layer's tiles go through in blocks (``tile_blocks``), each block's input transform,
+products and output transform done before the next block starts. Each 2-D transform is
+two 1-D ones, B^T d B as B^T along every tile's columns, then along its rows: one product
+of the small (n, n) matrix with all the block's tiles for each, 2 n^3 multiply-adds per
+tile where the Kronecker form (``nested``: flat(B^T d B) = (B^T (x) B^T) flat(d), which
+the small filter transform uses) takes n^4.
 
 The matrices are built here from their interpolation points (``toom_cook``), not typed in:
 the points 0, 1, -1 (and infinity) give F(2, 3), and 0, 1, -1, 2, -2 give F(4, 3). The
@@ -29,12 +33,15 @@ error, and ``tests/test_winograd.py`` checks both against the im2col reference.
 Backward, for the same layer:
 * dx is a stride-1 convolution of dout with the kernel flipped and its channel axes
   swapped (padding 2 - p), so it is ``conv2d_forward`` again;
-* dW: Y is linear in U, so dU[xi, eta] = V[xi, eta]^T (C, tiles) @ dM[xi, eta] (tiles, K)
+* dW: Y is linear in U, so dU[xi, eta] = dM[xi, eta] (K, tiles) @ V[xi, eta] (tiles, C)
   with dM = A dY A^T the output-gradient tiles taken back through the output transform,
   and dW = G^T dU G. The same n^2 products, with the roles exchanged.
 
-Arrays are channels-last inside (a tile's channels are contiguous, so each product reads
-rows of C values) and NCHW at the edges, like ``minunet.accel.cpu``.
+Inside, V is channels last (a tile's C values contiguous) and M and dM channels first
+(a channel's tiles contiguous): V's layout makes the gather of the tiles a copy of runs
+of C values, M's makes the output's pixels runs of tiles, each product reading V in
+place as a transposed matrix where it needs to. NCHW at the edges, as in
+``minunet.accel.cpu``.
 """
 
 from __future__ import annotations
@@ -59,23 +66,22 @@ KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
 ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
 
 # The rule (``tile_for``): per tile size m, largest first, (least channel intensity, least
-# tiles). A layer's n^2 products are (T, C) @ (C, K) each, T = the batch's m x m output
-# tiles; its transforms touch T * (C + K) values per position and run at memory speed. So
-# Winograd pays where
+# tiles). A layer's n^2 products are (K, C) @ (C, T) each, T = the batch's m x m output
+# tiles; its transforms touch T * (C + K) values per position, a few operations each.
+# So Winograd pays where
 # * h = C*K / (C + K), the products' multiply-adds per transformed value, is large: the
 #   transforms are then small next to the products they save (at 64 channels in and out,
-#   h = 32, the blocked path won everywhere; at 128 and 128, h = 64, F(4x4) was faster
-#   or level), and
+#   h = 32, F(4x4) was faster than the blocked path at 64 px and level at 32 px; at
+#   h = 21, 64 -> 32 and 32 -> 64, the blocked path won or was level), and
 # * T is large: each product reads all of U's C*K values once, and the filter
 #   transforms cost C*K*n^2*9 whatever the batch (at 8 px a batch of 8 has 32 4x4 tiles:
 #   F(4x4) lost to F(2x2) there, whose 2x2 tiles are 128).
 # F(2x2) saves fewer products (16 for 36 against 36 for 144), so it needs more channels:
-# at 8 px, 256 -> 256 (h = 128) the blocked path won and 256 -> 512 (h = 171) F(2x2) did.
-# Measured with benchmarks/winograd_rule.py at batch 8 (every 3x3 convolution of base-16
-# and base-32 U-Nets: the rule picked the fastest path on 19 of 26, on the others one
-# within 18% of it, which earlier runs had ordered the other way or level) and batch 2
-# (RESULTS.md, 2026-12-02 05:15 UTC).
-RULE = ((4, 64, 128), (2, 160, 128))  # (m, least h, least T)
+# at 8 px, 256 -> 256 (h = 128) the blocked path won or was level, 512 -> 512 (h = 256)
+# F(2x2) won. Measured with benchmarks/winograd_rule.py at batch 8 (every 3x3 convolution
+# of base-16 and base-32 U-Nets, RESULTS.md, 2026-12-02 17:30-17:45 UTC; the thresholds
+# of h were 64 and 160 until the blocks of tiles made the transforms cheaper).
+RULE = ((4, 32, 128), (2, 160, 128))  # (m, least h, least T)
 
 # F(4x4, 3x3)'s float32 error: its larger transform entries (up to 8 and 1/24) round more.
 # Measured on the U-Net's layers (winograd_rule.py --error): at most 1.5e-5 of an output's
@@ -189,11 +195,11 @@ def nested(m: int, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Flatten a tile row by row and the nested transform becomes one matrix: for any P, X, Q,
     flat(P X Q) = (P (x) Q^T) flat(X), so flat(B^T d B) = (B^T (x) B^T) flat(d), and the
-    same for G g G^T and A^T M A. Applied to a whole layer's tiles at once, each transform
-    is then one matrix product, (n^2, n^2) @ (n^2, tiles * C): a single pass over the
-    tiles, where the 1-D matrices applied row by row and column by column took one pass
-    per row of them, and NumPy's passes over megabytes of tiles were what the transforms'
-    time was made of (benchmarks/RESULTS.md)."""
+    same for G g G^T and A^T M A. The filter transform (``filter_tiles``) is applied this
+    way: one product for all the filters, 9 values each. For the input and output tiles
+    the 1-D matrices, applied along the columns and then the rows of a block's tiles (two
+    products), take n / 2 times fewer multiply-adds (``block_input_tiles``); lesson 13
+    checks all three matrices."""
     at, g, bt = toom_cook(m)
     return (
         np.kron(at, at).astype(dtype),
@@ -206,40 +212,6 @@ def _tiles_shape(h: int, w: int, padding: int, m: int) -> tuple[int, int, int, i
     """(Ho, Wo, tile rows, tile columns) of a stride-1 3x3 convolution with this padding."""
     ho, wo = h + 2 * padding - KERNEL + 1, w + 2 * padding - KERNEL + 1
     return ho, wo, -(-ho // m), -(-wo // m)
-
-
-def input_tiles(x: np.ndarray, padding: int, m: int) -> np.ndarray:
-    """V = B^T d B for every (m+2) x (m+2) input tile: x (N, C, H, W) -> V (n, n, N*th*tw, C).
-
-    Tile (ty, tx) starts at padded input pixel (m*ty, m*tx); neighbouring tiles overlap by
-    2 pixels. The padded input is zero beyond the image (the convolution's zero padding,
-    and the right/bottom rows that complete the last tiles). Per image: the padded image
-    channels last, its tiles' n^2 entries gathered (d[u, s] = the pixel at (u, s) of every
-    tile, each tile's C values a run), and flat(V) = (B^T (x) B^T) @ flat(d).
-    """
-    bb = nested(m, x.dtype)[2]
-    n_img, c, h, w = x.shape
-    n = m + KERNEL - 1
-    ho, wo, th, tw = _tiles_shape(h, w, padding, m)
-    hp, wp = th * m + KERNEL - 1, tw * m + KERNEL - 1
-    v = np.empty((n * n, n_img, th * tw * c), dtype=x.dtype)
-
-    def work(worker: int, images: Sequence[int]) -> None:
-        xp = cpu.scratch("winograd_padded", (hp, wp, c), x.dtype)  # channels-last
-        xp[:padding] = 0  # zero only the ring around the image (the padding, and the
-        xp[padding + h :] = 0  # rows and columns that complete the last tiles)
-        xp[:, :padding] = 0
-        xp[:, padding + w :] = 0
-        d = cpu.scratch("winograd_tiles", (n, n, th, tw, c), x.dtype)
-        for i in images:
-            xp[padding : padding + h, padding : padding + w] = x[i].transpose(1, 2, 0)
-            for u in range(n):
-                for s in range(n):
-                    d[u, s] = xp[u : u + m * th : m, s : s + m * tw : m]  # (th, tw, C)
-            np.matmul(bb, d.reshape(n * n, th * tw * c), out=v[:, i])
-
-    parallel(work, range(n_img))
-    return v.reshape(n, n, n_img * th * tw, c)
 
 
 def filter_tiles(weight: np.ndarray, m: int) -> np.ndarray:
@@ -262,22 +234,82 @@ def filter_gradient(du: np.ndarray, m: int) -> np.ndarray:
     return cpu.batched_matmul(flat[None], gg[None])[0].reshape(k, c, KERNEL, KERNEL)
 
 
-def _products(a: np.ndarray, b: np.ndarray, transpose_a: bool, transpose_b: bool) -> np.ndarray:
-    """The n^2 matrix products op(a[xi, eta]) @ op(b[xi, eta]) (op: transpose or not), split
-    over the pool's threads, each with single-threaded BLAS. a, b: (n, n, ., .)."""
-    n = a.shape[0]
-    rows = a.shape[3] if transpose_a else a.shape[2]
-    cols = b.shape[2] if transpose_b else b.shape[3]
-    out = np.empty((n, n, rows, cols), dtype=np.result_type(a, b))
+# Bytes of transformed input tiles V (n^2 * T * C values) per block of the forward, and
+# at least this many tiles per block. A block's tiles go through the input transform,
+# the n^2 products and the output transform while they are in the cache, where the
+# whole-layer arrays (tens of MB at 64 channels) made each transform a pass through
+# memory (benchmarks/RESULTS.md, 2026-12-02 17:30 UTC). The products want many tiles (a
+# (K, C) @ (C, T) product with T of a few dozen runs far below BLAS's speed), the cache
+# few: the deep layers (hundreds of channels) get more bytes than the budget.
+BLOCK_BYTES = 1 << 20
+MIN_TILES = 64
 
-    def work(worker: int, positions: Sequence[tuple[int, int]]) -> None:
-        for xi, eta in positions:
-            left = a[xi, eta].T if transpose_a else a[xi, eta]
-            right = b[xi, eta].T if transpose_b else b[xi, eta]
-            np.matmul(left, right, out=out[xi, eta])
 
-    parallel(work, [(xi, eta) for xi in range(n) for eta in range(n)])
-    return out
+def tile_blocks(
+    n_img: int, th: int, tw: int, c: int, k: int, m: int, itemsize: int
+) -> list[tuple[int, int, int, int]]:
+    """(first image, end image, first tile row, end tile row) blocks of about BLOCK_BYTES
+    of V (n^2 * T * C values) each, and at least MIN_TILES and K tiles: bands of tile rows
+    of one image where an image has more tiles than that, else several whole images, and
+    at least one block per thread. Every block reads all of U (n^2 * K * C values, MBs in
+    the deep layers): with T >= K tiles, V is at least as large, so that U's reading is a
+    small part of the block's work."""
+    n = m + KERNEL - 1
+    tiles = max(BLOCK_BYTES // (n * n * c * itemsize), MIN_TILES, k, 1)
+    threads = cpu.num_threads()
+    if th * tw <= tiles:  # whole images, the same number of blocks for every thread
+        per = min(max(1, tiles // (th * tw)), -(-n_img // threads))
+        return [(i0, i1, 0, th) for i0, i1 in cpu.even_split(n_img, -(-n_img // per))]
+    rows = max(1, tiles // tw)
+    rows = -(-th // -(-th // rows))  # equal bands: 8 tile rows as 4 + 4, not 7 + 1
+    return [(i, i + 1, t0, min(t0 + rows, th)) for i in range(n_img) for t0 in range(0, th, rows)]
+
+
+def block_input_tiles(
+    x: np.ndarray, padding: int, m: int, block: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
+    """V = B^T d B for the tiles of one block (of ``tile_blocks``; None: the whole batch):
+    x (N, C, H, W) -> V (n^2, T, C), channels last, T = images * tile rows * tile
+    columns, a scratch buffer of the calling thread.
+
+    Tile (ty, tx) starts at padded input pixel (m*ty, m*tx) (neighbouring tiles overlap by
+    2 pixels); the padded input is zero beyond the image. The block's input rows go
+    channels last (each tile's C values a run), every tile's n x n pixels are gathered
+    into d[a, b] (T, C), and B^T is applied along b, then along a: two products of the
+    small (n, n) B^T with all the block's tiles at once.
+    """
+    n_img, c, h, w = x.shape
+    n = m + KERNEL - 1
+    _, _, th, tw = _tiles_shape(h, w, padding, m)
+    i0, i1, t0, t1 = (0, n_img, 0, th) if block is None else block
+    bt = toom_cook(m)[2].astype(x.dtype)
+    nb, tb = i1 - i0, t1 - t0
+    t = nb * tb * tw
+    rows_in, wp = m * tb + KERNEL - 1, m * tw + KERNEL - 1
+    top = m * t0 - padding  # the input row that band row 0 holds (negative: padding)
+    lo, hi = max(top, 0), min(top + rows_in, h)
+    # The rows as they lie (runs of W), then channels last from that cached copy: read
+    # straight from x, at x's channel stride (H*W values, often a power of two), the
+    # transposing copy thrashed the cache.
+    rows = cpu.scratch("winograd_rows", (nb, c, hi - lo, w + 1), x.dtype)[..., :w]
+    rows[...] = x[i0:i1, :, lo:hi]
+    band = cpu.scratch("winograd_band", (nb, rows_in, wp, c), x.dtype)
+    band[:, : lo - top] = 0  # zero only the padding around the image
+    band[:, hi - top :] = 0
+    band[:, :, :padding] = 0
+    band[:, :, padding + w :] = 0
+    band[:, lo - top : hi - top, padding : padding + w] = rows.transpose(0, 2, 3, 1)
+    s = band.strides  # d[a, b, image, ty, tx, c] = band[image, m*ty + a, m*tx + b, c]
+    tiles = np.lib.stride_tricks.as_strided(
+        band, (n, n, nb, tb, tw, c), (s[1], s[2], s[0], m * s[1], m * s[2], s[3]), writeable=False
+    )
+    d = cpu.scratch("winograd_d", (n, n, t * c), x.dtype)
+    d.reshape(tiles.shape)[...] = tiles
+    z = cpu.scratch("winograd_z", (n, n, t * c), x.dtype)
+    np.matmul(bt, d, out=z)  # along b: z[a, eta] = sum_b BT[eta, b] d[a, b]
+    v = cpu.scratch("winograd_v", (n * n, t, c), x.dtype)
+    np.matmul(bt, z.reshape(n, n * t * c), out=v.reshape(n, n * t * c))  # along a
+    return v
 
 
 def conv2d_forward(
@@ -286,71 +318,105 @@ def conv2d_forward(
     """Stride-1 3x3 convolution by Winograd F(m x m, 3 x 3).
 
     x (N, C, H, W), weight (K, C, 3, 3), bias (K,) or None -> out (N, K, Ho, Wo)
+
+    Per block of tiles (``tile_blocks``): V (n^2, T, C) (``block_input_tiles``), the n^2
+    products M[xi, eta] (K, T) = U[xi, eta] (K, C) @ V[xi, eta]^T (C, T), channels first
+    (BLAS reads V transposed in place), and Y = A^T M A, A^T applied along eta then xi;
+    each Y[u, v] (K, T) is output pixel (m*ty + u, m*tx + v) of every tile, written into
+    the block's rows of the NCHW output.
     """
     n_img, _, h, w = x.shape
-    k = weight.shape[0]
+    k, c = weight.shape[:2]
     n = m + KERNEL - 1
-    aa = nested(m, x.dtype)[0]
+    at = toom_cook(m)[0].astype(x.dtype)
+    u_all = filter_tiles(weight, m).reshape(n * n, k, c)
     ho, wo, th, tw = _tiles_shape(h, w, padding, m)
-    # M[xi, eta] = V[xi, eta] (T, C) @ U[xi, eta]^T (C, K), T = N*th*tw tiles
-    prod = _products(input_tiles(x, padding, m), filter_tiles(weight, m), False, True)
-    prod = prod.reshape(n * n, n_img, th * tw * k)
     out = np.empty((n_img, k, ho, wo), dtype=x.dtype)
-    whole = (ho, wo) == (th * m, tw * m)  # no tile reaches past the image
-    bias_k = None if bias is None else bias.reshape(k, 1, 1)
 
-    def work(worker: int, images: Sequence[int]) -> None:
-        y = cpu.scratch("winograd_out", (m * m, th * tw * k), x.dtype)
-        if not whole:  # the image with its last tiles whole, to crop from
-            full = cpu.scratch("winograd_image", (k, th, m, tw, m), x.dtype)
-        for i in images:
-            np.matmul(aa, prod[:, i], out=y)  # flat(Y) = (A^T (x) A^T) @ flat(M), per tile
-            # y[u*m + v, (ty, tx, k)] is output pixel (m*ty + u, m*tx + v) of channel k:
-            # back to NCHW one image at a time (a cache-sized transpose)
-            tiles = y.reshape(m, m, th, tw, k).transpose(4, 2, 0, 3, 1)  # (K, th, m, tw, m)
-            if whole:
-                out[i].reshape(k, th, m, tw, m)[...] = tiles
-            else:  # the last tiles cropped to the image
-                full[...] = tiles
-                out[i] = full.reshape(k, th * m, tw * m)[:, :ho, :wo]
-            if bias_k is not None:
-                out[i] += bias_k
+    def work(worker: int, blocks: Sequence[tuple[int, int, int, int]]) -> None:
+        for block in blocks:
+            i0, i1, t0, t1 = block
+            nb, tb = i1 - i0, t1 - t0
+            t = nb * tb * tw
+            v = block_input_tiles(x, padding, m, block)
+            prod = cpu.scratch("winograd_m", (n * n, k, t), x.dtype)
+            np.matmul(u_all, v.transpose(0, 2, 1), out=prod)
+            y1 = cpu.scratch("winograd_y1", (n, m, k * t), x.dtype)
+            np.matmul(at, prod.reshape(n, n, k * t), out=y1)  # along eta
+            y = cpu.scratch("winograd_y", (m, m, k, nb, tb, tw), x.dtype)
+            np.matmul(at, y1.reshape(n, m * k * t), out=y.reshape(m, m * k * t))  # along xi
+            # y[u, v] is pixel (m*ty + u, m*tx + v): into the block's rows, whole tiles
+            # first (in the cache), then cropped to the image
+            full = cpu.scratch("winograd_out", (nb, k, tb, m, tw, m), x.dtype)
+            for a in range(m):
+                for b in range(m):
+                    full[:, :, :, a, :, b] = y[a, b].transpose(1, 0, 2, 3)
+            r0, r1 = m * t0, min(m * t1, ho)
+            dst = out[i0:i1, :, r0:r1]
+            dst[...] = full.reshape(nb, k, tb * m, tw * m)[:, :, : r1 - r0, :wo]
+            if bias is not None:
+                dst += bias[:, None, None]
 
-    parallel(work, range(n_img))
+    parallel(work, tile_blocks(n_img, th, tw, c, k, m, x.itemsize))
     return out
 
 
-def output_gradient_tiles(dout: np.ndarray, m: int) -> np.ndarray:
-    """dM = A dY A^T for every m x m output tile: dout (N, K, Ho, Wo) -> (n, n, N*th*tw, K).
+def block_output_gradient_tiles(
+    dout: np.ndarray, m: int, block: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
+    """dM = A dY A^T for the m x m output tiles of one block (of ``tile_blocks``; None: the
+    whole batch): dout (N, K, Ho, Wo) -> dM (n^2, K, T), channels first, a scratch buffer
+    of the calling thread.
 
-    The transpose of the forward's output transform (flat(Y) = (A^T (x) A^T) flat(M)), so
-    flat(dM) = (A^T (x) A^T)^T @ flat(dY), applied to dout cut into the forward's tiles
-    (zero where the last tiles reach past the image)."""
-    aa = nested(m, dout.dtype)[0]
+    The transpose of the forward's output transform (Y = A^T M A), applied along each
+    tile's columns v, then its rows u, to dout cut into the forward's tiles (zero where
+    the last tiles reach past the image).
+    """
     n_img, k, ho, wo = dout.shape
-    th, tw = -(-ho // m), -(-wo // m)
     n = m + KERNEL - 1
-    dm = np.empty((n * n, n_img, th * tw * k), dtype=dout.dtype)
-    whole = (ho, wo) == (th * m, tw * m)
+    th, tw = -(-ho // m), -(-wo // m)
+    i0, i1, t0, t1 = (0, n_img, 0, th) if block is None else block
+    at = toom_cook(m)[0].astype(dout.dtype)
+    nb, tb = i1 - i0, t1 - t0
+    t = nb * tb * tw
+    r0, r1 = m * t0, min(m * t1, ho)
+    rows = cpu.scratch("winograd_dout", (nb, k, m * tb, m * tw), dout.dtype)
+    rows[:, :, r1 - r0 :] = 0  # where the last tiles reach past the image
+    rows[:, :, :, wo:] = 0
+    rows[:, :, : r1 - r0, :wo] = dout[i0:i1, :, r0:r1]
+    s = rows.strides  # dy[u, v, k, image, ty, tx] = rows[image, k, m*ty + u, m*tx + v]
+    tiles = np.lib.stride_tricks.as_strided(
+        rows, (m, m, k, nb, tb, tw), (s[2], s[3], s[1], s[0], m * s[2], m * s[3]), writeable=False
+    )
+    dy = cpu.scratch("winograd_dy", (m, m, k * t), dout.dtype)
+    dy.reshape(tiles.shape)[...] = tiles
+    half = cpu.scratch("winograd_dm1", (m, n, k * t), dout.dtype)
+    np.matmul(at.T, dy, out=half)  # along v: half[u, eta] = sum_v AT[v, eta] dy[u, v]
+    dm = cpu.scratch("winograd_dm", (n * n, k, t), dout.dtype)
+    np.matmul(at.T, half.reshape(m, n * k * t), out=dm.reshape(n, n * k * t))  # along u
+    return dm
 
-    def work(worker: int, images: Sequence[int]) -> None:
-        if not whole:
-            padded = cpu.scratch("winograd_dout", (k, th * m, tw * m), dout.dtype)
-            padded[:, ho:] = 0  # where the last tiles reach past the image
-            padded[:, :, wo:] = 0
-        tiles = cpu.scratch("winograd_dout_tiles", (m, m, th, tw, k), dout.dtype)
-        for i in images:
-            if whole:
-                image = dout[i]
-            else:
-                padded[:, :ho, :wo] = dout[i]
-                image = padded
-            # tiles[u, v, ty, tx, k] = dY of pixel (m*ty + u, m*tx + v), channel k
-            tiles[...] = image.reshape(k, th, m, tw, m).transpose(2, 4, 1, 3, 0)
-            np.matmul(aa.T, tiles.reshape(m * m, th * tw * k), out=dm[:, i])
 
-    parallel(work, range(n_img))
-    return dm.reshape(n, n, n_img * th * tw, k)
+def filter_tile_gradient(x: np.ndarray, dout: np.ndarray, padding: int, m: int) -> np.ndarray:
+    """dU (n, n, K, C) = sum over tiles of dM[xi, eta] (K, T) @ V[xi, eta] (T, C), block by
+    block (``block_output_gradient_tiles``, ``block_input_tiles``), each worker adding its
+    blocks into a partial sum of its own; the partial sums are added at the end."""
+    n_img, c, h, w = x.shape
+    k = dout.shape[1]
+    n = m + KERNEL - 1
+    _, _, th, tw = _tiles_shape(h, w, padding, m)
+    parts = np.zeros((cpu.num_threads(), n * n, k, c), dtype=x.dtype)
+
+    def work(worker: int, blocks: Sequence[tuple[int, int, int, int]]) -> None:
+        for block in blocks:
+            dm = block_output_gradient_tiles(dout, m, block)
+            v = block_input_tiles(x, padding, m, block)
+            du = cpu.scratch("winograd_du", (n * n, k, c), x.dtype)
+            np.matmul(dm, v, out=du)
+            parts[worker] += du
+
+    parallel(work, tile_blocks(n_img, th, tw, c, k, m, x.itemsize))
+    return parts.sum(axis=0).reshape(n, n, k, c)
 
 
 def conv2d_backward(
@@ -363,9 +429,8 @@ def conv2d_backward(
     m: int = 2,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients of ``conv2d_forward``: (dx (N, C, H, W) or None, dW (K, C, 3, 3), db (K,) or None)."""
-    # dU[xi, eta] = dM[xi, eta]^T (K, T) @ V[xi, eta] (T, C), then dW = G^T dU G.
-    du = _products(output_gradient_tiles(dout, m), input_tiles(x, padding, m), True, False)
-    dw = filter_gradient(du, m)
+    # dU[xi, eta] = dM[xi, eta] (K, T) @ V[xi, eta] (T, C), then dW = G^T dU G.
+    dw = filter_gradient(filter_tile_gradient(x, dout, padding, m), m)
     db = dout.sum(axis=(0, 2, 3)) if need_bias else None
     if not need_input:
         return None, dw, db
