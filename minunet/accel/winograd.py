@@ -244,6 +244,16 @@ def filter_gradient(du: np.ndarray, m: int) -> np.ndarray:
 BLOCK_BYTES = 1 << 20
 MIN_TILES = 64
 
+# A block's arrays take turns in three scratch buffers per thread (``cpu.scratch``): each
+# step writes into a buffer whose contents the steps after it no longer read, so the
+# buffers are three, not one per step (which held 139 MB in a base-32 step, where the
+# blocked path's own buffers were 25 MB: benchmarks/RESULTS.md, 2026-12-02 18:30 UTC).
+# In order: the input rows S1, channels last S2, tiles S1, B^T along b S2, along a S1
+# (= V); the products S3; A^T along eta S2, along xi S1, whole tiles S2. dW: dout's rows
+# S1, its tiles S2, A along v S1, along u S3 (= dM, kept while V is built in S1 and S2),
+# a later block's products S2.
+S1, S2, S3 = "winograd_1", "winograd_2", "winograd_3"
+
 
 def tile_blocks(
     n_img: int, th: int, tw: int, c: int, k: int, m: int, itemsize: int
@@ -291,9 +301,9 @@ def block_input_tiles(
     # The rows as they lie (runs of W), then channels last from that cached copy: read
     # straight from x, at x's channel stride (H*W values, often a power of two), the
     # transposing copy thrashed the cache.
-    rows = cpu.scratch("winograd_rows", (nb, c, hi - lo, w + 1), x.dtype)[..., :w]
+    rows = cpu.scratch(S1, (nb, c, hi - lo, w + 1), x.dtype)[..., :w]
     rows[...] = x[i0:i1, :, lo:hi]
-    band = cpu.scratch("winograd_band", (nb, rows_in, wp, c), x.dtype)
+    band = cpu.scratch(S2, (nb, rows_in, wp, c), x.dtype)
     band[:, : lo - top] = 0  # zero only the padding around the image
     band[:, hi - top :] = 0
     band[:, :, :padding] = 0
@@ -303,11 +313,11 @@ def block_input_tiles(
     tiles = np.lib.stride_tricks.as_strided(
         band, (n, n, nb, tb, tw, c), (s[1], s[2], s[0], m * s[1], m * s[2], s[3]), writeable=False
     )
-    d = cpu.scratch("winograd_d", (n, n, t * c), x.dtype)
+    d = cpu.scratch(S1, (n, n, t * c), x.dtype)  # rows is done with
     d.reshape(tiles.shape)[...] = tiles
-    z = cpu.scratch("winograd_z", (n, n, t * c), x.dtype)
+    z = cpu.scratch(S2, (n, n, t * c), x.dtype)  # band is
     np.matmul(bt, d, out=z)  # along b: z[a, eta] = sum_b BT[eta, b] d[a, b]
-    v = cpu.scratch("winograd_v", (n * n, t, c), x.dtype)
+    v = cpu.scratch(S1, (n * n, t, c), x.dtype)  # d is
     np.matmul(bt, z.reshape(n, n * t * c), out=v.reshape(n, n * t * c))  # along a
     return v
 
@@ -339,15 +349,15 @@ def conv2d_forward(
             nb, tb = i1 - i0, t1 - t0
             t = nb * tb * tw
             v = block_input_tiles(x, padding, m, block)
-            prod = cpu.scratch("winograd_m", (n * n, k, t), x.dtype)
+            prod = cpu.scratch(S3, (n * n, k, t), x.dtype)
             np.matmul(u_all, v.transpose(0, 2, 1), out=prod)
-            y1 = cpu.scratch("winograd_y1", (n, m, k * t), x.dtype)
+            y1 = cpu.scratch(S2, (n, m, k * t), x.dtype)
             np.matmul(at, prod.reshape(n, n, k * t), out=y1)  # along eta
-            y = cpu.scratch("winograd_y", (m, m, k, nb, tb, tw), x.dtype)
+            y = cpu.scratch(S1, (m, m, k, nb, tb, tw), x.dtype)  # v is done with
             np.matmul(at, y1.reshape(n, m * k * t), out=y.reshape(m, m * k * t))  # along xi
             # y[u, v] is pixel (m*ty + u, m*tx + v): into the block's rows, whole tiles
             # first (in the cache), then cropped to the image
-            full = cpu.scratch("winograd_out", (nb, k, tb, m, tw, m), x.dtype)
+            full = cpu.scratch(S2, (nb, k, tb, m, tw, m), x.dtype)  # y1 is
             for a in range(m):
                 for b in range(m):
                     full[:, :, :, a, :, b] = y[a, b].transpose(1, 0, 2, 3)
@@ -380,7 +390,7 @@ def block_output_gradient_tiles(
     nb, tb = i1 - i0, t1 - t0
     t = nb * tb * tw
     r0, r1 = m * t0, min(m * t1, ho)
-    rows = cpu.scratch("winograd_dout", (nb, k, m * tb, m * tw), dout.dtype)
+    rows = cpu.scratch(S1, (nb, k, m * tb, m * tw), dout.dtype)
     rows[:, :, r1 - r0 :] = 0  # where the last tiles reach past the image
     rows[:, :, :, wo:] = 0
     rows[:, :, : r1 - r0, :wo] = dout[i0:i1, :, r0:r1]
@@ -388,11 +398,11 @@ def block_output_gradient_tiles(
     tiles = np.lib.stride_tricks.as_strided(
         rows, (m, m, k, nb, tb, tw), (s[2], s[3], s[1], s[0], m * s[2], m * s[3]), writeable=False
     )
-    dy = cpu.scratch("winograd_dy", (m, m, k * t), dout.dtype)
+    dy = cpu.scratch(S2, (m, m, k * t), dout.dtype)
     dy.reshape(tiles.shape)[...] = tiles
-    half = cpu.scratch("winograd_dm1", (m, n, k * t), dout.dtype)
+    half = cpu.scratch(S1, (m, n, k * t), dout.dtype)  # rows is done with
     np.matmul(at.T, dy, out=half)  # along v: half[u, eta] = sum_v AT[v, eta] dy[u, v]
-    dm = cpu.scratch("winograd_dm", (n * n, k, t), dout.dtype)
+    dm = cpu.scratch(S3, (n * n, k, t), dout.dtype)  # not S1 or S2: V is built there next
     np.matmul(at.T, half.reshape(m, n * k * t), out=dm.reshape(n, n * k * t))  # along u
     return dm
 
@@ -400,22 +410,28 @@ def block_output_gradient_tiles(
 def filter_tile_gradient(x: np.ndarray, dout: np.ndarray, padding: int, m: int) -> np.ndarray:
     """dU (n, n, K, C) = sum over tiles of dM[xi, eta] (K, T) @ V[xi, eta] (T, C), block by
     block (``block_output_gradient_tiles``, ``block_input_tiles``), each worker adding its
-    blocks into a partial sum of its own; the partial sums are added at the end."""
+    blocks into a partial sum of its own (its first block's products are that partial sum,
+    written in place); the partial sums are added at the end."""
     n_img, c, h, w = x.shape
     k = dout.shape[1]
     n = m + KERNEL - 1
     _, _, th, tw = _tiles_shape(h, w, padding, m)
-    parts = np.zeros((cpu.num_threads(), n * n, k, c), dtype=x.dtype)
+    blocks = tile_blocks(n_img, th, tw, c, k, m, x.itemsize)
+    workers = min(cpu.num_threads(), len(blocks))  # as many as ``parallel`` runs
+    parts = np.empty((workers, n * n, k, c), dtype=x.dtype)
 
-    def work(worker: int, blocks: Sequence[tuple[int, int, int, int]]) -> None:
-        for block in blocks:
+    def work(worker: int, chunk: Sequence[tuple[int, int, int, int]]) -> None:
+        for j, block in enumerate(chunk):
             dm = block_output_gradient_tiles(dout, m, block)
             v = block_input_tiles(x, padding, m, block)
-            du = cpu.scratch("winograd_du", (n * n, k, c), x.dtype)
-            np.matmul(dm, v, out=du)
-            parts[worker] += du
+            if j == 0:
+                np.matmul(dm, v, out=parts[worker])
+            else:
+                du = cpu.scratch(S2, (n * n, k, c), x.dtype)  # V is in S1, dM in S3
+                np.matmul(dm, v, out=du)
+                parts[worker] += du
 
-    parallel(work, tile_blocks(n_img, th, tw, c, k, m, x.itemsize))
+    parallel(work, blocks)
     return parts.sum(axis=0).reshape(n, n, k, c)
 
 
