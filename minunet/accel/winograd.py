@@ -60,9 +60,10 @@ from minunet.accel.cpu import parallel
 KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
 
 # On by default; MINUNET_WINOGRAD=0 switches it off (MINUNET_FAST_CPU=0 and MINUNET_ACCEL=0
-# switch it off with the other CPU fast paths). Where ``tile_for``'s rule picks F(4x4) in a
-# base-32 U-Net, it took 27-44% less time than the blocked path (benchmarks/winograd_rule.py,
-# benchmarks/RESULTS.md, 2026-12-02 05:15 UTC).
+# switch it off with the other CPU fast paths). Of the 8 layers of a base-32 U-Net to which
+# ``tile_for``'s rule gives F(4x4), 7 took 18-34% less time than on the blocked path, and
+# 64 -> 64 at 64 px 21% more, where two runs before had it 11-29% less
+# (benchmarks/winograd_rule.py, benchmarks/RESULTS.md, 2026-12-02 17:30-18:05 UTC).
 ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
 
 # The rule (``tile_for``): per tile size m, largest first, (least channel intensity, least
