@@ -464,9 +464,11 @@ print(f"F(4, 3) / F(2, 3) float32 error: {errors[4] / errors[2]:.0f}x")
 # times every 3x3 convolution of a U-Net on the three paths, and the rule's thresholds,
 # `winograd.RULE`, are read off that table. **The rule**, `winograd.tile_for`: for NumPy
 # float32/float64, 3x3, stride 1, dilation 1 and padding at most 2 (the input gradient's
-# padding `2 - p` must not be negative), the first tile size `m` of `RULE` for which `h`
-# and the batch's count of `m x m` output tiles both reach their thresholds; `F(4x4)`
-# comes first (it saves more), `F(2x2)` needs more channels. Everything else keeps
+# padding `2 - p` must not be negative), the first entry `(m, least h, least tiles)` of
+# `RULE` for which `h` and the batch's count of `m x m` output tiles both reach their
+# thresholds gives the tile size `m`; `F(4x4)` comes first (it saves more), once for the
+# layers with many channels and once for those with fewer but very many tiles (32
+# channels at 128 px), and `F(2x2)` needs more channels. Everything else keeps
 # lesson 09's blocked path or im2col. `FastConv2d` asks it on every call, and its cache
 # records the road taken. It is on by default (`MINUNET_WINOGRAD=0` switches it off).
 # One lesson from the measurements: a product that OpenBLAS splits over its own threads
@@ -491,6 +493,7 @@ cases = [  # (name, x, output channels, kernel, stride, dilation, padding, expec
     ("64 -> 64 at 16 px, batch 8", np.zeros((8, 64, 16, 16), f32), 64, 3, 1, 1, 1, 4),
     ("64 -> 32 at 64 px, batch 8", np.zeros((8, 64, 64, 64), f32), 32, 3, 1, 1, 1, 0),
     ("32 -> 64 at 64 px, batch 8", np.zeros((8, 32, 64, 64), f32), 64, 3, 1, 1, 1, 0),
+    ("32 -> 32 at 128 px, batch 8", np.zeros((8, 32, 128, 128), f32), 32, 3, 1, 1, 1, 4),
     ("256 -> 128 at 32 px, batch 2", np.zeros((2, 256, 32, 32), f32), 128, 3, 1, 1, 1, 4),
     ("128 -> 128 at 16 px, batch 4", np.zeros((4, 128, 16, 16), f32), 128, 3, 1, 1, 1, 0),
     ("512 -> 512 at 8 px, batch 8", np.zeros((8, 512, 8, 8), f32), 512, 3, 1, 1, 1, 2),

@@ -66,14 +66,16 @@ KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
 # (benchmarks/winograd_rule.py, benchmarks/RESULTS.md, 2026-12-02 17:30-18:05 UTC).
 ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
 
-# The rule (``tile_for``): per tile size m, largest first, (least channel intensity, least
-# tiles). A layer's n^2 products are (K, C) @ (C, T) each, T = the batch's m x m output
+# The rule (``tile_for``): entries (m, least channel intensity, least tiles), the first
+# that a layer reaches gives its tile size m. A layer's n^2 products are (K, C) @ (C, T) each, T = the batch's m x m output
 # tiles; its transforms touch T * (C + K) values per position, a few operations each.
 # So Winograd pays where
 # * h = C*K / (C + K), the products' multiply-adds per transformed value, is large: the
 #   transforms are then small next to the products they save (at 64 channels in and out,
 #   h = 32, F(4x4) was faster than the blocked path at 64 px and level at 32 px; at
-#   h = 21, 64 -> 32 and 32 -> 64, the blocked path won or was level), and
+#   h = 21, 64 -> 32 and 32 -> 64, the blocked path won or was level; at h = 16,
+#   32 -> 32, F(4x4) won at 128 px, 8192 tiles, and lost at 64 px, 2048: the base-32
+#   step took 0.953 and 0.959 of its time with that entry as without), and
 # * T is large: each product reads all of U's C*K values once, and the filter
 #   transforms cost C*K*n^2*9 whatever the batch (at 8 px a batch of 8 has 32 4x4 tiles:
 #   F(4x4) lost to F(2x2) there, whose 2x2 tiles are 128).
@@ -81,8 +83,9 @@ ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
 # at 8 px, 256 -> 256 (h = 128) the blocked path won or was level, 512 -> 512 (h = 256)
 # F(2x2) won. Measured with benchmarks/winograd_rule.py at batch 8 (every 3x3 convolution
 # of base-16 and base-32 U-Nets, RESULTS.md, 2026-12-02 17:30-17:45 UTC; the thresholds
-# of h were 64 and 160 until the blocks of tiles made the transforms cheaper).
-RULE = ((4, 32, 128), (2, 160, 128))  # (m, least h, least T)
+# of h were 64 and 160 until the blocks of tiles made the transforms cheaper; the
+# 32 -> 32 entry: benchmarks/conv_before_after.py --module winograd --step, 18:46 UTC).
+RULE = ((4, 32, 128), (4, 16, 8192), (2, 160, 128))  # (m, least h, least T)
 
 # F(4x4, 3x3)'s float32 error: its larger transform entries (up to 8 and 1/24) round more.
 # Measured on the U-Net's layers (winograd_rule.py --error): at most 1.5e-5 of an output's
