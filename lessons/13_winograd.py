@@ -455,8 +455,9 @@ print(f"F(4, 3) / F(2, 3) float32 error: {errors[4] / errors[2]:.0f}x")
 # of arithmetic per number, so they run at the speed of the caches and memory, the
 # bottleneck of lesson 09, while the products run at BLAS's speed. (Done for the whole
 # layer at once, `V` was tens of MB at 64 channels, and every transform a pass through
-# memory; in cache-sized blocks of tiles the transforms took about half the time, and
-# the rule below moved from 128 channels down to 64.) And each of the `n^2` products reads
+# memory; in cache-sized blocks of tiles, the same layer on `F(4x4)`, 64 to 64 channels
+# at 64 px, took about half the time, forward and backward, and the rule below moved
+# from 128 channels down to 64: `benchmarks/RESULTS.md`.) And each of the `n^2` products reads
 # all of `U`'s `C K` values, so it needs enough rows, tiles, to run at BLAS's speed: at
 # 8x8 pixels a batch of 8 images has only 32 tiles of `4 x 4`, but 128 of `2 x 2`.
 #
@@ -580,8 +581,8 @@ for name in ("Winograd F(2x2)", "Winograd F(4x4)"):
 # At most 36/16 = 2.25x (`F(2x2)`) or 144/36 = 4x (`F(4x4)`) could come from the
 # products; the transforms take their share back, more of it the fewer the channels, and
 # the backward transforms the input tiles again and the output gradient's tiles besides.
-# On the 2-core machine minunet was measured on, this layer took 35-41% less time on
-# `F(4x4)` than on the blocked path, and a training step of the base-32 U-Net 12-19%
+# On the 2-core machine minunet was measured on, this layer took 33% less time on
+# `F(4x4)` than on the blocked path, and a training step of the base-32 U-Net 10-26%
 # less with the rule on than with Winograd off (`benchmarks/RESULTS.md`). Read the ratio
 # with the load averages, and compare ratios measured on one machine, never absolute
 # times across machines.
