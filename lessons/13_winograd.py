@@ -429,12 +429,13 @@ print(f"F(4, 3) / F(2, 3) float32 error: {errors[4] / errors[2]:.0f}x")
 # more (4x fewer multiplications against 2.25x) but rounds an order of magnitude more, on
 # every layer it runs and in the forward and both gradients. Is that acceptable? Measured
 # on every 3x3 layer of the U-Net (`benchmarks/winograd_rule.py --error`), the worst was
-# 1.5e-5 of a layer's largest output, against 5e-7 for the direct sums: 250 times the
-# 6e-8 of one float32 rounding, and 250 times smaller than the 4e-3 of bfloat16, in which
-# networks are routinely trained; a five-step training run on `F(4x4, 3x3)` tracks the
-# blocked run's losses (`tests/test_winograd.py`). So minunet uses both: the rule
-# below picks `F(4x4, 3x3)` where it pays and `F(2x2, 3x3)` where only that does. (Should
-# your own use need the direct sums' error, `MINUNET_WINOGRAD=0` switches Winograd off.)
+# 1.4e-5 of a layer's largest output, against 9e-7 for the direct sums: about 230 times
+# the 6e-8 of one float32 rounding, and about 290 times smaller than the 4e-3 of
+# bfloat16, in which networks are routinely trained; a five-step training run on
+# `F(4x4, 3x3)` tracks the blocked run's losses (`tests/test_winograd.py`). So minunet
+# uses both: the rule below picks `F(4x4, 3x3)` where it pays and `F(2x2, 3x3)` where
+# only that does. (Should your own use need the direct sums' error, `MINUNET_WINOGRAD=0`
+# switches Winograd off.)
 #
 # ## 4. When it pays
 #
@@ -601,7 +602,7 @@ for name in ("Winograd F(2x2)", "Winograd F(4x4)"):
 # - Backward: `dx` is the forward again (flipped kernel, padding `2 - p`); `dW` is the
 #   same 16 products with the roles exchanged, then `G^T dU G`.
 # - The transforms grow the numbers before rounding: `F(4x4, 3x3)` rounds about an order
-#   of magnitude more in float32 (1.5e-5 of the output at most on the U-Net's layers),
+#   of magnitude more in float32 (1.4e-5 of the output at most on the U-Net's layers),
 #   still far below the precision networks train in.
 # - It pays only where the products dominate the memory-bound transforms: many channels
 #   in and out (`h = C K / (C + K)`) and enough tiles per product. `tile_for` reads both

@@ -67,9 +67,9 @@ KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
 ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
 
 # The rule (``tile_for``): entries (m, least channel intensity, least tiles), the first
-# that a layer reaches gives its tile size m. A layer's n^2 products are (K, C) @ (C, T) each, T = the batch's m x m output
-# tiles; its transforms touch T * (C + K) values per position, a few operations each.
-# So Winograd pays where
+# that a layer reaches gives its tile size m. A layer's n^2 products are (K, C) @ (C, T)
+# each, T = the batch's m x m output tiles; its transforms touch T * (C + K) values per
+# position, a few operations each. So Winograd pays where
 # * h = C*K / (C + K), the products' multiply-adds per transformed value, is large: the
 #   transforms are then small next to the products they save (at 64 channels in and out,
 #   h = 32, F(4x4) was faster than the blocked path at 64 px and level at 32 px; at
@@ -88,8 +88,9 @@ ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
 RULE = ((4, 32, 128), (4, 16, 8192), (2, 160, 128))  # (m, least h, least T)
 
 # F(4x4, 3x3)'s float32 error: its larger transform entries (up to 8 and 1/24) round more.
-# Measured on the U-Net's layers (winograd_rule.py --error): at most 1.5e-5 of an output's
-# largest value, where the blocked path's is 5e-7 and F(2x2)'s 9e-7; float32 itself
+# Measured on the U-Net's layers (winograd_rule.py --error, RESULTS.md, 2026-12-02 17:12 UTC
+# section): at most 1.4e-5 of an output's largest value (1.5e-5 with the earlier Kronecker
+# transforms), where the blocked path's is 9e-7 and F(2x2)'s 1.1e-6; float32 itself
 # carries 6e-8 per operation and bfloat16, which networks train in, 4e-3. Acceptable.
 
 # The finite interpolation points of each tile size (infinity is always the last point).
@@ -242,7 +243,7 @@ def filter_gradient(du: np.ndarray, m: int) -> np.ndarray:
 # at least this many tiles per block. A block's tiles go through the input transform,
 # the n^2 products and the output transform while they are in the cache, where the
 # whole-layer arrays (tens of MB at 64 channels) made each transform a pass through
-# memory (benchmarks/RESULTS.md, 2026-12-02 17:30 UTC). The products want many tiles (a
+# memory (benchmarks/RESULTS.md, the 2026-12-02 17:12 UTC section). The products want many tiles (a
 # (K, C) @ (C, T) product with T of a few dozen runs far below BLAS's speed), the cache
 # few: the deep layers (hundreds of channels) get more bytes than the budget.
 BLOCK_BYTES = 1 << 20
@@ -251,7 +252,7 @@ MIN_TILES = 64
 # A block's arrays take turns in three scratch buffers per thread (``cpu.scratch``): each
 # step writes into a buffer whose contents the steps after it no longer read, so the
 # buffers are three, not one per step (which held 139 MB in a base-32 step, where the
-# blocked path's own buffers were 25 MB: benchmarks/RESULTS.md, 2026-12-02 18:30 UTC).
+# blocked path's own buffers were 25 MB: benchmarks/RESULTS.md, 2026-12-02 17:12 UTC).
 # In order: the input rows S1, channels last S2, tiles S1, B^T along b S2, along a S1
 # (= V); the products S3; A^T along eta S2, along xi S1, whole tiles S2. dW: dout's rows
 # S1, its tiles S2, A along v S1, along u S3 (= dM, kept while V is built in S1 and S2),
