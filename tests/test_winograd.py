@@ -9,10 +9,6 @@ dtype's eps. The reference (im2col + matmul) errs far less, so the bound is for 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -81,27 +77,15 @@ def test_f2_uses_16_and_f4_36_multiplications_per_tile() -> None:
 def test_forward_and_gradients_match_im2col_in_float64(
     n, c, k, h, w, p, m, tiles, threads, seed
 ) -> None:
-    """Every block shape: bands of 1, 2, ... tile rows, several whole images per block
-    (``tiles`` per block at most, 1000: the whole batch), on 1 and 3 threads."""
+    """Every block shape: bands of 1, 2, ... tile rows and several whole images per block
+    (``tile_blocks`` gives each block ``tiles`` tiles or K, whichever is more; 1000: the
+    whole batch), on 1 and 3 threads."""
     assume(h + 2 * p >= 3 and w + 2 * p >= 3)  # else there is no output
-    with blocks_of(tiles, threads):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(winograd, "BLOCK_BYTES", 0)
+        mp.setattr(winograd, "MIN_TILES", tiles)
+        mp.setenv("MINUNET_THREADS", str(threads))
         _check_against_im2col(n, c, k, h, w, p, m, seed)
-
-
-@contextmanager
-def blocks_of(tiles: int, threads: int) -> Iterator[None]:
-    """Winograd blocks of ``tiles`` tiles (``winograd.tile_blocks``), ``threads`` workers."""
-    saved = winograd.BLOCK_BYTES, winograd.MIN_TILES, os.environ.get("MINUNET_THREADS")
-    winograd.BLOCK_BYTES, winograd.MIN_TILES = 0, tiles  # and K: c, k <= 9 here
-    os.environ["MINUNET_THREADS"] = str(threads)
-    try:
-        yield
-    finally:
-        winograd.BLOCK_BYTES, winograd.MIN_TILES = saved[:2]
-        if saved[2] is None:
-            del os.environ["MINUNET_THREADS"]
-        else:
-            os.environ["MINUNET_THREADS"] = saved[2]
 
 
 def _check_against_im2col(n, c, k, h, w, p, m, seed) -> None:

@@ -270,7 +270,7 @@ def tile_blocks(
     the deep layers): with T >= K tiles, V is at least as large, so that U's reading is a
     small part of the block's work."""
     n = m + KERNEL - 1
-    tiles = max(BLOCK_BYTES // (n * n * c * itemsize), MIN_TILES, k, 1)
+    tiles = max(BLOCK_BYTES // (n * n * c * itemsize), MIN_TILES, k)
     threads = cpu.num_threads()
     if th * tw <= tiles:  # whole images, the same number of blocks for every thread
         per = min(max(1, tiles // (th * tw)), -(-n_img // threads))
@@ -352,8 +352,8 @@ def conv2d_forward(
         for block in blocks:
             i0, i1, t0, t1 = block
             nb, tb = i1 - i0, t1 - t0
-            t = nb * tb * tw
             v = block_input_tiles(x, padding, m, block)
+            t = v.shape[1]  # nb * tb * tw tiles
             prod = cpu.scratch(S3, (n * n, k, t), x.dtype)
             np.matmul(u_all, v.transpose(0, 2, 1), out=prod)
             y1 = cpu.scratch(S2, (n, m, k * t), x.dtype)
@@ -415,29 +415,33 @@ def block_output_gradient_tiles(
 def filter_tile_gradient(x: np.ndarray, dout: np.ndarray, padding: int, m: int) -> np.ndarray:
     """dU (n, n, K, C) = sum over tiles of dM[xi, eta] (K, T) @ V[xi, eta] (T, C), block by
     block (``block_output_gradient_tiles``, ``block_input_tiles``), each worker adding its
-    blocks into a partial sum of its own (its first block's products are that partial sum,
-    written in place); the partial sums are added at the end."""
+    blocks into a partial sum of its own (its first block's products are that partial sum);
+    the partial sums are added at the end."""
     n_img, c, h, w = x.shape
     k = dout.shape[1]
     n = m + KERNEL - 1
     _, _, th, tw = _tiles_shape(h, w, padding, m)
-    blocks = tile_blocks(n_img, th, tw, c, k, m, x.itemsize)
-    workers = min(cpu.num_threads(), len(blocks))  # as many as ``parallel`` runs
-    parts = np.empty((workers, n * n, k, c), dtype=x.dtype)
+    parts: list[np.ndarray] = []  # one per worker that ran (list.append is atomic)
 
     def work(worker: int, chunk: Sequence[tuple[int, int, int, int]]) -> None:
-        for j, block in enumerate(chunk):
+        part = None
+        for block in chunk:
             dm = block_output_gradient_tiles(dout, m, block)
             v = block_input_tiles(x, padding, m, block)
-            if j == 0:
-                np.matmul(dm, v, out=parts[worker])
+            if part is None:
+                part = np.matmul(dm, v)
             else:
                 du = cpu.scratch(S2, (n * n, k, c), x.dtype)  # V is in S1, dM in S3
                 np.matmul(dm, v, out=du)
-                parts[worker] += du
+                part += du
+        if part is not None:
+            parts.append(part)
 
-    parallel(work, blocks)
-    return parts.sum(axis=0).reshape(n, n, k, c)
+    parallel(work, tile_blocks(n_img, th, tw, c, k, m, x.itemsize))
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total.reshape(n, n, k, c)
 
 
 def conv2d_backward(
