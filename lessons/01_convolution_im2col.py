@@ -217,8 +217,8 @@ print("loop im2col == offset im2col == minunet.core.im2col.im2col, for 4 (stride
 # On NumPy the same sums also have a faster road, the accelerated path of
 # `minunet.accel.cpu` (lesson 09): horizontal-tap columns built block by block, keeping
 # only `x` for the backward instead of `cols`. The reference `Conv2d` never takes it;
-# its fast subclass `FastConv2d` (`minunet.accel.conv`) does, for stride-1 convolutions
-# with at least `cpu.MIN_CHANNELS` input channels, and `minunet.accel.accelerate(layer)`
+# its fast subclass `FastConv2d` (`minunet.accel.conv`) does, for stride-1, dilation-1
+# convolutions, and `minunet.accel.accelerate(layer)`
 # turns a layer into its fast class (the `UNet` does that to itself). The second check
 # uses 16 input channels and compares four things with the loops: the im2col product
 # written out, the reference `Conv2d`, the same layer accelerated (the printout names the

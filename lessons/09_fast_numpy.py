@@ -582,20 +582,20 @@ for ksize, padding in [(3, 1), (3, 0), (5, 2), (5, 0), (2, 1), (1, 0)]:
 # ## When `Conv2d` takes the fast path
 #
 # `cpu.fast_conv_ok` decides, from the input and the layer's geometry: NumPy float32 or
-# float64, stride 1, dilation 1, padding at most `kh - 1` (section 4), and at least
-# `cpu.MIN_CHANNELS` input channels. With the 3 channels of an RGB image, each of the
-# blocked products has an inner dimension of `kw * C = 9` numbers, too short for BLAS to
-# reach its speed, and the comment beside `MIN_CHANNELS` in `cpu.py` says neither road
-# won clearly there. So the U-Net's very first convolution keeps the im2col path; every
-# other one takes the fast path. Anything else (CuPy arrays, strides, float16) goes
-# through im2col.
+# float64, stride 1, dilation 1 and padding at most `kh - 1` (section 4). Anything else
+# (CuPy arrays, strides, float16) goes through im2col. The 3 channels of an RGB image
+# take the fast path too, with one change inside: the weight gradient. Its blocked
+# products would be `(kw*C, P) @ (P, K)` with `kw * C = 9` rows and thousands of pixels,
+# a shape BLAS runs slowly, so below `cpu.ROW_GRAD_CHANNELS` input channels each output
+# row gets its own product instead, `dout[i, :, r] (K, Wo) @ taps[r]^T (Wo, kh*kw*C)`,
+# with the forward's row matrices read transposed (`cpu._row_taps_weight_grad`).
 
 # %%
-print(f"cpu.MIN_CHANNELS = {cpu.MIN_CHANNELS}")
+print(f"cpu.ROW_GRAD_CHANNELS = {cpu.ROW_GRAD_CHANNELS}")
 x32 = np.zeros((1, 32, 16, 16), np.float32)
 cases = [
     ("32 channels, 3x3, stride 1, padding 1", x32, 1, 1, 1, 3, True),
-    ("RGB input: 3 channels", x32[:, :3], 1, 1, 1, 3, False),
+    ("RGB input: 3 channels", x32[:, :3], 1, 1, 1, 3, True),
     ("stride 2", x32, 2, 1, 1, 3, False),
     ("dilation 2", x32, 1, 2, 1, 3, False),
     ("padding 3 > kh - 1", x32, 1, 1, 3, 3, False),
@@ -605,6 +605,23 @@ for name, xx, stride, dilation, padding, ksize, expected in cases:
     ok = cpu.fast_conv_ok(xx, stride, dilation, padding, ksize)
     assert ok == (expected and cpu.ENABLED), name
     print(f"{name:40s} -> {'fast path' if ok else 'im2col path'}")
+
+# The RGB case, checked as the blocks were: the forward and both gradients against the
+# im2col path, in float64. 40 columns, so that the forward takes its row products too.
+x3 = rng.standard_normal((2, 3, 10, 40))
+w3 = rng.standard_normal((5, 3, 3, 3))
+d3 = rng.standard_normal((2, 5, 10, 40))
+cols3 = im2col(x3, 3, 3, 1, 1)  # (N, 27, P)
+out3 = cpu.conv2d_forward(x3, w3, None, padding=1)
+dx3, dw3, _ = cpu.conv2d_backward(x3, w3, d3, padding=1, need_bias=False)
+d3_flat = d3.reshape(2, 5, -1)
+for name, got, want in [
+    ("out", out3, (w3.reshape(5, -1) @ cols3).reshape(d3.shape)),
+    ("dw", dw3, np.einsum("nkp,nrp->kr", d3_flat, cols3).reshape(w3.shape)),
+    ("dx", dx3, col2im(w3.reshape(5, -1).T @ d3_flat, x3.shape, 3, 3, 1, 1)),
+]:
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10, err_msg=f"RGB input: {name}")
+print("RGB input, 3 -> 5 channels: out, dw (one product per row), dx == the im2col path")
 
 # %% [markdown]
 # ## 5. Timing, on this machine

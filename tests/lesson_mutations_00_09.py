@@ -1112,6 +1112,14 @@ MUTATIONS = [
     ),
     _row(
         "09",
+        CPU,
+        "            np.matmul(rows, taps.transpose(0, 2, 1), out=res)",
+        "            np.matmul(rows, taps[:, ::-1].transpose(0, 2, 1), out=res)",
+        'err_msg=f"RGB input: {name}"',
+        "accelerated path: the RGB weight gradient by rows pairs each row with its taps reversed",
+    ),
+    _row(
+        "09",
         "minunet/accel/batchnorm.py",
         "                d -= (dbeta[c0:c1] / m)[:, None, None]",
         "                d -= (dbeta[c0:c1] / m)[:, None, None] * (c0 > 0)",

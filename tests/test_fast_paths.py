@@ -57,7 +57,7 @@ def fast_and_reference(layer, x, dout, blocked=None):
 @settings(max_examples=25, deadline=None)
 @given(
     n=st.integers(1, 3),
-    cin=st.integers(8, 10),  # the fast path's minimum: cpu.MIN_CHANNELS
+    cin=st.integers(1, 13),  # below and above cpu.ROW_GRAD_CHANNELS (12)
     cout=st.integers(1, 6),
     k=st.sampled_from([1, 2, 3, 5]),
     pad=st.integers(0, 4),
@@ -88,12 +88,27 @@ def test_conv2d_fast_path_matches_im2col(
         mp.setattr(cpu, "ROW_TAPS_BYTES", block_bytes)
         mp.setattr(cpu, "ROW_TAPS_WIDTH", 0 if rows else 10**6)
         mp.setattr(cpu, "scratch", nan_scratch)
-        calls = spy(mp, "_row_products", "_blocked_products", "_image_products")
+        calls = spy(
+            mp,
+            "_row_products",
+            "_blocked_products",
+            "_image_products",
+            "_image_weight_grad",
+            "_row_taps_weight_grad",
+            "_rows_weight_grad",
+        )
         assert cpu.small_images(x, k, k, pad) == small
         fast, ref = fast_and_reference(layer, x, dout, blocked=True)
-    # the forward and the input gradient, each by the path asked for
+    # the forward, the weight gradient and the input gradient, each by the path asked for
     taken = "_image_products" if small else "_row_products" if rows else "_blocked_products"
-    assert calls == [taken, taken]
+    weight_grad = (
+        "_image_weight_grad"
+        if small
+        else "_row_taps_weight_grad"
+        if cin < cpu.ROW_GRAD_CHANNELS
+        else "_rows_weight_grad"
+    )
+    assert calls == [taken, weight_grad, taken]
     for a, b in zip(fast, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
@@ -124,17 +139,20 @@ def test_conv2d_fast_path_float32_strided_gradient_and_threads(monkeypatch):
     layer = Conv2d(8, 6, 3, padding=1, bias=False, rng=rng)
     x = rng.standard_normal((2, 8, 16, 12), dtype=np.float32)
     dout = rng.standard_normal((2, 10, 16, 12), dtype=np.float32)[:, 2:8]
-    for threads, small, rows in (
-        ("1", False, False),
-        ("3", False, False),
-        ("1", False, True),
-        ("3", False, True),
-        ("1", True, False),
-        ("3", True, False),
+    for threads, small, rows, few in (
+        ("1", False, False, False),
+        ("3", False, False, False),
+        ("1", False, True, False),
+        ("3", False, True, False),
+        ("1", True, False, False),
+        ("3", True, False, False),
+        ("1", False, True, True),  # the weight gradient by rows, as for RGB inputs
+        ("3", False, True, True),
     ):
         monkeypatch.setenv("MINUNET_THREADS", threads)
         monkeypatch.setattr(cpu, "SMALL_PIXELS", 10**6 if small else 0)
         monkeypatch.setattr(cpu, "ROW_TAPS_WIDTH", 0 if rows else 10**6)
+        monkeypatch.setattr(cpu, "ROW_GRAD_CHANNELS", 9 if few else 8)  # the layer has 8
         fast, ref = fast_and_reference(layer, x, dout, blocked=True)
         for a, b in zip(fast, ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -194,7 +212,7 @@ def test_fast_path_is_skipped_where_it_does_not_apply():
     assert not cpu.fast_conv_ok(x, 1, 2, 1, 3)  # dilation
     assert not cpu.fast_conv_ok(x, 1, 1, 3, 3)  # padding > k - 1
     assert not cpu.fast_conv_ok(x.astype(np.float16), 1, 1, 1, 3)
-    assert not cpu.fast_conv_ok(x[:, :1], 1, 1, 1, 3)  # RGB-like inputs: too few channels
+    assert cpu.fast_conv_ok(x[:, :1], 1, 1, 1, 3)  # few channels (an RGB input) too
 
 
 def test_parallel_reraises_a_worker_error(monkeypatch):
@@ -284,7 +302,7 @@ def test_fast_conv2d_matches_the_reference_on_every_geometry(
     n, cin, cout, k, stride, pad, dilation, bias, seed
 ):
     """FastConv2d on any geometry: blocked where it applies, im2col with threaded products
-    elsewhere (strides, dilations, large paddings, fewer than MIN_CHANNELS channels)."""
+    elsewhere (strides, dilations, large paddings)."""
     rng = np.random.default_rng(seed)
     layer = Conv2d(cin, cout, k, stride, pad, bias, dilation, dtype=np.float64, rng=rng)
     x = rng.standard_normal((n, cin, 9, 8))

@@ -7,9 +7,9 @@ with faster pieces, chosen per call from the arrays they meet:
   U-Net's deep layers; ``winograd.tile_for``'s measured rule): Winograd F(4x4, 3x3) or
   F(2x2, 3x3) (``minunet.accel.winograd``), 36 multiplications per 4x4 output tile
   instead of 144, or 16 per 2x2 tile instead of 36. ``MINUNET_WINOGRAD=0`` switches it off.
-* NumPy, stride 1, dilation 1, at least ``cpu.MIN_CHANNELS`` input channels (every other 3x3
-  convolution of the U-Net after the first): the blocked convolution (shifted rows) of
-  ``minunet.accel.cpu``, which keeps only the input for the backward.
+* NumPy, stride 1, dilation 1 (every other convolution of the U-Net, its RGB input layer
+  included): the blocked convolution (shifted rows) of ``minunet.accel.cpu``, which keeps
+  only the input for the backward.
 * Otherwise the im2col formulation, with its products split over images and threads on
   NumPy (``cpu.batched_matmul``; a plain ``@`` on CuPy) and, on CuPy, im2col and col2im as
   one GPU kernel each (``minunet.accel.cuda.im2col``).

@@ -50,10 +50,10 @@ it use a single core. This module does the same arithmetic in a different order:
   gradient rebuilds each block's columns instead of keeping them all in memory.
 
 ``FastConv2d`` (``minunet.accel.conv``) calls these only for NumPy float arrays with
-stride 1, dilation 1 and at least MIN_CHANNELS input channels (``fast_conv_ok``); anything
-else goes through the im2col formulation, with ``batched_matmul`` for its products. The
-reference ``Conv2d`` is what the tests compare both against (``tests/test_fast_paths.py``).
-Figures for these choices are in benchmarks/RESULTS.md.
+stride 1 and dilation 1 (``fast_conv_ok``); anything else goes through the im2col
+formulation, with ``batched_matmul`` for its products. The reference ``Conv2d`` is what
+the tests compare both against (``tests/test_fast_paths.py``). Figures for these choices
+are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -72,10 +72,14 @@ import numpy as np
 # tests use ``minunet.accel.fast_paths(cpu=False)``.
 ENABLED = os.environ.get("MINUNET_FAST_CPU", "1") != "0"
 
-# Below this many input channels (an RGB input), the im2col path: the blocked products'
-# inner dimension kw*C is then a handful of values, and in an exploratory comparison
-# neither path won clearly (not settled by a benchmark; the first layer is ~2% of a step).
-MIN_CHANNELS = 8
+# Below this many input channels (an RGB input), the weight gradient takes one product
+# per output row (``_row_taps_weight_grad``) instead of the blocked path's kh products per
+# block of rows: those are (kw*C, P) @ (P, K) with kw*C a handful and P thousands of
+# pixels, a shape on which OpenBLAS is slow. At 128 px, batch 8, to 16 output channels, rows took 0.21 of the blocks' time at 3
+# channels, 0.45 at 8, 0.93 at 12 and 1.50 at 16; to 32, 0.25 at 3, 1.01 at 8, 1.16 at 12
+# (benchmarks/few_channels.py, RESULTS.md, 2026-12-02 23:11 UTC). Until then these layers
+# took the im2col path, which made the U-Net's first layer 2.8x slower (8.6 ms against 3.0).
+ROW_GRAD_CHANNELS = 12
 
 # Bytes of columns built per block (see the module docstring: fewer, larger blocks won).
 BLOCK_BYTES = 2 << 20
@@ -236,7 +240,6 @@ def fast_conv_ok(x: Any, stride: int, dilation: int, padding: int, kernel: int) 
         and x.dtype in FLOATS
         and stride == 1
         and dilation == 1
-        and x.shape[1] >= MIN_CHANNELS
         and padding <= kernel - 1  # so the input gradient's padding k-1-p is >= 0
     )
 
@@ -566,8 +569,10 @@ def conv2d_backward(
 
     dW_a^T = sum over blocks of cols[:, a*Wo : a*Wo + P] (kw*C, P) @ dout_block (P, K), each
     worker summing its own blocks (no shared writes), the per-worker sums added at the end
-    (``_rows_weight_grad``); for small images, dout (K, B*Ho*Wo) @ the images' full columns,
-    dW's columns shared out between the workers (``_image_weight_grad``).
+    (``_rows_weight_grad``); below ROW_GRAD_CHANNELS input channels, one product per
+    output row instead (``_row_taps_weight_grad``); for small images, dout (K, B*Ho*Wo) @
+    the images' full columns, dW's columns shared out between the workers
+    (``_image_weight_grad``).
     dx = the forward's blocks over dout, with W flipped in space and C and K swapped, and
     padding k-1-p.
     """
@@ -578,6 +583,8 @@ def conv2d_backward(
     small = small_images(x, kh, kw, padding)
     if small:
         dw_taps = _image_weight_grad(x, dout, kh, kw, padding)  # (K, kh*kw*C)
+    elif c < ROW_GRAD_CHANNELS:
+        dw_taps = _row_taps_weight_grad(x, dout, kh, kw, padding)
     else:
         dw_taps = _rows_weight_grad(x, dout, kh, kw, padding)
     # (K, kh*kw, C) -> (K, C, kh, kw): runs of C values again
@@ -652,6 +659,39 @@ def _rows_weight_grad(
     # (kh, kw*C, K) -> (K, kh*kw*C), columns ordered (a, b, c): a transposed view, which
     # conv2d_backward's one copy to (K, C, kh, kw) reads as it is
     return parts.sum(axis=0).reshape(kh * kw * c, k).T
+
+
+def _row_taps_weight_grad(
+    x: np.ndarray, dout: np.ndarray, kh: int, kw: int, padding: int
+) -> np.ndarray:
+    """dW in the tap-major layout (K, kh*kw*C), one product per output row: for inputs of
+    few channels (below ROW_GRAD_CHANNELS).
+
+    The forward's row products (``_row_products``) turned around: for output row r of
+    image i, with taps[r] (kh*kw*C, Wo) that row's im2col matrix from ``_row_taps``,
+
+        dW (K, kh*kw*C) += dout[i, :, r] (K, Wo) @ taps[r]^T (Wo, kh*kw*C)
+
+    one batched product per block of rows (both operands strided views, read in place),
+    its rows' results summed into the worker's partial sum; the partial sums are added at
+    the end. Each product has all kh*kw*C taps and only Wo pixels: the shape OpenBLAS runs
+    well, where the blocked weight gradient's had a handful of rows and thousands of pixels.
+    """
+    n, c = x.shape[:2]
+    k, ho, wo = dout.shape[1:]
+    width = kh * kw * c
+    parts = np.zeros((num_threads(), k, width), dtype=x.dtype)
+
+    def work(worker: int, chunk: Sequence[tuple[int, int, int]]) -> None:
+        for i, r0, r1 in chunk:
+            taps = _row_taps(x, i, r0, r1, kh, kw, padding)  # (rows, kh*kw*C, Wo)
+            rows = dout[i, :, r0:r1].transpose(1, 0, 2)  # (rows, K, Wo), a view of dout
+            res = scratch("row_weight_grad", (r1 - r0, k, width), x.dtype)
+            np.matmul(rows, taps.transpose(0, 2, 1), out=res)
+            parts[worker] += res.sum(axis=0)
+
+    parallel(work, _row_blocks(n, ho, wo, kw * c * wo * x.itemsize, ROW_TAPS_BYTES))
+    return parts.sum(axis=0)
 
 
 def _image_weight_grad(
