@@ -149,8 +149,8 @@ def test_a_wrong_transform_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     "shape, k, tile",
     [
         ((8, 64, 16, 16), 64, 4),  # h = 32, 128 4x4 tiles: F(4x4)'s thresholds, exactly
-        ((8, 64, 16, 16), 63, 0),  # h just under 32, and under F(2x2)'s 160
-        ((7, 64, 16, 16), 64, 0),  # 112 4x4 tiles; 448 2x2 tiles but h = 32 < 160
+        ((8, 64, 16, 16), 63, 0),  # h just under 32, and under F(2x2)'s 80
+        ((7, 64, 16, 16), 64, 0),  # 112 4x4 tiles; 448 2x2 tiles but h = 32 < 80
         ((8, 64, 14, 14), 64, 4),  # the last tiles reach past the image: still 128 of them
         ((8, 64, 64, 64), 32, 0),  # h = 21, however many tiles
         ((8, 32, 128, 128), 32, 4),  # h = 16 and 8192 4x4 tiles: the second F(4x4) entry
@@ -158,18 +158,21 @@ def test_a_wrong_transform_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
         ((8, 32, 128, 128), 31, 0),  # h just under 16
         ((8, 128, 16, 16), 128, 4),  # h = 64
         ((8, 512, 8, 8), 512, 2),  # 32 4x4 tiles; 128 2x2 tiles and h = 256: F(2x2)
-        ((8, 256, 8, 8), 256, 0),  # h = 128: the blocked path (it won there)
+        ((8, 256, 8, 8), 256, 2),  # h = 128
+        ((8, 128, 8, 8), 256, 2),  # h = 85
+        ((8, 160, 8, 8), 160, 2),  # h = 80, F(2x2)'s threshold exactly
+        ((8, 160, 8, 8), 159, 0),  # h just under 80
+        ((7, 160, 16, 16), 160, 2),  # 112 4x4 tiles: not F(4x4); 448 2x2 tiles
         ((8, 480, 8, 8), 480, 2),  # h = 240
-        ((8, 320, 8, 8), 320, 2),  # h = 160, F(2x2)'s threshold exactly
         ((4, 512, 8, 8), 512, 0),  # 64 2x2 tiles
         ((2, 256, 32, 32), 128, 4),  # h = 85, 128 4x4 tiles
     ],
 )
 def test_the_rule_picks_by_channel_intensity_and_tiles(shape, k, tile) -> None:
     """``winograd.RULE`` as its comment states it: F(4x4) from h = C*K/(C+K) = 32 and 128
-    4x4 tiles in the batch or from h = 16 and 8192 tiles, else F(2x2) from h = 160 and 128
+    4x4 tiles in the batch or from h = 16 and 8192 tiles, else F(2x2) from h = 80 and 128
     2x2 tiles, else blocked."""
-    assert winograd.RULE == ((4, 32, 128), (4, 16, 8192), (2, 160, 128))
+    assert winograd.RULE == ((4, 32, 128), (4, 16, 8192), (2, 80, 128))
     with winograd.enabled(True):
         assert winograd.tile_for(np.zeros(shape, np.float32), k, 3, 1, 1, 1) == tile
 

@@ -80,12 +80,15 @@ ENABLED = os.environ.get("MINUNET_WINOGRAD", "1") != "0"
 #   transforms cost C*K*n^2*9 whatever the batch (at 8 px a batch of 8 has 32 4x4 tiles:
 #   F(4x4) lost to F(2x2) there, whose 2x2 tiles are 128).
 # F(2x2) saves fewer products (16 for 36 against 36 for 144), so it needs more channels:
-# at 8 px, 256 -> 256 (h = 128) the blocked path won or was level, 512 -> 512 (h = 256)
-# F(2x2) won. Measured with benchmarks/winograd_rule.py at batch 8 (every 3x3 convolution
-# of base-16 and base-32 U-Nets, RESULTS.md, 2026-12-02 17:30-17:45 UTC; the thresholds
-# of h were 64 and 160 until the blocks of tiles made the transforms cheaper; the
-# 32 -> 32 entry: benchmarks/conv_before_after.py --module winograd --step, 18:46 UTC).
-RULE = ((4, 32, 128), (4, 16, 8192), (2, 160, 128))  # (m, least h, least T)
+# at 8 px, 512 -> 512 (h = 256) and 256 -> 512 (h = 171) F(2x2) won; 256 -> 256 (h = 128)
+# and 128 -> 256 (h = 85) took 4% and 4% less time with it than on the blocked path in
+# one run, 7% and 19% less in another (so F(2x2) from h = 80, not 160 as before; the
+# base-16 step took 0.970 and 0.994 of its time with it). Measured with
+# benchmarks/winograd_rule.py at batch 8 (every 3x3 convolution of base-16 and base-32
+# U-Nets, RESULTS.md, 2026-12-02 17:30-17:45 and 22:52 UTC; the thresholds of h were 64
+# and 160 until the blocks of tiles made the transforms cheaper; the 32 -> 32 entry and
+# the step: benchmarks/conv_before_after.py --module winograd --step, 18:46 and 23:17).
+RULE = ((4, 32, 128), (4, 16, 8192), (2, 80, 128))  # (m, least h, least T)
 
 # F(4x4, 3x3)'s float32 error: its larger transform entries (up to 8 and 1/24) round more.
 # Measured on the U-Net's layers (winograd_rule.py --error, RESULTS.md, 2026-12-02 17:12 UTC
