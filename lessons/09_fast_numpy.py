@@ -315,7 +315,8 @@ for worker, (first, last, count) in sorted(chunks.items()):
     print(f"worker {worker}: {count} blocks, from {first} to {last}  (image, first row, end row)")
 
 # %% [markdown]
-# The backward pass is cut the same way. The weight gradient of kernel row `a` is a sum
+# The backward pass is cut the same way. From `cpu.ROW_GRAD_CHANNELS` input channels on
+# (fewer are the RGB case at the end of section 4), the weight gradient of kernel row `a` is a sum
 # over blocks of `hcols_block[:, a*Wo : a*Wo + P] @ dout_block^T (P, K)`, `P = rows*Wo`.
 # Its columns are built a little differently from the forward's: each padded row is cut
 # to the output's width `Wo` (each tap's copy takes the `Wo` columns it contributes,
@@ -360,7 +361,10 @@ def fast_path_settings(block_bytes, min_block_pixels, threads, small_pixels=0):
             os.environ["MINUNET_THREADS"] = saved[3]
 
 
-nb, cb, kb, hb, wb = (2, 8, 6, 9, 11) if SMALL else (3, 16, 12, 24, 20)
+# At least cpu.ROW_GRAD_CHANNELS input channels: fewer take another weight gradient
+# (one product per output row, the RGB case at the end of section 4).
+nb, cb, kb, hb, wb = (2, 12, 6, 9, 11) if SMALL else (3, 16, 12, 24, 20)
+assert cb >= cpu.ROW_GRAD_CHANNELS
 x = rng.standard_normal((nb, cb, hb, wb))
 weight = rng.standard_normal((kb, cb, 3, 3))
 bias = rng.standard_normal(kb)
