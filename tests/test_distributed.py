@@ -77,7 +77,7 @@ def test_per_rank_bn_step_equals_per_shard_bn_by_hand(tmp_path):
 def test_a_failing_rank_ends_the_job(tmp_path):
     r = mpirun(str(WORKER), "fail", timeout=60)
     assert r.returncode != 0
-    assert "rank 1 failed on purpose" in r.stderr
+    assert "rank 1 failed on purpose" in r.stderr, (r.returncode, r.stdout, r.stderr)
 
 
 TINY_RUN = ["-m", "minunet.train", *TINY_TRAIN_FLAGS, "--sync-bn"]

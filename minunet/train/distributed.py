@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -33,6 +34,9 @@ import numpy as np
 from minunet.core.backend import get_array_module
 from minunet.errors import MinunetError
 from minunet.nn.base import Layer, Parameter
+
+# Seconds a failing rank waits, its message written, before it aborts the job (see the hook).
+ABORT_GRACE_S = 0.5
 
 # Variables the common MPI launchers set in every process they start.
 MPI_SIZE_VARIABLES = (
@@ -234,6 +238,9 @@ def install_abort_hook(comm: Communicator) -> None:
         else:
             previous(kind, value, tb)
         sys.stderr.flush()
+        # Abort tears the job down at once, and the launcher may not yet have forwarded
+        # what this rank wrote to its pipe: a moment's grace lets the message reach the user.
+        time.sleep(ABORT_GRACE_S)
         MPI.COMM_WORLD.Abort(1)
 
     sys.excepthook = hook
