@@ -315,9 +315,10 @@ for worker, (first, last, count) in sorted(chunks.items()):
     print(f"worker {worker}: {count} blocks, from {first} to {last}  (image, first row, end row)")
 
 # %% [markdown]
-# The backward pass is cut the same way. From `cpu.ROW_GRAD_CHANNELS` input channels on
-# (fewer are the RGB case at the end of section 4), the weight gradient of kernel row `a` is a sum
-# over blocks of `hcols_block[:, a*Wo : a*Wo + P] @ dout_block^T (P, K)`, `P = rows*Wo`.
+# The backward pass is cut the same way. From `cpu.ROW_GRAD_CHANNELS` input channels
+# on (fewer are the RGB case at the end of section 4), the weight gradient of kernel row
+# `a` is a sum over blocks of `hcols_block[:, a*Wo : a*Wo + P] @ dout_block^T (P, K)`,
+# `P = rows*Wo`.
 # Its columns are built a little differently from the forward's: each padded row is cut
 # to the output's width `Wo` (each tap's copy takes the `Wo` columns it contributes,
 # with the zero padding written in), so there are no dropped positions and `dout_block`

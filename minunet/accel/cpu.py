@@ -75,10 +75,11 @@ ENABLED = os.environ.get("MINUNET_FAST_CPU", "1") != "0"
 # Below this many input channels (an RGB input), the weight gradient takes one product
 # per output row (``_row_taps_weight_grad``) instead of the blocked path's kh products per
 # block of rows: those are (kw*C, P) @ (P, K) with kw*C a handful and P thousands of
-# pixels, a shape on which OpenBLAS is slow. At 128 px, batch 8, to 16 output channels, rows took 0.21 of the blocks' time at 3
-# channels, 0.45 at 8, 0.93 at 12 and 1.50 at 16; to 32, 0.25 at 3, 1.01 at 8, 1.16 at 12
-# (benchmarks/few_channels.py, RESULTS.md, 2026-12-02 23:11 UTC). Until then these layers
-# took the im2col path, which made the U-Net's first layer 2.8x slower (8.6 ms against 3.0).
+# pixels, a shape on which OpenBLAS is slow. At 128 px, batch 8, to 16 output channels,
+# rows took 0.21 of the blocks' time at 3 channels, 0.45 at 8, 0.93 at 12 and 1.50 at 16;
+# to 32, 0.25 at 3, 1.01 at 8, 1.16 at 12 (benchmarks/few_channels.py, RESULTS.md,
+# 2026-12-02 23:11 UTC). Until then these layers took the im2col path, which made the
+# U-Net's first layer 2.8x slower (8.6 ms against 3.0).
 ROW_GRAD_CHANNELS = 12
 
 # Bytes of columns built per block (see the module docstring: fewer, larger blocks won).
