@@ -1,4 +1,4 @@
-"""A convolution module of an earlier commit against this checkout's, in one process.
+"""A convolution (or BatchNorm) module of an earlier commit against this checkout's, in one process.
 
     python benchmarks/conv_before_after.py BASE_COMMIT                # the 3x3 layers
     python benchmarks/conv_before_after.py BASE_COMMIT --step --base 16  # whole steps
@@ -22,6 +22,11 @@ the per-round ratios (below 1: this checkout is faster).
 Winograd functions on the shapes that this checkout's rule (``winograd.tile_for``) gives
 to Winograd, with the tile size it picks, and ``--step`` runs the step with Winograd
 switched on in both modules.
+
+``--module batchnorm`` swaps ``minunet/accel/batchnorm.py``: the layers are then
+``ThreadedBatchNorm2d`` with its ReLU, forward and backward, at the shapes of the U-Net's
+BatchNorms (``--base`` channels at ``--size`` px, doubling the channels and halving the
+side per level), and ``--step`` gives every BatchNorm of the step one class or the other.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -53,9 +59,11 @@ from common import (  # noqa: E402
 from step import build  # noqa: E402
 
 import minunet.accel.conv as fast_conv  # noqa: E402
-from minunet.accel import cpu, winograd  # noqa: E402
+from minunet.accel import batchnorm, cpu, winograd  # noqa: E402
+from minunet.accel.cuda.batchnorm import KernelBatchNorm2d  # noqa: E402
 
-MODULES = {"cpu": cpu, "winograd": winograd}  # the swappable modules of minunet.accel
+# the swappable modules of minunet.accel
+MODULES = {"cpu": cpu, "winograd": winograd, "batchnorm": batchnorm}
 
 
 def module_at(commit: str, name: str = "cpu") -> ModuleType:
@@ -76,6 +84,26 @@ def module_at(commit: str, name: str = "cpu") -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def batchnorm_layers(layer: Any) -> list[Any]:
+    """Every ``ThreadedBatchNorm2d`` in ``layer``'s tree (the accelerated model's BatchNorms)."""
+    found = [layer] if isinstance(layer, batchnorm.ThreadedBatchNorm2d) else []
+    for child in layer.children().values():
+        found += batchnorm_layers(child)
+    return found
+
+
+def batchnorm_class(module: ModuleType) -> type:
+    """``FastBatchNorm2d`` with ``module``'s ``ThreadedBatchNorm2d`` under the CUDA part."""
+    if module is batchnorm:
+        return batchnorm.FastBatchNorm2d
+    return type("BaseBatchNorm2d", (KernelBatchNorm2d, module.ThreadedBatchNorm2d), {})
+
+
+def batchnorm_shapes(base: int, depth: int, size: int, batch: int) -> list[tuple[int, ...]]:
+    """The (N, C, H, W) inputs of the U-Net's BatchNorms, one per level."""
+    return [(batch, base << level, size >> level, size >> level) for level in range(depth + 1)]
 
 
 def ratio_row(what: str, t: Timing, ms: str) -> list[str]:
@@ -111,10 +139,21 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     rows = []
     if args.step:
-        _, contenders = build(dev, args.base, args.depth, args.batch, args.size)
+        model, contenders = build(dev, args.base, args.depth, args.batch, args.size)
         ours = contenders["minunet"]  # benchmarks/step.py's minunet step
+        norms = batchnorm_layers(model)
 
         def step_with(module: ModuleType) -> Callable[[], None]:
+            if args.module == "batchnorm":
+                cls = batchnorm_class(module)
+
+                def step() -> None:
+                    for layer in norms:
+                        layer.__class__ = cls
+                    ours()
+
+                return step
+
             def step() -> None:
                 setattr(fast_conv, args.module, module)
                 ours()
@@ -127,9 +166,29 @@ def main(argv: list[str] | None = None) -> None:
         try:
             t = compare({"base": step_with(before), "head": step_with(head)}, dev, args.rounds)
         finally:
-            setattr(fast_conv, args.module, head)
+            if args.module != "batchnorm":
+                setattr(fast_conv, args.module, head)
             winograd.ENABLED = saved
+            for layer in norms:
+                layer.__class__ = batchnorm.FastBatchNorm2d
         rows.append(ratio_row(f"step b{args.base} n{args.batch} {args.size}px", t, "{:.1f}"))
+    elif args.module == "batchnorm":
+        for shape in batchnorm_shapes(args.base, args.depth, args.size, args.batch):
+            x = rng.standard_normal(shape, dtype=np.float32)
+            d = rng.standard_normal(shape, dtype=np.float32)
+            sides = {}
+            for side, module in (("base", before), ("head", head)):
+                layer = batchnorm_class(module)(shape[1], relu=True)
+
+                def call(layer: Any = layer, x: np.ndarray = x, d: np.ndarray = d) -> None:
+                    layer.forward(x)
+                    layer.backward(d)
+
+                sides[side] = call
+            t = compare(sides, dev, args.rounds)
+            n, c, h, w = shape
+            rows.append(ratio_row(f"BatchNorm2d+ReLU {c}ch {h}px", t, "{:.2f}"))
+            print(f"  {rows[-1][0]}: {rows[-1][3]}", flush=True)
     else:
         for c_in, c_out, side in layer_shapes(args.base, args.depth, args.size):
             x = rng.standard_normal((args.batch, c_in, side, side), dtype=np.float32)

@@ -92,3 +92,47 @@ def test_a_tiny_winograd_run_times_only_the_layers_the_rule_gives_it(extra, caps
     else:
         assert names == ["4->4 8px forward", "4->4 8px backward"]
     assert winograd.ENABLED == switch  # the step's switch is put back
+
+
+def test_the_batchnorm_class_of_another_commit_sits_under_the_cuda_part():
+    from minunet.accel import batchnorm
+    from minunet.accel.cuda.batchnorm import KernelBatchNorm2d
+
+    base = conv_before_after.module_at("HEAD", "batchnorm")
+    cls = conv_before_after.batchnorm_class(base)
+    assert cls.__mro__[1:3] == (KernelBatchNorm2d, base.ThreadedBatchNorm2d)
+    assert conv_before_after.batchnorm_class(batchnorm) is batchnorm.FastBatchNorm2d
+    rng = np.random.default_rng(2)
+    x, d = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3, 4, 5))
+    got = cls(3, relu=True, dtype=np.float64)
+    want = batchnorm.FastBatchNorm2d(3, relu=True, dtype=np.float64)
+    np.testing.assert_allclose(got.forward(x), want.forward(x), rtol=1e-12)
+    np.testing.assert_allclose(got.backward(d), want.backward(d), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("extra", [[], ["--step"]])
+def test_a_tiny_batchnorm_run_times_each_level_and_puts_the_class_back(extra, capsys, monkeypatch):
+    from minunet.accel import batchnorm
+
+    built = []
+
+    def build(*args, **kwargs):
+        built.append(conv_before_after.build.__wrapped__(*args, **kwargs))
+        return built[-1]
+
+    build.__wrapped__ = conv_before_after.build
+    monkeypatch.setattr(conv_before_after, "build", build)
+    conv_before_after.main(["HEAD", *TINY, "--module", "batchnorm", *extra])
+    out = capsys.readouterr().out
+    assert "minunet/accel/batchnorm.py swapped" in out
+    rows = [line for line in out.splitlines() if line.startswith(("step ", "BatchNorm2d"))]
+    names = [row.split("  ")[0] for row in rows]
+    if extra:
+        assert names == ["step b2 n2 16px"]
+    else:
+        assert names == ["BatchNorm2d+ReLU 2ch 16px", "BatchNorm2d+ReLU 4ch 8px"]
+    assert all(float(row.split()[-2]) > 0 for row in rows)
+    for model, _ in built:  # the step's model: every BatchNorm back to this checkout's class
+        norms = conv_before_after.batchnorm_layers(model)
+        assert norms and all(type(layer) is batchnorm.FastBatchNorm2d for layer in norms)
+    assert len(built) == len(extra)
