@@ -1,16 +1,17 @@
-"""A convolution (or BatchNorm) module of an earlier commit against this checkout's, in one process.
+"""An accelerated module of an earlier commit against this checkout's, in one process.
 
     python benchmarks/conv_before_after.py BASE_COMMIT                # the 3x3 layers
     python benchmarks/conv_before_after.py BASE_COMMIT --step --base 16  # whole steps
     python benchmarks/conv_before_after.py BASE_COMMIT --module winograd --base 32
+    python benchmarks/conv_before_after.py BASE_COMMIT --module batchnorm --step
 
 ``benchmarks/step_before_after.sh`` runs the two trees in turns, each in its own process;
 on a noisy machine the turns disagree by more than a change of 10%. Here the base
 commit's ``minunet/accel/cpu.py`` (read with ``git show``) is loaded beside this
 checkout's as a second module, and the two take turns call by call in one process
 (``common.compare``: interleaved, a pause and a warm-up before each timed call), so a
-noisy neighbour slows both alike. Only the convolution module is swapped: everything else
-(BatchNorm, the pool, the loss) is this checkout's on both sides.
+noisy neighbour slows both alike. Only that module is swapped (by default the
+convolution's ``cpu.py``): everything else is this checkout's on both sides.
 
 Layers: ``conv2d_forward`` and ``conv2d_backward`` (with the input gradient, as every
 3x3 layer of the U-Net but the first needs) of the U-Net's 3x3 shapes at ``--base``,
