@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
                 sides[side] = call
             t = compare(sides, dev, args.rounds)
-            n, c, h, w = shape
+            _, c, h, _ = shape
             rows.append(ratio_row(f"BatchNorm2d+ReLU {c}ch {h}px", t, "{:.2f}"))
             print(f"  {rows[-1][0]}: {rows[-1][3]}", flush=True)
     else:

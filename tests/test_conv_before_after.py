@@ -114,13 +114,12 @@ def test_the_batchnorm_class_of_another_commit_sits_under_the_cuda_part():
 def test_a_tiny_batchnorm_run_times_each_level_and_puts_the_class_back(extra, capsys, monkeypatch):
     from minunet.accel import batchnorm
 
-    built = []
+    built, original = [], conv_before_after.build
 
     def build(*args, **kwargs):
-        built.append(conv_before_after.build.__wrapped__(*args, **kwargs))
+        built.append(original(*args, **kwargs))
         return built[-1]
 
-    build.__wrapped__ = conv_before_after.build
     monkeypatch.setattr(conv_before_after, "build", build)
     conv_before_after.main(["HEAD", *TINY, "--module", "batchnorm", *extra])
     out = capsys.readouterr().out
