@@ -88,6 +88,20 @@ def test_forward_and_gradients_match_im2col_in_float64(
         _check_against_im2col(n, c, k, h, w, p, m, seed)
 
 
+@pytest.mark.parametrize("m", TILES)
+@pytest.mark.parametrize("side", [8, 7, 9])
+def test_outputs_of_whole_tiles_and_of_tiles_past_the_image(m: int, side: int) -> None:
+    """The forward writes whole tiles straight into the output where its rows and columns
+    are multiples of m (8 px, padding 1) and goes through a buffer where the last tiles
+    reach past the image (7 and 9 px): both, with blocks of one tile row and of whole
+    images."""
+    for tiles in (1, 1000):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(winograd, "BLOCK_BYTES", 0)
+            mp.setattr(winograd, "MIN_TILES", tiles)
+            _check_against_im2col(2, 3, 4, side, side, 1, m, seed=side)
+
+
 def _check_against_im2col(n, c, k, h, w, p, m, seed) -> None:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w))

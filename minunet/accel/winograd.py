@@ -257,9 +257,9 @@ MIN_TILES = 64
 # buffers are three, not one per step (which held 139 MB in a base-32 step, where the
 # blocked path's own buffers were 25 MB: benchmarks/RESULTS.md, 2026-12-02 17:12 UTC).
 # In order: the input rows S1, channels last S2, tiles S1, B^T along b S2, along a S1
-# (= V); the products S3; A^T along eta S2, along xi S1, whole tiles S2. dW: dout's rows
-# S1, its tiles S2, A along v S1, along u S3 (= dM, kept while V is built in S1 and S2),
-# a later block's products S2.
+# (= V); the products S3; A^T along eta S2, along xi S1, whole tiles S2 (only where the
+# last tiles reach past the image). dW: dout's rows S1, its tiles S2, A along v S1, along
+# u S3 (= dM, kept while V is built in S1 and S2), a later block's products S2.
 S1, S2, S3 = "winograd_1", "winograd_2", "winograd_3"
 
 
@@ -339,9 +339,10 @@ def conv2d_forward(
 
     Per block of tiles (``tile_blocks``): V (n^2, T, C) (``block_input_tiles``), the n^2
     products M[xi, eta] (K, T) = U[xi, eta] (K, C) @ V[xi, eta]^T (C, T), channels first
-    (BLAS reads V transposed in place), and Y = A^T M A, A^T applied along eta then xi;
-    each Y[u, v] (K, T) is output pixel (m*ty + u, m*tx + v) of every tile, written into
-    the block's rows of the NCHW output.
+    (BLAS reads V transposed in place), and Y = A^T M A, A^T applied along eta then xi,
+    laid out as Y[u] (K, T*m), its last axis (tile, v): Y[u][:, (t, v)] is output pixel
+    (m*ty + u, m*tx + v) of tile t, so a tile row's pixels are already in order and go
+    into the block's rows of the NCHW output as runs.
     """
     n_img, _, h, w = x.shape
     k, c = weight.shape[:2]
@@ -359,19 +360,27 @@ def conv2d_forward(
             t = v.shape[1]  # nb * tb * tw tiles
             prod = cpu.scratch(S3, (n * n, k, t), x.dtype)
             np.matmul(u_all, v.transpose(0, 2, 1), out=prod)
-            y1 = cpu.scratch(S2, (n, m, k * t), x.dtype)
-            np.matmul(at, prod.reshape(n, n, k * t), out=y1)  # along eta
-            y = cpu.scratch(S1, (m, m, k, nb, tb, tw), x.dtype)  # v is done with
-            np.matmul(at, y1.reshape(n, m * k * t), out=y.reshape(m, m * k * t))  # along xi
-            # y[u, v] is pixel (m*ty + u, m*tx + v): into the block's rows, whole tiles
-            # first (in the cache), then cropped to the image
-            full = cpu.scratch(S2, (nb, k, tb, m, tw, m), x.dtype)  # y1 is
-            for a in range(m):
-                for b in range(m):
-                    full[:, :, :, a, :, b] = y[a, b].transpose(1, 0, 2, 3)
+            # A^T along eta with v last: y1[xi, (k, t), v] = sum_eta M[xi, eta, (k, t)]
+            # AT[v, eta], M read transposed in place. With v last, a tile row's pixels
+            # (tx, v) are one run of tw*m values once u is applied.
+            y1 = cpu.scratch(S2, (n, k * t, m), x.dtype)
+            np.matmul(prod.reshape(n, n, k * t).transpose(0, 2, 1), at.T, out=y1)
+            y = cpu.scratch(S1, (m, k, nb, tb, tw * m), x.dtype)  # v is done with
+            np.matmul(at, y1.reshape(n, k * t * m), out=y.reshape(m, k * t * m))  # along xi
+            # y[u, k, image, ty, (tx, v)] is pixel (m*ty + u, m*tx + v): one copy, in runs
+            # of tw*m values, into the block's rows, through a buffer where the last tiles
+            # reach past the image. (With v first, this was m*m copies, one per (u, v),
+            # each writing every m-th value: the base-16 step took 3% more time,
+            # benchmarks/RESULTS.md, 2026-12-03.)
+            rows = y.transpose(2, 1, 3, 0, 4)  # (images, K, tile rows, u, (tx, v))
             r0, r1 = m * t0, min(m * t1, ho)
             dst = out[i0:i1, :, r0:r1]
-            dst[...] = full.reshape(nb, k, tb * m, tw * m)[:, :, : r1 - r0, :wo]
+            if (r1 - r0, wo) == (m * tb, m * tw):
+                dst.reshape(nb, k, tb, m, wo)[...] = rows
+            else:
+                full = cpu.scratch(S2, (nb, k, tb, m, tw * m), x.dtype)  # y1 is done with
+                full[...] = rows
+                dst[...] = full.reshape(nb, k, tb * m, tw * m)[:, :, : r1 - r0, :wo]
             if bias is not None:
                 dst += bias[:, None, None]
 
