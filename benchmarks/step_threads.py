@@ -69,10 +69,14 @@ def thread_switches() -> dict[int, int]:
 
 
 def measure(
-    step: Callable[[], None], steps: int, keep: Callable[[str, float], bool]
+    step: Callable[[], None],
+    steps: int,
+    keep: Callable[[str, float], bool],
+    unnamed: str = "not minunet's (a library's thread)",
 ) -> tuple[float, list[list[str]]]:
     """Run ``step`` ``steps`` times: (wall seconds per step, one table row per thread that
-    ``keep(name, CPU seconds per step)`` accepts, and a last row with their sum)."""
+    ``keep(name, CPU seconds per step)`` accepts, and a last row with their sum). Threads
+    that Python did not start (a native library's) are named ``unnamed``."""
     before, switched = thread_cpu_seconds(), thread_switches()
     start = time.perf_counter()
     for _ in range(steps):
@@ -84,10 +88,10 @@ def measure(
     for tid, seconds in sorted(after.items()):
         used = (seconds - before.get(tid, 0.0)) / steps
         waits = (switches.get(tid, 0) - switched.get(tid, 0)) / steps
-        name = names.get(tid, "not minunet's (a library's thread)")
+        name = names.get(tid, unnamed)
         if keep(name, used):
-            rows.append([name, str(tid), f"{used * 1e3:.0f}", f"{used / wall * 100:.0f}"])
-            rows[-1].append(f"{waits:.0f}")
+            share = f"{used / wall * 100:.0f}"
+            rows.append([name, str(tid), f"{used * 1e3:.0f}", share, f"{waits:.0f}"])
             busy, slept = busy + used, slept + waits
     rows.append(["cores busy", "", f"{busy * 1e3:.0f}", f"{busy / wall * 100:.0f}", f"{slept:.0f}"])
     return wall, rows
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         time.sleep(PAUSE_S)  # minunet's threads asleep before PyTorch's warm up
         for _ in range(2):
             theirs()
-        wall, rows = measure(theirs, args.steps, lambda name, used: used > 0)
+        wall, rows = measure(theirs, args.steps, lambda name, used: used > 0, "PyTorch's (OpenMP)")
         print(f"# PyTorch's step (NCHW, {dev.threads} threads): {wall * 1e3:.0f} ms per call")
         print(table(header, rows))
     print(load_line())
