@@ -57,6 +57,7 @@ from common import (  # noqa: E402
     setup,
     table,
 )
+from profile_cpu import leaves  # noqa: E402
 from step import build  # noqa: E402
 
 import minunet.accel.conv as fast_conv  # noqa: E402
@@ -88,11 +89,9 @@ def module_at(commit: str, name: str = "cpu") -> ModuleType:
 
 
 def batchnorm_layers(layer: Any) -> list[Any]:
-    """Every ``ThreadedBatchNorm2d`` in ``layer``'s tree (the accelerated model's BatchNorms)."""
-    found = [layer] if isinstance(layer, batchnorm.ThreadedBatchNorm2d) else []
-    for child in layer.children().values():
-        found += batchnorm_layers(child)
-    return found
+    """Every ``ThreadedBatchNorm2d`` in ``layer``'s tree (the accelerated model's BatchNorms,
+    leaves of it: ``profile_cpu.leaves``)."""
+    return [leaf for _, leaf in leaves(layer) if isinstance(leaf, batchnorm.ThreadedBatchNorm2d)]
 
 
 def batchnorm_class(module: ModuleType) -> type:
