@@ -4,6 +4,7 @@
     python benchmarks/conv_before_after.py BASE_COMMIT --step --base 16  # whole steps
     python benchmarks/conv_before_after.py BASE_COMMIT --module winograd --base 32
     python benchmarks/conv_before_after.py BASE_COMMIT --module batchnorm --step
+    python benchmarks/conv_before_after.py BASE_COMMIT --step --pool   # every layer's pool
 
 ``benchmarks/step_before_after.sh`` runs the two trees in turns, each in its own process;
 on a noisy machine the turns disagree by more than a change of 10%. Here the base
@@ -23,6 +24,10 @@ the per-round ratios (below 1: this checkout is faster).
 Winograd functions on the shapes that this checkout's rule (``winograd.tile_for``) gives
 to Winograd, with the tile size it picks, and ``--step`` runs the step with Winograd
 switched on in both modules.
+
+``--pool`` (with ``--step``, ``--module cpu``) also gives every layer the base's thread pool,
+``cpu.parallel`` and ``cpu.single_threaded_blas``: the BatchNorms, pools, Adam and the
+Winograd layers call them too.
 
 ``--module batchnorm`` swaps ``minunet/accel/batchnorm.py``: the layers are then
 ``ThreadedBatchNorm2d`` with its ReLU, forward and backward, at the shapes of the U-Net's
@@ -88,6 +93,15 @@ def module_at(commit: str, name: str = "cpu") -> ModuleType:
     return module
 
 
+def use_pool(pool: tuple[Callable, Callable]) -> None:
+    """Make ``pool``, a module's (``parallel``, ``single_threaded_blas``), the pair every
+    accelerated layer calls: they look them up in ``minunet.accel.cpu`` as they run, and
+    Winograd imported its own name for ``parallel``."""
+    parallel, single = pool
+    cpu.parallel = winograd.parallel = parallel
+    cpu.single_threaded_blas = single
+
+
 def batchnorm_layers(layer: Any) -> list[Any]:
     """Every ``ThreadedBatchNorm2d`` in ``layer``'s tree (the accelerated model's BatchNorms,
     leaves of it: ``profile_cpu.leaves``)."""
@@ -126,7 +140,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--module", choices=sorted(MODULES), default="cpu", help="the module to swap"
     )
+    parser.add_argument(
+        "--pool",
+        action="store_true",
+        help="with --step and --module cpu: the base's thread pool (parallel and "
+        "single_threaded_blas) for every layer, not only the convolutions' cpu.py",
+    )
     args = parser.parse_args(argv)
+    if args.pool and not (args.step and args.module == "cpu"):
+        parser.error("--pool needs --step and --module cpu")
 
     dev = setup("numpy", tf32=False)
     head = MODULES[args.module]
@@ -154,12 +176,18 @@ def main(argv: list[str] | None = None) -> None:
 
                 return step
 
+            # taken now, before any swap (--pool: the module is a cpu.py)
+            pair = (module.parallel, module.single_threaded_blas) if args.pool else pool
+
             def step() -> None:
                 setattr(fast_conv, args.module, module)
+                if args.pool:
+                    use_pool(pair)
                 ours()
 
             return step
 
+        pool = cpu.parallel, cpu.single_threaded_blas  # this checkout's
         saved = winograd.ENABLED
         if args.module == "winograd":  # opt-in: on in both modules for this comparison
             before.ENABLED = winograd.ENABLED = True
@@ -168,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             if args.module != "batchnorm":
                 setattr(fast_conv, args.module, head)
+            if args.pool:
+                use_pool(pool)
             winograd.ENABLED = saved
             for layer in norms:
                 layer.__class__ = batchnorm.FastBatchNorm2d

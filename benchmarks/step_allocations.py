@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -165,16 +164,8 @@ class AllocationCounter:
         fn()
         if cpu.num_threads() < 2:
             return
-        pool = cpu._get_pool(cpu.num_threads())
-        workers = cpu._pool_size
-        barrier = threading.Barrier(workers)  # one task per pool thread: each waits for all
-
-        def each() -> None:
-            barrier.wait()
-            fn()
-
-        for future in [pool.submit(each) for _ in range(workers)]:
-            future.result()
+        cpu.parallel(lambda worker, chunk: None, range(cpu.num_threads()))  # starts the pool
+        cpu.on_every_worker(fn)
 
     @contextmanager
     def counting(self) -> Iterator[Counter[str]]:

@@ -135,3 +135,42 @@ def test_a_tiny_batchnorm_run_times_each_level_and_puts_the_class_back(extra, ca
         norms = conv_before_after.batchnorm_layers(model)
         assert norms and all(type(layer) is batchnorm.FastBatchNorm2d for layer in norms)
     assert len(built) == len(extra)
+
+
+def test_pool_gives_every_layer_the_base_pool_and_puts_this_one_back(monkeypatch, capsys):
+    """--pool: while the base's steps run, cpu.parallel (which BatchNorm, the max-pool,
+    Adam and Winograd call) is the base module's; afterwards it is this checkout's again.
+    A step calls it for its BatchNorms whichever side runs."""
+    from minunet.accel import cpu, winograd
+
+    ours = cpu.parallel
+    calls = {"base": 0, "head": 0}
+    base_callers: set[str] = set()  # the classes whose work ran on the base's pool
+    original_module_at = conv_before_after.module_at
+
+    def module_at(commit, name="cpu"):
+        module = original_module_at(commit, name)
+        real = module.parallel
+
+        def counted(fn, items):
+            calls["base"] += 1
+            base_callers.add(fn.__qualname__.split(".")[0])
+            return real(fn, items)
+
+        module.parallel = counted
+        return module
+
+    def counted_head(fn, items):
+        calls["head"] += 1
+        return ours(fn, items)
+
+    monkeypatch.setattr(conv_before_after, "module_at", module_at)
+    monkeypatch.setattr(cpu, "parallel", counted_head)
+    conv_before_after.main(["HEAD", *TINY, "--step", "--pool"])
+    assert "step b2 n2 16px" in capsys.readouterr().out
+    assert calls["base"] > 0 and calls["head"] > 0
+    assert "ThreadedBatchNorm2d" in base_callers  # not only the convolutions' cpu.py
+    assert cpu.parallel is counted_head and winograd.parallel is counted_head
+    monkeypatch.setattr(winograd, "parallel", ours)  # winograd's own name, as before the run
+    with pytest.raises(SystemExit):
+        conv_before_after.main(["HEAD", *TINY, "--pool"])  # not without --step

@@ -12,6 +12,7 @@ geometry it accepts.
 
 import copy
 import math
+import time
 
 import numpy as np
 import pytest
@@ -224,6 +225,110 @@ def test_parallel_reraises_a_worker_error(monkeypatch):
 
     with pytest.raises(RuntimeError, match="boom"):
         cpu.parallel(work, [0, 1, 2, 3])
+
+
+def test_parallel_runs_every_chunk_once_and_the_workers_serve_again_after_an_error(monkeypatch):
+    """Each item reaches ``fn`` once, under the worker index of its chunk; after a worker
+    raised, the next call's chunks all run; and when the caller's own chunk raises,
+    ``parallel`` still waits for the workers' chunks before it re-raises."""
+    monkeypatch.setenv("MINUNET_THREADS", "3")
+    for _ in range(3):
+        seen: list[tuple[int, int]] = []
+
+        def work(worker, chunk, seen=seen):
+            seen.extend((worker, item) for item in chunk)  # list.extend holds the GIL
+
+        cpu.parallel(work, list(range(7)))
+        assert sorted(item for _, item in seen) == list(range(7))
+        assert sorted({w for w, _ in seen}) == [0, 1, 2]
+        with pytest.raises(RuntimeError, match="worker 2"):
+
+            def fail(worker, chunk):
+                if worker == 2:
+                    raise RuntimeError("worker 2")
+
+            cpu.parallel(fail, list(range(7)))
+    finished: list[int] = []
+
+    def slow_workers(worker, chunk):
+        if worker == 0:
+            raise ValueError("caller")
+        time.sleep(0.05)
+        finished.append(worker)
+
+    with pytest.raises(ValueError, match="caller"):
+        cpu.parallel(slow_workers, list(range(6)))
+    assert sorted(finished) == [1, 2]  # both done before parallel returned
+
+
+def test_parallel_nested_or_from_two_threads_at_once_completes(monkeypatch):
+    """A call made while the workers are busy (from inside a chunk, or from a second
+    thread) runs its chunks on its own thread: every item done, nothing deadlocked."""
+    import threading
+
+    monkeypatch.setenv("MINUNET_THREADS", "2")
+    totals = np.zeros(2, dtype=np.int64)
+
+    def inner(worker, chunk):
+        for i in chunk:
+            totals[1] += i  # only ever on the calling thread: the workers are busy
+
+    def outer(worker, chunk):
+        for i in chunk:
+            totals[0] += i
+            if worker == 1:
+                cpu.parallel(inner, list(range(4)))
+
+    cpu.parallel(outer, list(range(4)))
+    assert totals[0] == 6 and totals[1] == 2 * 6  # two items in worker 1's chunk
+
+    results = {}
+
+    def run(name):
+        out = np.zeros(64)
+
+        def fill(worker, chunk):
+            for i in chunk:
+                out[i] = i * i
+
+        for _ in range(50):
+            cpu.parallel(fill, list(range(64)))
+        results[name] = out
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    for out in results.values():
+        np.testing.assert_array_equal(out, np.arange(64.0) ** 2)
+
+
+def test_on_every_worker_runs_once_in_each_pool_thread(monkeypatch):
+    import threading
+
+    monkeypatch.setenv("MINUNET_THREADS", "3")
+    cpu.parallel(lambda worker, chunk: None, range(3))  # the pool has at least 2 workers
+    names: list[str] = []
+    cpu.on_every_worker(lambda: names.append(threading.current_thread().name))
+    assert len(names) == len(set(names)) >= 2
+    assert all(name.startswith("minunet") for name in names)
+    with pytest.raises(KeyError):
+        cpu.on_every_worker(lambda: {}["missing"])
+    cpu.parallel(lambda worker, chunk: None, range(3))  # and the pool still serves
+
+
+def test_single_threaded_blas_holds_blas_to_one_thread_and_restores_it():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    with cpu.single_threaded_blas():
+        inside = [
+            i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+        ]
+    after = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    assert before and inside == [1] * len(before)
+    assert after == before
 
 
 @settings(max_examples=15, deadline=None)

@@ -61,9 +61,8 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -133,23 +132,92 @@ def num_threads() -> int:
         return os.cpu_count() or 1
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-_pool_lock = threading.Lock()
-_blas: Any = None  # threadpoolctl's controller, found once, or False where it is missing
+class _Worker:
+    """One pool thread. It sleeps on its own lock until ``parallel`` hands it a chunk (sets
+    ``job``, releases ``start``) and releases ``done`` when the chunk is finished.
+
+    Two plain locks per hand-off, and nothing else: ``concurrent.futures`` (which this
+    replaced) builds a future, a queue item and a condition per call, and a hand-off cost
+    109 us there against 62 us here, on a machine where a step makes some 130 of them.
+    """
+
+    def __init__(self, index: int) -> None:
+        self.start, self.done = threading.Lock(), threading.Lock()
+        self.start.acquire()
+        self.done.acquire()
+        self.job: tuple[Callable[[int, Sequence[Any]], None], int, Sequence[Any]] | None = None
+        self.error: BaseException | None = None
+        # daemon: a worker asleep on its lock must not keep the interpreter from exiting
+        threading.Thread(target=self._serve, name=f"minunet_{index}", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self.start.acquire()
+            fn, worker, chunk = self.job
+            try:
+                fn(worker, chunk)
+            except BaseException as exc:  # handed to the caller, which re-raises it
+                self.error = exc
+            self.job = None
+            self.done.release()
+
+    def hand(
+        self, fn: Callable[[int, Sequence[Any]], None], worker: int, chunk: Sequence[Any]
+    ) -> None:
+        self.job = (fn, worker, chunk)
+        self.start.release()
+
+    def wait(self) -> BaseException | None:
+        """Block until the chunk handed over is done; its exception, if it raised one."""
+        self.done.acquire()
+        error, self.error = self.error, None
+        return error
 
 
-def _get_pool(threads: int) -> ThreadPoolExecutor:
-    """The shared pool, grown if more workers are asked for (the caller is one more)."""
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size < threads - 1:
-            _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="minunet")
-            _pool_size = threads - 1
-        return _pool
+_workers: list[_Worker] = []  # grown on demand; the calling thread is always one more
+_workers_busy = threading.Lock()  # held by the one parallel() call that uses the workers
 
 
-def single_threaded_blas() -> Any:
+def on_every_worker(fn: Callable[[], None]) -> None:
+    """Run ``fn()`` once in each worker thread the pool has started (not in the caller),
+    waiting for all of them: for tools that set something per thread, such as NumPy's
+    allocation handler in ``benchmarks/step_allocations.py``. Re-raises a worker's error."""
+    with _workers_busy:
+        for worker in _workers:
+            worker.hand(lambda _worker, _chunk: fn(), 0, ())
+        errors = [worker.wait() for worker in _workers]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+def _forget_workers() -> None:
+    """In a forked child the workers' threads are gone: start afresh there."""
+    global _workers, _workers_busy
+    _workers, _workers_busy = [], threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
+
+_blas: Any = None  # threadpoolctl's BLAS controllers, found once, or False where it is missing
+
+
+def _blas_libraries() -> list[Any]:
+    """threadpoolctl's controller of each BLAS library loaded (OpenBLAS, MKL), found once."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+        except ImportError:
+            _blas = False
+    return _blas or []
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
     """A context that holds OpenBLAS (or MKL) to one thread, or does nothing.
 
     The fast paths' products run inside it: in ``parallel``'s workers, and on their own
@@ -159,21 +227,20 @@ def single_threaded_blas() -> Any:
     CPU in a 1005 ms training step (``benchmarks/step_threads.py``, benchmarks/RESULTS.md).
     (``parallel`` with a single item still lets BLAS use every core for that product.)
 
-    Uses threadpoolctl (a dependency of minunet). Should it be missing, the workers still
-    run and BLAS oversubscribes the cores: correct, but slower (``benchmarks/step.py
-    --reference`` times a step both ways).
+    Uses threadpoolctl (a dependency of minunet), whose libraries' set_num_threads it
+    calls directly: its own ``limit`` context took 14 us a call, this 3. Should it be
+    missing, the workers still run and BLAS oversubscribes the cores: correct, but slower
+    (``benchmarks/step.py --reference`` times a step both ways).
     """
-    global _blas
-    if _blas is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            _blas = ThreadpoolController()
-        except ImportError:
-            _blas = False
-    if _blas is False:
-        return nullcontext()
-    return _blas.limit(limits=1, user_api="blas")
+    libraries = _blas_libraries()
+    saved = [lib.get_num_threads() for lib in libraries]
+    for lib in libraries:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, threads in zip(libraries, saved, strict=True):
+            lib.set_num_threads(threads)
 
 
 def even_split(n: int, parts: int) -> list[tuple[int, int]]:
@@ -208,12 +275,29 @@ def parallel(fn: Callable[[int, Sequence[Any]], None], items: Sequence[Any]) -> 
         fn(0, items)
         return
     chunks = [items[lo:hi] for lo, hi in even_split(len(items), threads)]
-    pool = _get_pool(threads)
+    errors: list[BaseException | None] = []
     with single_threaded_blas():
-        futures = [pool.submit(fn, t, chunks[t]) for t in range(1, threads)]
-        fn(0, chunks[0])
-        for f in futures:
-            f.result()  # re-raises a worker's exception here
+        if not _workers_busy.acquire(blocking=False):
+            # The workers are another call's (a second thread's model, or this call
+            # nested in a worker's chunk): run every chunk here, one after the other.
+            for t, chunk in enumerate(chunks):
+                fn(t, chunk)
+            return
+        try:
+            while len(_workers) < threads - 1:
+                _workers.append(_Worker(len(_workers)))
+            workers = _workers[: threads - 1]
+            for t, worker in enumerate(workers, start=1):
+                worker.hand(fn, t, chunks[t])
+            try:
+                fn(0, chunks[0])
+            finally:  # the workers may still be using what fn's caller owns: wait for them
+                errors = [worker.wait() for worker in workers]
+        finally:
+            _workers_busy.release()
+    for error in errors:
+        if error is not None:
+            raise error  # a worker's exception, re-raised in the caller
 
 
 # -- per-thread scratch buffers -------------------------------------------------------------
