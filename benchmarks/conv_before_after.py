@@ -25,9 +25,9 @@ Winograd functions on the shapes that this checkout's rule (``winograd.tile_for`
 to Winograd, with the tile size it picks, and ``--step`` runs the step with Winograd
 switched on in both modules.
 
-``--pool`` (with ``--step``, ``--module cpu``) also gives every layer the base's thread pool,
-``cpu.parallel`` and ``cpu.single_threaded_blas``: the BatchNorms, pools, Adam and the
-Winograd layers call them too.
+``--pool`` (with ``--step``, ``--module cpu``) also gives every layer the base's thread pool
+and its work split, ``cpu.parallel``, ``cpu.single_threaded_blas`` and
+``cpu.channel_groups``: the BatchNorms, pools, Adam and the Winograd layers call them too.
 
 ``--module batchnorm`` swaps ``minunet/accel/batchnorm.py``: the layers are then
 ``ThreadedBatchNorm2d`` with its ReLU, forward and backward, at the shapes of the U-Net's
@@ -93,13 +93,14 @@ def module_at(commit: str, name: str = "cpu") -> ModuleType:
     return module
 
 
-def use_pool(pool: tuple[Callable, Callable]) -> None:
-    """Make ``pool``, a module's (``parallel``, ``single_threaded_blas``), the pair every
-    accelerated layer calls: they look them up in ``minunet.accel.cpu`` as they run, and
-    Winograd imported its own name for ``parallel``."""
-    parallel, single = pool
+def use_pool(pool: tuple[Callable, Callable, Callable]) -> None:
+    """Make ``pool``, a module's (``parallel``, ``single_threaded_blas``,
+    ``channel_groups``), the functions every accelerated layer calls: they look them up in
+    ``minunet.accel.cpu`` as they run, and Winograd imported its own name for ``parallel``."""
+    parallel, single, groups = pool
     cpu.parallel = winograd.parallel = parallel
     cpu.single_threaded_blas = single
+    cpu.channel_groups = groups
 
 
 def batchnorm_layers(layer: Any) -> list[Any]:
@@ -143,8 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pool",
         action="store_true",
-        help="with --step and --module cpu: the base's thread pool (parallel and "
-        "single_threaded_blas) for every layer, not only the convolutions' cpu.py",
+        help="with --step and --module cpu: the base's thread pool (parallel, "
+        "single_threaded_blas, channel_groups) for every layer, not only the convolutions'",
     )
     args = parser.parse_args(argv)
     if args.pool and not (args.step and args.module == "cpu"):
@@ -177,7 +178,11 @@ def main(argv: list[str] | None = None) -> None:
                 return step
 
             # taken now, before any swap (--pool: the module is a cpu.py)
-            pair = (module.parallel, module.single_threaded_blas) if args.pool else pool
+            pair = (
+                (module.parallel, module.single_threaded_blas, module.channel_groups)
+                if args.pool
+                else pool
+            )
 
             def step() -> None:
                 setattr(fast_conv, args.module, module)
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 
             return step
 
-        pool = cpu.parallel, cpu.single_threaded_blas  # this checkout's
+        pool = cpu.parallel, cpu.single_threaded_blas, cpu.channel_groups  # this checkout's
         saved = winograd.ENABLED
         if args.module == "winograd":  # opt-in: on in both modules for this comparison
             before.ENABLED = winograd.ENABLED = True
