@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PAUSE_S, Device, compare, load_line, setup, table  # noqa: E402
 from pets_score import ENV_DATA, data_folder  # noqa: E402  (the same --data-dir rules)
 
+from minunet.accel import accelerate  # noqa: E402
 from minunet.data.augment import AugmentConfig  # noqa: E402
 from minunet.data.dataset import SegmentationData  # noqa: E402
 from minunet.data.loader import Batch, DeviceLoader  # noqa: E402
@@ -74,8 +75,10 @@ def build(
 
     model = UNet(3, 3, args.base, args.depth, batchnorm=True, seed=args.seed).to(xp)
     initial = to_torch_state_dict(model.state_dict())  # before minunet takes a step
-    opt = make_optimizer("adam", model.parameters(), args.lr)  # as the training loop makes it
-    loss_fn = SoftmaxCrossEntropy(check_targets=False)  # the loop's: no host read per step
+    # As the training loop makes them (minunet.train.loop): the optimiser and the loss
+    # accelerated, as UNet accelerates its layers (without it, Adam was the reference's).
+    opt = accelerate(make_optimizer("adam", model.parameters(), args.lr))
+    loss_fn = accelerate(SoftmaxCrossEntropy(check_targets=False))  # no host read per step
     ours_batches = batches()
     losses: dict[str, list[Any]] = {"minunet": []}
 

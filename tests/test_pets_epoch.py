@@ -60,3 +60,22 @@ def test_a_size_the_net_cannot_take_is_one_line(pets_root):
     with pytest.raises(SystemExit, match="does not fit") as exit_info:
         pets_epoch.main(["--data-dir", str(pets_root), *TINY, "--size", "18"])
     assert "\n" not in str(exit_info.value)
+
+
+def test_minunet_steps_with_the_training_loops_fast_optimiser_and_loss(pets_root, monkeypatch):
+    """The training loop accelerates its optimiser and loss (minunet.train.loop); the
+    benchmark's minunet side must time those, not the reference Adam."""
+    from minunet.accel import IMPLEMENTATIONS
+
+    accelerated = []
+    real = pets_epoch.accelerate
+
+    def spy(obj):
+        accelerated.append(real(obj))
+        return accelerated[-1]
+
+    monkeypatch.setattr(pets_epoch, "accelerate", spy)
+    pets_epoch.main(["--data-dir", str(pets_root), *TINY])
+    names = sorted(type(obj).__name__ for obj in accelerated)
+    fast = set(IMPLEMENTATIONS.values())
+    assert len(accelerated) == 2 and all(type(obj) in fast for obj in accelerated), names
