@@ -137,8 +137,10 @@ class _Worker:
     ``job``, releases ``start``) and releases ``done`` when the chunk is finished.
 
     Two plain locks per hand-off, and nothing else: ``concurrent.futures`` (which this
-    replaced) builds a future, a queue item and a condition per call, and a hand-off cost
-    109 us there against 62 us here, on a machine where a step makes some 130 of them.
+    replaced) builds a future, a queue item and a condition per call. A no-op call took
+    109 us there (with threadpoolctl's limit) and 62 us for the two locks alone, in a loop
+    of my own, and a base-16 step makes
+    some 150 of them (benchmarks/RESULTS.md, 2026-12-03 14:50 UTC).
     """
 
     def __init__(self, index: int) -> None:
@@ -228,9 +230,10 @@ def single_threaded_blas() -> Iterator[None]:
     (``parallel`` with a single item still lets BLAS use every core for that product.)
 
     Uses threadpoolctl (a dependency of minunet), whose libraries' set_num_threads it
-    calls directly: its own ``limit`` context took 14 us a call, this 3. Should it be
+    calls directly: its own ``limit`` context took 14 us a call, this 4. Should it be
     missing, the workers still run and BLAS oversubscribes the cores: correct, but slower
-    (``benchmarks/step.py --reference`` times a step both ways).
+    (``benchmarks/step.py --reference`` times a step both ways). The thread count is the
+    process's: two threads entering and leaving this at once can restore each other's.
     """
     libraries = _blas_libraries()
     saved = [lib.get_num_threads() for lib in libraries]
