@@ -139,8 +139,7 @@ class _Worker:
     Two plain locks per hand-off, and nothing else: ``concurrent.futures`` (which this
     replaced) builds a future, a queue item and a condition per call. A no-op call took
     109 us there (with threadpoolctl's limit) and 62 us for the two locks alone, in a loop
-    of my own, and a base-16 step makes
-    some 150 of them (benchmarks/RESULTS.md, 2026-12-03 14:50 UTC).
+    of my own; a base-16 step makes some 150 (benchmarks/RESULTS.md, 2026-12-03 14:50 UTC).
     """
 
     def __init__(self, index: int) -> None:
