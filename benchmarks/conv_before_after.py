@@ -93,14 +93,16 @@ def module_at(commit: str, name: str = "cpu") -> ModuleType:
     return module
 
 
+def pool_of(module: ModuleType) -> tuple[Callable, Callable, Callable]:
+    """A cpu.py module's thread pool and work split: (``parallel``,
+    ``single_threaded_blas``, ``channel_groups``)."""
+    return module.parallel, module.single_threaded_blas, module.channel_groups
+
+
 def use_pool(pool: tuple[Callable, Callable, Callable]) -> None:
-    """Make ``pool``, a module's (``parallel``, ``single_threaded_blas``,
-    ``channel_groups``), the functions every accelerated layer calls: they look them up in
-    ``minunet.accel.cpu`` as they run, and Winograd imported its own name for ``parallel``."""
-    parallel, single, groups = pool
-    cpu.parallel = winograd.parallel = parallel
-    cpu.single_threaded_blas = single
-    cpu.channel_groups = groups
+    """Make ``pool`` (``pool_of``) the functions every accelerated layer calls: they look
+    them up in ``minunet.accel.cpu`` as they run."""
+    cpu.parallel, cpu.single_threaded_blas, cpu.channel_groups = pool
 
 
 def batchnorm_layers(layer: Any) -> list[Any]:
@@ -177,12 +179,7 @@ def main(argv: list[str] | None = None) -> None:
 
                 return step
 
-            # taken now, before any swap (--pool: the module is a cpu.py)
-            pair = (
-                (module.parallel, module.single_threaded_blas, module.channel_groups)
-                if args.pool
-                else pool
-            )
+            pair = pool_of(module) if args.pool else None  # taken now, before any swap
 
             def step() -> None:
                 setattr(fast_conv, args.module, module)
@@ -192,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
 
             return step
 
-        pool = cpu.parallel, cpu.single_threaded_blas, cpu.channel_groups  # this checkout's
+        pool = pool_of(cpu) if args.pool else None  # this checkout's
         saved = winograd.ENABLED
         if args.module == "winograd":  # opt-in: on in both modules for this comparison
             before.ENABLED = winograd.ENABLED = True

@@ -55,7 +55,6 @@ from typing import Any
 import numpy as np
 
 from minunet.accel import cpu
-from minunet.accel.cpu import parallel
 
 KERNEL = 3  # F(m x m, 3 x 3): the only kernel size the U-Net's convolutions use
 
@@ -384,7 +383,7 @@ def conv2d_forward(
             if bias is not None:
                 dst += bias[:, None, None]
 
-    parallel(work, tile_blocks(n_img, th, tw, c, k, m, x.itemsize))
+    cpu.parallel(work, tile_blocks(n_img, th, tw, c, k, m, x.itemsize))
     return out
 
 
@@ -449,7 +448,7 @@ def filter_tile_gradient(x: np.ndarray, dout: np.ndarray, padding: int, m: int) 
         if part is not None:
             parts.append(part)
 
-    parallel(work, tile_blocks(n_img, th, tw, c, k, m, x.itemsize))
+    cpu.parallel(work, tile_blocks(n_img, th, tw, c, k, m, x.itemsize))
     total = parts[0]
     for part in parts[1:]:
         total += part
